@@ -1,0 +1,98 @@
+//! `GET /v1/audit`: the audit log for auditors, newest first, cursor-paginated.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::extract::Auth;
+use super::problem::{Problem, ProblemBody};
+use crate::audit::AuditEvent;
+use crate::server::AppState;
+use crate::store::AuditQuery;
+
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    pub connection: Option<String>,
+    /// Configured issuer name.
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    /// `ok`, `denied`, `error`, `timeout`, `cancelled`, `interrupted`.
+    pub outcome: Option<String>,
+    pub execution_id: Option<String>,
+    /// RFC 3339; inclusive.
+    pub since: Option<DateTime<Utc>>,
+    /// RFC 3339; exclusive.
+    pub until: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1..=1000, default 100.
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Audit events, newest first. Only for principals listed in `audit.readers`.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    security(("bearer" = [])),
+    params(AuditParams),
+    responses((status = 200, description = "A page of events", body = AuditPage),
+              (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
+              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
+              (status = 403, description = "Not an auditor", body = ProblemBody, content_type = "application/problem+json"),
+              (status = 503, description = "Audit store unavailable", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Auth(p): Auth,
+    query: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, Problem> {
+    if !state.audit_readers.iter().any(|r| r.matches(&p)) {
+        return Err(Problem::forbidden(
+            "not_an_auditor",
+            "reading the audit log needs a principal listed in audit.readers",
+        ));
+    }
+    let Query(q) = query.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            format!("limit must be in 1..={MAX_LIMIT}"),
+        ));
+    }
+    let before_seq = q
+        .cursor
+        .map(|c| c.parse::<i64>().map_err(|_| Problem::bad_request("invalid_query", "cursor is not one this server issued")))
+        .transpose()?;
+    let events = state
+        .store
+        .query_audit(&AuditQuery {
+            connection: q.connection,
+            issuer: q.issuer,
+            subject: q.subject,
+            outcome: q.outcome,
+            execution_id: q.execution_id,
+            since: q.since,
+            until: q.until,
+            before_seq,
+            limit,
+        })
+        .await
+        .map_err(|_| Problem::audit_unavailable())?;
+    let next_cursor = (events.len() == limit)
+        .then(|| events.last().and_then(|e| e.seq).map(|s| s.to_string()))
+        .flatten();
+    Ok(Json(AuditPage { events, next_cursor }))
+}

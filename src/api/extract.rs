@@ -1,0 +1,88 @@
+//! Request extractors that answer with problem+json instead of axum's plain-text rejections.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::problem::Problem;
+use crate::identity::{AuthError, Principal};
+use crate::server::AppState;
+
+/// The authenticated caller.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.to_str().map_err(|_| Problem::unauthorized("the Authorization header is not valid text")))
+            .transpose()?;
+        match state.auth.authenticate(header).await {
+            Ok(p) => Ok(Auth(p)),
+            Err(AuthError::KeysUnavailable) => Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identity_unavailable",
+                "Identity provider unavailable",
+                "the token's issuer keys cannot be fetched right now; retry shortly",
+            )
+            .retry_after(5)),
+            Err(e) => Err(Problem::unauthorized(e.to_string())),
+        }
+    }
+}
+
+/// The `X-Request-Id` assigned by the request-id layer.
+pub struct RequestId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        Ok(RequestId(
+            parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(128).collect()),
+        ))
+    }
+}
+
+/// JSON body with problem+json rejections: 415 wrong type, 413 too large, 400 malformed.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_problem(rejection)),
+        }
+    }
+}
+
+fn json_problem(r: JsonRejection) -> Problem {
+    match r.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Request body too large",
+            "the request body exceeds the server's limit",
+        ),
+        _ => Problem::bad_request("malformed_body", r.body_text()),
+    }
+}

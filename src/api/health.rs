@@ -1,0 +1,41 @@
+//! Liveness and readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use super::problem::Problem;
+use crate::server::AppState;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Ready to take requests: not shutting down and the audit store answers.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready", body = Health),
+              (status = 503, description = "Not ready", body = super::problem::ProblemBody, content_type = "application/problem+json")))]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Problem> {
+    if !state.ready.load(Ordering::SeqCst) {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "Shutting down",
+            "this instance is draining; send new requests elsewhere",
+        ));
+    }
+    state.store.ping().await.map_err(|_| Problem::audit_unavailable())?;
+    Ok(Json(Health { status: "ready".into() }))
+}

@@ -1,0 +1,117 @@
+//! The HTTP API: one file per resource, errors as RFC 9457 problem+json.
+
+pub mod audit;
+pub mod connections;
+pub mod extract;
+pub mod health;
+pub mod problem;
+pub mod query;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, StatusCode};
+use axum::response::IntoResponse;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::server::AppState;
+use problem::Problem;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Airlock",
+        description = "Access gateway for autonomous AI agents: authenticated, inspected, audited access to databases.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "connections", description = "What the caller may use"),
+        (name = "query", description = "Run SQL through the pipeline"),
+        (name = "audit", description = "The write-ahead audit log"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(connections::list))
+        .routes(routes!(connections::get))
+        .routes(routes!(connections::schema))
+        .routes(routes!(query::query))
+        .routes(routes!(audit::list))
+}
+
+/// The OpenAPI document, exactly as served at `/openapi.json` and committed in the repo.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api_router().split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+pub fn openapi_json() -> String {
+    openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        "this endpoint does not take that method; see /openapi.json",
+    )
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    let doc = openapi();
+    let request_id = HeaderName::from_static("x-request-id");
+    let max_body = state.max_body_bytes;
+    router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::COOKIE,
+        ]))
+        .with_state(state)
+}

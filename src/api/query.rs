@@ -1,0 +1,176 @@
+//! `POST /v1/connections/{name}/query`: JSON (default) or NDJSON (`Accept: application/x-ndjson`).
+//!
+//! NDJSON shape, one JSON value per line:
+//! 1. header object: `{"type":"header","execution_id","rule","columns","limits"}`
+//! 2. one JSON array per row
+//! 3. trailer object: `{"type":"end", ...summary}` or `{"type":"error", ...problem}`
+//!
+//! A line starting with `[` is a row; the trailer is always the last line. A stream that
+//! ends without a trailer was cut (client too slow, server stopped).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::extract::{ApiJson, Auth, RequestId};
+use super::problem::{Problem, ProblemBody};
+use crate::backend::Column;
+use crate::pipeline::{self, AppliedLimits, Execution, Output, QueryRequest, RequestContext, Summary};
+use crate::server::AppState;
+
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// A complete query result.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QueryResponse {
+    pub execution_id: String,
+    /// The policy rule that allowed the request.
+    pub rule: String,
+    pub columns: Vec<Column>,
+    /// Rows as arrays in column order. int8, numeric, timestamps, intervals, inet, uuid,
+    /// enums and ranges are strings; arrays are arrays; JSON is JSON; bytes are base64.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
+    pub rows: Vec<Box<RawValue>>,
+    pub row_count: u64,
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_reason: Option<pipeline::Truncation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affected_rows: Option<u64>,
+    pub limits: AppliedLimits,
+    pub duration_ms: u64,
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|m| m.trim().starts_with(NDJSON)))
+}
+
+/// Run one SQL statement.
+#[utoipa::path(post, path = "/v1/connections/{name}/query", tag = "query",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Connection name")),
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "Result (JSON), or an NDJSON stream when `Accept: application/x-ndjson`", body = QueryResponse,
+         content((QueryResponse = "application/json"), (String = "application/x-ndjson"))),
+        (status = 400, description = "Malformed request, SQL error, several statements, wrong params", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Denied by policy (`rule` names it) or read-only violation", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Serialization failure or deadlock (`retryable`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many concurrent requests (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Audit store or target unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 504, description = "Timed out and cancelled on the server", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn query(
+    State(state): State<Arc<AppState>>,
+    Auth(principal): Auth,
+    RequestId(request_id): RequestId,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<QueryRequest>,
+) -> Result<Response, Problem> {
+    let ndjson = wants_ndjson(&headers);
+    let slot = pipeline::acquire_slot(&state, &principal)?;
+    let ctx = RequestContext {
+        principal,
+        request_id,
+    };
+    let exec = pipeline::query(state, ctx, &name, req, ndjson, slot).await?;
+    if ndjson {
+        Ok(stream_ndjson(exec))
+    } else {
+        collect_json(exec).await
+    }
+}
+
+async fn collect_json(mut exec: Execution) -> Result<Response, Problem> {
+    let mut rows = Vec::new();
+    let summary: Summary = loop {
+        match exec.rows.recv().await {
+            Some(Output::Row(r)) => rows.push(r),
+            Some(Output::End(s)) => break s,
+            Some(Output::Error(p)) => return Err(p.with("execution_id", exec.execution_id)),
+            None => {
+                return Err(Problem::internal("the execution ended without a result")
+                    .with("execution_id", exec.execution_id));
+            }
+        }
+    };
+    Ok(Json(QueryResponse {
+        execution_id: exec.execution_id,
+        rule: exec.rule,
+        columns: exec.columns,
+        rows,
+        row_count: summary.row_count,
+        truncated: summary.truncated,
+        truncated_reason: summary.truncated_reason,
+        note: summary.note,
+        affected_rows: summary.affected_rows,
+        limits: exec.limits,
+        duration_ms: summary.duration_ms,
+    })
+    .into_response())
+}
+
+fn line(value: &impl Serialize) -> Bytes {
+    let mut v = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"type\":\"error\"}".to_vec());
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn stream_ndjson(exec: Execution) -> Response {
+    let header = line(&serde_json::json!({
+        "type": "header",
+        "execution_id": exec.execution_id,
+        "rule": exec.rule,
+        "columns": exec.columns,
+        "limits": exec.limits,
+    }));
+    let execution_id = exec.execution_id.clone();
+    // The body pulls from the execution task only as fast as the socket accepts bytes.
+    let rows = futures::stream::unfold(exec.rows, move |mut rx| {
+        let execution_id = execution_id.clone();
+        async move {
+            let chunk = match rx.recv().await? {
+                Output::Row(raw) => {
+                    let mut v = Vec::with_capacity(raw.get().len() + 1);
+                    v.extend_from_slice(raw.get().as_bytes());
+                    v.push(b'\n');
+                    Bytes::from(v)
+                }
+                Output::End(summary) => {
+                    let mut body = serde_json::to_value(&summary).unwrap_or_default();
+                    body["type"] = "end".into();
+                    line(&body)
+                }
+                Output::Error(problem) => {
+                    let mut body = problem.with("execution_id", execution_id).to_body();
+                    body["type"] = "error".into();
+                    line(&body)
+                }
+            };
+            Some((Ok::<_, std::io::Error>(chunk), rx))
+        }
+    });
+    let body = futures::stream::once(async move { Ok(header) }).chain(rows);
+    let mut resp = Response::new(Body::from_stream(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    resp
+}

@@ -1,0 +1,177 @@
+//! Audit events (versioned) and the write-ahead writer.
+//!
+//! Invariants:
+//! - A `begin` event is committed to the store before the backend sees anything; the
+//!   request handler awaits that commit ([`writer::AuditWriter::commit`]).
+//! - An `end` event is never dropped: if the store refuses it, it goes to an fsynced spool
+//!   file and is replayed ([`writer::AuditWriter::commit_end`]).
+//! - No credential and no parameter value is ever put in an event; only counts.
+
+pub mod writer;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Principal;
+
+/// Bumped when the shape of [`AuditEvent`] changes incompatibly.
+pub const AUDIT_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Begin,
+    End,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Begin => "begin",
+            Phase::End => "end",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Ran to completion (possibly truncated by a cap; see `truncated`).
+    Ok,
+    /// Refused by policy; nothing ran.
+    Denied,
+    /// The database or backend reported an error.
+    Error,
+    /// Timed out and was cancelled on the server.
+    Timeout,
+    /// The client went away or the server shut down; cancelled on the server.
+    Cancelled,
+    /// The process stopped before the request finished (found at the next start).
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPrincipal {
+    pub issuer: String,
+    pub subject: String,
+    pub kind: crate::config::PrincipalKind,
+    pub groups: Vec<String>,
+    /// RFC 8693 `act` chain, current actor first.
+    pub actor: Vec<String>,
+}
+
+impl From<&Principal> for AuditPrincipal {
+    fn from(p: &Principal) -> Self {
+        AuditPrincipal {
+            issuer: p.issuer.clone(),
+            subject: p.subject.clone(),
+            kind: p.kind,
+            groups: p.groups.clone(),
+            actor: p.actor.clone(),
+        }
+    }
+}
+
+/// One audit event. `begin` carries who/what/decision; `end` carries the outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    pub version: u32,
+    /// Unique id of this event (UUIDv7).
+    pub id: String,
+    /// Position in the store's log; assigned by the store, used as the pagination cursor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub time: DateTime<Utc>,
+    pub phase: Phase,
+    pub execution_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<AuditPrincipal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// `query`, `schema`, ...
+    pub operation: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::inspect::Facts>,
+    /// `allow` | `deny` | `review`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub byte_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Machine class of the error (`database`, `timeout`, `params`, ...) and SQLSTATE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(phase: Phase, execution_id: &str, operation: &str) -> AuditEvent {
+        AuditEvent {
+            version: AUDIT_SCHEMA_VERSION,
+            id: uuid::Uuid::now_v7().to_string(),
+            seq: None,
+            time: Utc::now(),
+            phase,
+            execution_id: execution_id.to_string(),
+            request_id: None,
+            principal: None,
+            connection: None,
+            operation: operation.to_string(),
+            statement: None,
+            params_count: None,
+            facts: None,
+            decision: None,
+            rule: None,
+            outcome: None,
+            row_count: None,
+            byte_count: None,
+            truncated: None,
+            duration_ms: None,
+            error_class: None,
+            sqlstate: None,
+        }
+    }
+}
+
+/// Escapes control characters so a statement cannot forge log lines or terminal output.
+pub fn escape_for_log(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,166 @@
+//! The write-ahead audit writer with group commit and a durable spool.
+//!
+//! Invariants (what must stay true):
+//! - `commit` returns `Ok` only after the store has committed the event. A queued event
+//!   does not count. Callers run nothing before that.
+//! - Concurrent events are batched into one store transaction (group commit): requests
+//!   never queue behind one another's individual writes.
+//! - `commit_end` never loses an event: on store failure it appends the event to an
+//!   fsynced spool file, replayed into the store (idempotently, by event id) at startup and
+//!   periodically.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::AuditEvent;
+use crate::store::{Store, StoreError};
+
+/// Largest number of events written in one store transaction.
+const MAX_BATCH: usize = 512;
+const SPOOL_FILE: &str = "audit-spool.ndjson";
+
+struct Pending {
+    event: AuditEvent,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<Pending>,
+    spool: Arc<Spool>,
+    store: Arc<dyn Store>,
+}
+
+impl AuditWriter {
+    /// Starts the batching task. The task ends when every `AuditWriter` clone is dropped.
+    pub fn start(store: Arc<dyn Store>, data_dir: &Path) -> AuditWriter {
+        let (tx, rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        tokio::spawn(batch_loop(store.clone(), rx));
+        AuditWriter {
+            tx,
+            spool: Arc::new(Spool {
+                path: data_dir.join(SPOOL_FILE),
+                lock: Mutex::new(()),
+            }),
+            store,
+        }
+    }
+
+    /// Durably stores one event; `Err` means it is not stored and the caller must fail closed.
+    pub async fn commit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Pending { event, done })
+            .await
+            .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?
+    }
+
+    /// Stores an end event, falling back to the spool. Errors only if both fail, which is
+    /// logged loudly: the disk under the data directory is gone.
+    pub async fn commit_end(&self, event: AuditEvent) {
+        let id = event.id.clone();
+        if let Err(e) = self.commit(event.clone()).await {
+            tracing::warn!(error = %e, event = %id, "audit store refused an end event; spooling it");
+            if let Err(e) = self.spool.append(&event).await {
+                tracing::error!(error = %e, event = %id, "AUDIT EVENT NOT PERSISTED: spool write failed");
+            }
+        }
+    }
+
+    /// Moves spooled events into the store. Safe to call at any time.
+    pub async fn replay_spool(&self) -> Result<usize, String> {
+        self.spool.replay(self.store.as_ref()).await
+    }
+
+    /// Replays the spool periodically until the process ends.
+    pub fn spawn_spool_replayer(&self, every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = me.replay_spool().await {
+                    tracing::warn!(error = %e, "audit spool replay failed; will retry");
+                }
+            }
+        });
+    }
+}
+
+async fn batch_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let result = store.append_audit(&events).await;
+        for p in batch {
+            // A waiter that gave up (request cancelled) is fine: the event is stored anyway.
+            let _ = p.done.send(result.clone());
+        }
+    }
+}
+
+struct Spool {
+    path: PathBuf,
+    /// Serialises appends and replays so a replay never truncates an unreplayed append.
+    lock: Mutex<()>,
+}
+
+impl Spool {
+    async fn append(&self, event: &AuditEvent) -> Result<(), String> {
+        let _guard = self.lock.lock().await;
+        let mut line = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        f.write_all(&line).await.map_err(|e| e.to_string())?;
+        f.sync_all().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn replay(&self, store: &dyn Store) -> Result<usize, String> {
+        let _guard = self.lock.lock().await;
+        let text = match tokio::fs::read_to_string(&self.path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+        };
+        let mut events = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<AuditEvent>(line) {
+                Ok(e) => events.push(e),
+                // A torn last line (crash mid-append) is the only way to get here; the event
+                // it held was never acknowledged as spooled.
+                Err(e) => tracing::warn!(line = n + 1, error = %e, "skipping unreadable spool line"),
+            }
+        }
+        if events.is_empty() {
+            let _ = tokio::fs::remove_file(&self.path).await;
+            return Ok(0);
+        }
+        for chunk in events.chunks(MAX_BATCH) {
+            store.append_audit(chunk).await.map_err(|e| e.to_string())?;
+        }
+        tokio::fs::remove_file(&self.path)
+            .await
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        Ok(events.len())
+    }
+}

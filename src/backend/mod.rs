@@ -1,0 +1,230 @@
+//! Backends: one file per target kind, all behind [`SqlBackend`].
+//!
+//! The contract every backend keeps (the pipeline relies on it):
+//! - `query` acquires a pooled connection (waiting at most the pool wait timeout, else
+//!   [`BackendError::Unavailable`]), prepares exactly one statement with the server's
+//!   prepared/extended protocol, checks the parameter count, opens one transaction (read-only
+//!   when the connection is), and returns a [`RowStream`]. Errors found before the first row
+//!   are returned directly so the API can answer with a proper status.
+//! - Rows are produced by a task that pushes into a small bounded channel: the database is
+//!   read only as fast as the client consumes (backpressure), memory stays constant.
+//! - At most `max_rows + 1` rows are fetched from the server; the extra row only sets
+//!   `truncated`.
+//! - When the plan's timeout passes, the cancel token fires, or the receiver is dropped
+//!   (client gone, byte cap hit), the statement is cancelled *on the server* and the
+//!   connection is closed rather than returned to the pool. Session state never passes
+//!   from one request to the next.
+//! - Every value has a JSON form (see `docs/types.md`); an unknown type falls back to its
+//!   text form, never to an error or a silent null.
+
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConnectionConfig, ConnectionKind};
+
+/// How many events may sit between a backend's producer task and the client.
+pub const STREAM_BUFFER: usize = 64;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// The database's type name (`int8`, `numeric`, `varchar`, ...).
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// What to run: one statement, its parameters and the limits already clamped by the pipeline.
+#[derive(Debug, Clone)]
+pub struct QueryPlan {
+    pub sql: String,
+    pub params: Vec<serde_json::Value>,
+    pub max_rows: u64,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub enum RowEvent {
+    /// Always the first event.
+    Columns(Vec<Column>),
+    Row(Vec<serde_json::Value>),
+    /// Always the last event of a successful run.
+    End {
+        /// More rows existed than `max_rows`.
+        truncated: bool,
+        /// Rows affected by a write statement, when the server reports it.
+        affected_rows: Option<u64>,
+    },
+}
+
+/// The receiving end of a query; dropping it cancels the query on the server.
+pub struct RowStream {
+    rx: mpsc::Receiver<Result<RowEvent, BackendError>>,
+}
+
+impl RowStream {
+    pub fn channel() -> (RowSender, RowStream) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        (RowSender { tx }, RowStream { rx })
+    }
+
+    pub async fn next(&mut self) -> Option<Result<RowEvent, BackendError>> {
+        self.rx.recv().await
+    }
+}
+
+/// The producing end, held by a backend's task.
+#[derive(Clone)]
+pub struct RowSender {
+    tx: mpsc::Sender<Result<RowEvent, BackendError>>,
+}
+
+impl RowSender {
+    /// Sends one event; `false` means the consumer is gone and the producer must cancel.
+    pub async fn send(&self, event: Result<RowEvent, BackendError>) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+
+    /// For producers on a blocking thread (SQLite).
+    pub fn blocking_send(&self, event: Result<RowEvent, BackendError>) -> bool {
+        self.tx.blocking_send(event).is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the consumer drops the stream.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// A database error as the server reported it; values it echoes are masked by the pipeline.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct DatabaseError {
+    /// SQLSTATE (PostgreSQL, MySQL) or the SQLite result-code name.
+    pub sqlstate: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// 1-based character position in the statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// MySQL/MariaDB numeric error code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+}
+
+impl DatabaseError {
+    /// Serialization failures and deadlocks: the same request may succeed when retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.sqlstate.as_str(), "40001" | "40P01")
+            || matches!(self.code, Some(1213) | Some(1205))
+    }
+
+    /// The server refused a write inside a read-only transaction.
+    pub fn is_read_only_violation(&self) -> bool {
+        self.sqlstate == "25006"
+            || self.code == Some(1792)
+            || self.sqlstate == "SQLITE_READONLY"
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// Pool exhausted or target unreachable: nothing ran.
+    #[error("backend unavailable: {detail}")]
+    Unavailable { detail: String, retry_after_secs: u64 },
+    #[error("database error {}: {}", .0.sqlstate, .0.message)]
+    Database(DatabaseError),
+    #[error("statement timed out and was cancelled")]
+    Timeout,
+    #[error("bad parameters: {0}")]
+    Params(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("backend failure: {0}")]
+    Internal(String),
+}
+
+/// The schema an agent can see: tables and their columns.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TableInfo {
+    pub schema: Option<String>,
+    pub name: String,
+    /// `table` or `view`.
+    pub kind: String,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub nullable: bool,
+}
+
+/// One SQL target. Implementations: [`postgres::PostgresBackend`], [`mysql::MysqlBackend`],
+/// [`sqlite::SqliteBackend`].
+#[async_trait::async_trait]
+pub trait SqlBackend: Send + Sync {
+    /// Startup check: reachable, not privileged (unless allowed), not Airlock's own store.
+    /// `Err(Unavailable)` is tolerated at startup (target down); anything else refuses.
+    async fn verify(&self) -> Result<(), BackendError>;
+
+    /// Runs one statement; see the module contract.
+    async fn query(
+        &self,
+        plan: QueryPlan,
+        cancel: CancellationToken,
+    ) -> Result<RowStream, BackendError>;
+
+    /// Tables and columns visible to the connection's database account.
+    async fn schema(&self) -> Result<Vec<TableInfo>, BackendError>;
+
+    /// The sqlparser dialect to inspect statements with.
+    fn kind(&self) -> ConnectionKind;
+}
+
+/// What backends need from the outside world besides their own config.
+pub struct BackendContext {
+    /// Where relative SQLite paths live.
+    pub data_dir: std::path::PathBuf,
+    /// Identity of Airlock's own store, so a connection can never point at it.
+    pub store_identity: crate::store::StoreIdentity,
+}
+
+pub fn build(
+    config: &ConnectionConfig,
+    ctx: &BackendContext,
+) -> Result<Arc<dyn SqlBackend>, String> {
+    Ok(match config.kind {
+        ConnectionKind::Postgres => Arc::new(postgres::PostgresBackend::new(config, ctx)?),
+        ConnectionKind::Mysql => Arc::new(mysql::MysqlBackend::new(config, ctx)?),
+        ConnectionKind::Sqlite => Arc::new(sqlite::SqliteBackend::new(config, ctx)?),
+    })
+}
+
+/// Runs `fut` but gives up when `cancel` fires or `deadline` passes.
+pub async fn bounded<T>(
+    fut: impl std::future::Future<Output = T>,
+    cancel: &CancellationToken,
+    deadline: tokio::time::Instant,
+) -> Result<T, BackendError> {
+    tokio::select! {
+        r = fut => Ok(r),
+        _ = cancel.cancelled() => Err(BackendError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => Err(BackendError::Timeout),
+    }
+}

@@ -1,0 +1,649 @@
+//! Typed configuration: one TOML file, validated as a whole before anything listens.
+//!
+//! Invariants:
+//! - Unknown keys are refused (`deny_unknown_fields` everywhere), so a typo never silently
+//!   turns a guard off.
+//! - Secrets are never literal values in this file: they are references (`env:NAME`,
+//!   `file:PATH`) resolved once at startup into [`SecretValue`], whose `Debug` never prints
+//!   the value. URLs must not carry passwords; a password goes in its own secret reference.
+//! - Every validation error names the key path (`connections[1].url`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::RuleConfig;
+
+/// The configuration used when no `--config` is given: the zero-setup quick start.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default_config.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How long in-flight requests may drain after SIGTERM before they are cancelled.
+    #[serde(default = "default_drain_ms")]
+    pub drain_timeout_ms: u64,
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// A client that does not accept response bytes for this long is disconnected.
+    #[serde(default = "default_write_idle_ms")]
+    pub write_idle_timeout_ms: u64,
+    /// Concurrent requests per principal; beyond it the answer is 429.
+    #[serde(default = "default_per_principal")]
+    pub max_concurrent_per_principal: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            drain_timeout_ms: default_drain_ms(),
+            max_body_bytes: default_max_body(),
+            write_idle_timeout_ms: default_write_idle_ms(),
+            max_concurrent_per_principal: default_per_principal(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_drain_ms() -> u64 {
+    20_000
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_write_idle_ms() -> u64 {
+    30_000
+}
+fn default_per_principal() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    Agent,
+    Human,
+}
+
+impl fmt::Display for PrincipalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrincipalKind::Agent => "agent",
+            PrincipalKind::Human => "human",
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Short name used in rules (`sub:NAME/ID`) and in audit records.
+    pub name: String,
+    /// The exact `iss` claim value.
+    pub issuer: String,
+    /// Mandatory: tokens must carry this audience.
+    pub audience: String,
+    /// The local development issuer: its Ed25519 key lives in the data directory and
+    /// `airlock token` signs with it. Refused on a non-loopback listener.
+    #[serde(default)]
+    pub dev: bool,
+    /// OIDC discovery document; default `{issuer}/.well-known/openid-configuration`.
+    pub discovery_url: Option<String>,
+    /// Every token of this issuer is of this kind...
+    pub principal_kind: Option<PrincipalKind>,
+    /// ...or this claim says which kind (`agent` | `human`).
+    pub kind_claim: Option<String>,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Globs of the groups this issuer may assert; other groups in its tokens are dropped.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    #[serde(default = "default_jwks_max_bytes")]
+    pub jwks_max_bytes: usize,
+    #[serde(default = "default_jwks_timeout_ms")]
+    pub jwks_timeout_ms: u64,
+    /// Allow http:// discovery/JWKS URLs (only sensible on loopback, e.g. in tests).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_jwks_max_bytes() -> usize {
+    256 * 1024
+}
+fn default_jwks_timeout_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// PostgreSQL URL for a shared store; absent means the embedded SQLite store.
+    pub url: Option<String>,
+    pub password: Option<SecretRef>,
+    /// How long a store write may wait for a lock before the request fails closed (503).
+    #[serde(default = "default_store_busy_ms")]
+    pub busy_timeout_ms: u64,
+}
+
+fn default_store_busy_ms() -> u64 {
+    2_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Principals (`group:`, `sub:`, `*`) allowed to read `GET /v1/audit`.
+    #[serde(default)]
+    pub readers: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            readers: vec!["group:auditors".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl ConnectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionKind::Postgres => "postgres",
+            ConnectionKind::Mysql => "mysql",
+            ConnectionKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub kind: ConnectionKind,
+    #[serde(default)]
+    pub description: String,
+    /// postgres:// or mysql:// URL without a password.
+    pub url: Option<String>,
+    pub password: Option<SecretRef>,
+    /// SQLite file; relative paths are under the data directory.
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Permit a superuser / FILE / SUPER account (refused by default).
+    #[serde(default)]
+    pub allow_privileged: bool,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM CA bundle that must sign the server certificate (`file:` or `env:` reference).
+    pub ca: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    #[default]
+    Disable,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long a request waits for a pooled connection before 503.
+    #[serde(default = "default_pool_wait_ms")]
+    pub pool_wait_timeout_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_max_timeout_ms")]
+    pub max_timeout_ms: u64,
+    #[serde(default = "default_rows")]
+    pub max_rows: u64,
+    #[serde(default = "default_rows_ceiling")]
+    pub max_rows_ceiling: u64,
+    #[serde(default = "default_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_bytes_ceiling")]
+    pub max_bytes_ceiling: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            pool_size: default_pool_size(),
+            pool_wait_timeout_ms: default_pool_wait_ms(),
+            timeout_ms: default_timeout_ms(),
+            max_timeout_ms: default_max_timeout_ms(),
+            max_rows: default_rows(),
+            max_rows_ceiling: default_rows_ceiling(),
+            max_bytes: default_bytes(),
+            max_bytes_ceiling: default_bytes_ceiling(),
+        }
+    }
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+fn default_pool_wait_ms() -> u64 {
+    5_000
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_timeout_ms() -> u64 {
+    300_000
+}
+fn default_rows() -> u64 {
+    1_000
+}
+fn default_rows_ceiling() -> u64 {
+    100_000
+}
+fn default_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_bytes_ceiling() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl LimitsConfig {
+    pub fn pool_wait(&self) -> Duration {
+        Duration::from_millis(self.pool_wait_timeout_ms)
+    }
+}
+
+/// A reference to a secret: `env:NAME` or `file:PATH`. Literal secrets are refused.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl TryFrom<String> for SecretRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("env:") {
+            if name.is_empty() {
+                return Err("secret reference `env:` needs a variable name".into());
+            }
+            Ok(SecretRef::Env(name.to_string()))
+        } else if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("secret reference `file:` needs a path".into());
+            }
+            Ok(SecretRef::File(PathBuf::from(path)))
+        } else {
+            Err("secrets are references: write `env:NAME` or `file:PATH`, never the value".into())
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(n) => write!(f, "env:{n}"),
+            SecretRef::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Resolves the reference. The error names the reference, never a value.
+    pub fn resolve(&self) -> Result<SecretValue, String> {
+        match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map(SecretValue)
+                .map_err(|_| format!("environment variable {name} is not set")),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| SecretValue(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+        }
+    }
+}
+
+/// A resolved secret. Never printed: `Debug` shows a placeholder.
+#[derive(Clone)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[secret]")
+    }
+}
+
+/// A configuration error that names where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parses and validates; secrets are checked for presence here but resolved by their users.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("{origin}, line {line}")
+                })
+                .unwrap_or_else(|| origin.to_string());
+            err(at, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(EMBEDDED_DEFAULT, "embedded default config"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err(p.display().to_string(), format!("cannot read: {e}")))?;
+                Config::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            err(
+                "server.listen",
+                format!("`{}` is not an IP:port address", self.server.listen),
+            )
+        })
+    }
+
+    pub fn dev_issuer(&self) -> Option<&IssuerConfig> {
+        self.issuers.iter().find(|i| i.dev)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.server.max_concurrent_per_principal == 0 {
+            return Err(err("server.max_concurrent_per_principal", "must be at least 1"));
+        }
+        let mut names = HashSet::new();
+        let mut issuer_values = HashSet::new();
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let at = |k: &str| format!("issuers[{i}].{k}");
+            check_name(&iss.name).map_err(|m| err(at("name"), m))?;
+            if !names.insert(iss.name.as_str()) {
+                return Err(err(at("name"), format!("duplicate issuer name `{}`", iss.name)));
+            }
+            if !issuer_values.insert(iss.issuer.as_str()) {
+                return Err(err(at("issuer"), "two issuers with the same `iss` value"));
+            }
+            if iss.audience.trim().is_empty() {
+                return Err(err(at("audience"), "an audience is mandatory"));
+            }
+            match (&iss.principal_kind, &iss.kind_claim) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        at("kind_claim"),
+                        "set either principal_kind or kind_claim, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        at("principal_kind"),
+                        "say which kind of principal this issuer's tokens carry (principal_kind) or which claim says it (kind_claim)",
+                    ));
+                }
+                _ => {}
+            }
+            if !iss.dev {
+                let url = iss.discovery_url.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}/.well-known/openid-configuration",
+                        iss.issuer.trim_end_matches('/')
+                    )
+                });
+                check_http_url(&url, iss.allow_insecure_http)
+                    .map_err(|m| err(at("discovery_url"), m))?;
+            } else if iss.discovery_url.is_some() {
+                return Err(err(at("discovery_url"), "a dev issuer has no discovery document"));
+            }
+            if iss.jwks_max_bytes == 0 || iss.jwks_timeout_ms == 0 {
+                return Err(err(at("jwks_max_bytes"), "JWKS limits must be positive"));
+            }
+        }
+        if self.issuers.iter().filter(|i| i.dev).count() > 1 {
+            return Err(err("issuers", "at most one dev issuer"));
+        }
+        if let Some(url) = &self.store.url {
+            check_db_url(url, &["postgres", "postgresql"]).map_err(|m| err("store.url", m))?;
+        }
+        if let Some(p) = &self.store.password {
+            p.resolve().map_err(|m| err("store.password", m))?;
+        }
+        let mut conn_names = HashSet::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            let at = |k: &str| format!("connections[{i}].{k}");
+            check_name(&c.name).map_err(|m| err(at("name"), m))?;
+            if !conn_names.insert(c.name.as_str()) {
+                return Err(err(at("name"), format!("duplicate connection `{}`", c.name)));
+            }
+            match c.kind {
+                ConnectionKind::Postgres | ConnectionKind::Mysql => {
+                    let url = c
+                        .url
+                        .as_deref()
+                        .ok_or_else(|| err(at("url"), "required for this kind"))?;
+                    let schemes: &[&str] = if c.kind == ConnectionKind::Postgres {
+                        &["postgres", "postgresql"]
+                    } else {
+                        &["mysql", "mariadb"]
+                    };
+                    check_db_url(url, schemes).map_err(|m| err(at("url"), m))?;
+                    if c.path.is_some() {
+                        return Err(err(at("path"), "only for sqlite connections"));
+                    }
+                }
+                ConnectionKind::Sqlite => {
+                    if c.path.is_none() {
+                        return Err(err(at("path"), "required for sqlite connections"));
+                    }
+                    if c.url.is_some() || c.password.is_some() {
+                        return Err(err(at("url"), "sqlite connections take `path`, not a URL"));
+                    }
+                    if c.tls.mode != TlsMode::Disable {
+                        return Err(err(at("tls"), "not applicable to sqlite"));
+                    }
+                }
+            }
+            if let Some(p) = &c.password {
+                p.resolve().map_err(|m| err(at("password"), m))?;
+            }
+            if let Some(ca) = &c.tls.ca {
+                ca.resolve().map_err(|m| err(at("tls.ca"), m))?;
+            } else if c.tls.mode == TlsMode::VerifyFull {
+                return Err(err(at("tls.ca"), "verify-full needs a CA reference"));
+            }
+            let l = &c.limits;
+            let lat = |k: &str| format!("connections[{i}].limits.{k}");
+            if l.pool_size == 0 {
+                return Err(err(lat("pool_size"), "must be at least 1"));
+            }
+            if l.timeout_ms == 0 || l.timeout_ms > l.max_timeout_ms {
+                return Err(err(lat("timeout_ms"), "must be in 1..=max_timeout_ms"));
+            }
+            if l.max_rows == 0 || l.max_rows > l.max_rows_ceiling {
+                return Err(err(lat("max_rows"), "must be in 1..=max_rows_ceiling"));
+            }
+            if l.max_bytes == 0 || l.max_bytes > l.max_bytes_ceiling {
+                return Err(err(lat("max_bytes"), "must be in 1..=max_bytes_ceiling"));
+            }
+        }
+        let mut rule_ids = HashSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            r.validate()
+                .map_err(|(k, m)| err(format!("rules[{i}].{k}"), m))?;
+            if !rule_ids.insert(r.id.as_str()) {
+                return Err(err(format!("rules[{i}].id"), format!("duplicate rule id `{}`", r.id)));
+            }
+        }
+        for (i, p) in self.audit.readers.iter().enumerate() {
+            crate::policy::PrincipalPattern::parse(p)
+                .map_err(|m| err(format!("audit.readers[{i}]"), m))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` must be 1-64 characters of letters, digits, `-`, `_`, `.`"
+        ))
+    }
+}
+
+fn check_http_url(url: &str, allow_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http => Ok(()),
+        "http" => Err(format!(
+            "`{url}` is plain http; use https (or allow_insecure_http = true for loopback tests)"
+        )),
+        other => Err(format!("unsupported scheme `{other}`")),
+    }
+}
+
+fn check_db_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!(
+            "scheme must be one of {schemes:?}, got `{}`",
+            parsed.scheme()
+        ));
+    }
+    if parsed.password().is_some() {
+        return Err("the URL carries a password; put it in `password = \"env:NAME\"` instead".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).unwrap();
+        assert!(c.dev_issuer().is_some());
+        assert!(c.connections.iter().any(|c| c.name == "demo"));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_location() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn literal_secret_and_url_password_are_refused() {
+        let e = Config::parse(
+            "[[connections]]\nname='a'\nkind='postgres'\nurl='postgres://u@h/db'\npassword='hunter2'\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("env:NAME"), "{e}");
+        assert!(!e.to_string().contains("hunter2"));
+        let e = Config::parse(
+            "[[connections]]\nname='a'\nkind='postgres'\nurl='postgres://u:pw@h/db'\n",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "connections[0].url");
+        assert!(!e.to_string().contains("pw@"));
+    }
+
+    #[test]
+    fn missing_secret_names_the_key() {
+        let e = Config::parse(
+            "[[connections]]\nname='a'\nkind='mysql'\nurl='mysql://u@h/db'\npassword='env:AIRLOCK_TEST_SURELY_UNSET'\n",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "connections[0].password");
+    }
+}

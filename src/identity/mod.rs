@@ -1,0 +1,260 @@
+//! Authentication: `Authorization: Bearer <JWT>` → [`Principal`].
+//!
+//! Invariants:
+//! - Keys come only from the issuer's own JWKS (or the dev issuer's key file). Header
+//!   key sources (`jku`, `x5u`, `jwk`, `x5c`) are never consulted.
+//! - The algorithm must be one of RS256 / ES256 / EdDSA *and* match the key's type, so an
+//!   RSA public key can never be used as an HMAC secret and `alg: none` never verifies.
+//! - `exp`, `iss`, `aud`, `sub` are required; `nbf` is honoured; the audience is mandatory
+//!   per issuer. A principal is the pair (issuer, subject).
+
+pub mod dev;
+pub mod jwks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
+
+use crate::config::{Config, IssuerConfig, PrincipalKind};
+use crate::policy::glob;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Principal {
+    /// The configured issuer's name (not the `iss` URL).
+    pub issuer: String,
+    pub subject: String,
+    pub kind: PrincipalKind,
+    pub groups: Vec<String>,
+    /// RFC 8693 `act` chain, outermost first: who acts on whose behalf.
+    pub actor: Vec<String>,
+}
+
+impl Principal {
+    /// `ISSUER/SUBJECT`, the form rules use after `sub:`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.issuer, self.subject)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("no key of the issuer matches the token")]
+    UnknownKey,
+    #[error("token rejected: {0}")]
+    Invalid(String),
+    #[error("the issuer's keys cannot be fetched right now")]
+    KeysUnavailable,
+}
+
+/// Key material an issuer offers for verification.
+pub(crate) struct VerifyKey {
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+enum KeySource {
+    Dev(Arc<VerifyKey>),
+    Jwks(jwks::JwksCache),
+}
+
+struct TrustedIssuer {
+    config: IssuerConfig,
+    keys: KeySource,
+}
+
+pub struct Authenticator {
+    by_iss: HashMap<String, TrustedIssuer>,
+}
+
+const ALLOWED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+impl Authenticator {
+    /// Builds verifiers for every configured issuer. The dev issuer's key must exist (or is
+    /// created) in `data_dir`.
+    pub fn new(config: Config, data_dir: &std::path::Path) -> Result<Authenticator, String> {
+        let mut by_iss = HashMap::new();
+        for iss in config.issuers {
+            let keys = if iss.dev {
+                let key = dev::DevIssuer::load_or_create(data_dir)?;
+                KeySource::Dev(Arc::new(VerifyKey {
+                    alg: Algorithm::EdDSA,
+                    key: key.decoding_key(),
+                }))
+            } else {
+                KeySource::Jwks(jwks::JwksCache::new(&iss)?)
+            };
+            by_iss.insert(iss.issuer.clone(), TrustedIssuer { config: iss, keys });
+        }
+        Ok(Authenticator { by_iss })
+    }
+
+    /// Fetches every issuer's JWKS once so the first request does not pay for it. Failure is
+    /// logged, not fatal: the cache retries on demand.
+    pub async fn warm_up(&self) {
+        for t in self.by_iss.values() {
+            if let KeySource::Jwks(cache) = &t.keys
+                && let Err(e) = cache.refresh().await
+            {
+                tracing::warn!(issuer = %t.config.name, error = %e, "JWKS not fetched at startup");
+            }
+        }
+    }
+
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let token = header
+            .and_then(|h| {
+                let (scheme, rest) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let jwt_header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if !ALLOWED.contains(&jwt_header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted (RS256, ES256, EdDSA only)",
+                jwt_header.alg
+            )));
+        }
+        let iss = unverified_issuer(token)?;
+        let trusted = self.by_iss.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        let key = match &trusted.keys {
+            KeySource::Dev(k) => k.clone(),
+            KeySource::Jwks(cache) => cache.key(jwt_header.kid.as_deref(), jwt_header.alg).await?,
+        };
+        if key.alg != jwt_header.alg {
+            return Err(AuthError::Invalid(
+                "token algorithm does not match the key's algorithm".into(),
+            ));
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.set_audience(&[trusted.config.audience.as_str()]);
+        validation.set_issuer(&[trusted.config.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
+            .map_err(|e| AuthError::Invalid(describe_jwt_error(&e)))?;
+        principal_from_claims(&trusted.config, &data.claims)
+    }
+}
+
+fn describe_jwt_error(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        K::InvalidAudience => "the token is not for this audience".into(),
+        K::InvalidIssuer => "the token issuer does not match".into(),
+        K::InvalidSignature => "the signature does not verify".into(),
+        K::MissingRequiredClaim(c) => format!("the token lacks the required claim `{c}`"),
+        K::InvalidAlgorithm => "algorithm mismatch".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads `iss` from the payload without trusting it: it only selects which issuer's keys
+/// verify the signature, and the verified claims are checked against it again.
+fn unverified_issuer(token: &str) -> Result<String, AuthError> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| AuthError::Malformed("not a JWS compact token".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| AuthError::Malformed("payload is not base64url".into()))?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| AuthError::Malformed("payload is not JSON".into()))?;
+    claims
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| AuthError::Invalid("the token lacks the required claim `iss`".into()))
+}
+
+fn principal_from_claims(
+    config: &IssuerConfig,
+    claims: &serde_json::Value,
+) -> Result<Principal, AuthError> {
+    let subject = claims
+        .get("sub")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| AuthError::Invalid("`sub` must be a non-empty string".into()))?
+        .to_string();
+    let kind = match (&config.principal_kind, &config.kind_claim) {
+        (Some(k), _) => *k,
+        (None, Some(claim)) => match claims.get(claim).and_then(|v| v.as_str()) {
+            Some("human") => PrincipalKind::Human,
+            Some("agent") => PrincipalKind::Agent,
+            _ => {
+                return Err(AuthError::Invalid(format!(
+                    "claim `{claim}` must be \"agent\" or \"human\""
+                )));
+            }
+        },
+        // Config validation guarantees one of the two; an agent is the least-privileged kind.
+        (None, None) => PrincipalKind::Agent,
+    };
+    let groups = match claims.get(&config.groups_claim) {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|g| config.allowed_groups.iter().any(|pat| glob::matches(pat, g)))
+            .map(str::to_string)
+            .collect(),
+        Some(serde_json::Value::String(s)) => s
+            .split_whitespace()
+            .filter(|g| config.allowed_groups.iter().any(|pat| glob::matches(pat, g)))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Principal {
+        issuer: config.name.clone(),
+        subject,
+        kind,
+        groups,
+        actor: actor_chain(claims.get("act")),
+    })
+}
+
+/// Flattens RFC 8693 nested `act` claims (`{"sub": "a", "act": {"sub": "b"}}`) into
+/// `["a", "b"]`: the current actor first, then who delegated to it. Depth is bounded.
+fn actor_chain(mut act: Option<&serde_json::Value>) -> Vec<String> {
+    let mut chain = Vec::new();
+    while let Some(a) = act {
+        if chain.len() >= 8 {
+            chain.push("…".to_string());
+            break;
+        }
+        match a.get("sub").and_then(|s| s.as_str()) {
+            Some(sub) => chain.push(sub.to_string()),
+            None => break,
+        }
+        act = a.get("act");
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn act_chain_flattens() {
+        let v = serde_json::json!({"sub":"a","act":{"sub":"b","act":{"sub":"c"}}});
+        assert_eq!(actor_chain(Some(&v)), vec!["a", "b", "c"]);
+        assert!(actor_chain(None).is_empty());
+    }
+}

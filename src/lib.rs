@@ -1,0 +1,16 @@
+//! Airlock: an access gateway for autonomous AI agents.
+//!
+//! See `docs/architecture.md` for the pipeline every request follows.
+
+pub mod api;
+pub mod audit;
+pub mod backend;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod inspect;
+pub mod net;
+pub mod pipeline;
+pub mod policy;
+pub mod server;
+pub mod store;

@@ -1,0 +1,170 @@
+//! The `airlock` command: serve (default), migrate, openapi, token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use airlock::config::{Config, PrincipalKind};
+use airlock::identity::dev::{DevIssuer, TokenRequest};
+
+#[derive(Parser)]
+#[command(name = "airlock", version, about = "Access gateway for autonomous AI agents")]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded quick-start config is used.
+    #[arg(long, global = true, env = "AIRLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory: SQLite store, demo database, dev issuer key.
+    #[arg(long, global = true, env = "AIRLOCK_DATA_DIR", default_value = "airlock-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve {
+        /// Listen address, overriding `server.listen`.
+        #[arg(long, env = "AIRLOCK_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply the store's migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Print a token signed by the dev issuer (no server needed).
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        groups: Vec<String>,
+        #[arg(long, value_enum, default_value = "agent")]
+        kind: KindArg,
+        /// Subject of the actor this token delegates to (RFC 8693 `act`).
+        #[arg(long)]
+        act: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Agent,
+    Human,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let command = cli.command.unwrap_or(Command::Serve { listen: None });
+    if let Command::Openapi = command {
+        println!("{}", airlock::api::openapi_json());
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    match command {
+        Command::Openapi => Ok(()),
+        Command::Migrate => {
+            std::fs::create_dir_all(&cli.data_dir)
+                .map_err(|e| format!("{}: {e}", cli.data_dir.display()))?;
+            airlock::store::open(&config, &cli.data_dir).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            groups,
+            kind,
+            act,
+            lifetime,
+        } => {
+            let issuer = config
+                .dev_issuer()
+                .ok_or("no dev issuer is configured (an issuer with `dev = true`)")?;
+            let key = DevIssuer::load_or_create(&cli.data_dir)?;
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            let token = key.mint(
+                issuer,
+                &TokenRequest {
+                    subject: &sub,
+                    groups: &groups,
+                    kind: match kind {
+                        KindArg::Agent => PrincipalKind::Agent,
+                        KindArg::Human => PrincipalKind::Human,
+                    },
+                    act: act.as_deref(),
+                    lifetime_secs: lifetime,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve { listen } => serve(config, cli.data_dir, listen).await,
+    }
+}
+
+async fn serve(config: Config, data_dir: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> {
+    // The quick start prints a ready-to-use agent token and a curl for the demo.
+    let hint = match config.dev_issuer() {
+        Some(issuer) if config.connections.iter().any(|c| c.name == "demo") => {
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+            let token = DevIssuer::load_or_create(&data_dir)?.mint(
+                issuer,
+                &TokenRequest {
+                    subject: "agent-1",
+                    groups: &["agents".to_string()],
+                    kind: PrincipalKind::Agent,
+                    act: None,
+                    lifetime_secs: 3600,
+                },
+            )?;
+            Some(token)
+        }
+        _ => None,
+    };
+    let prepared = airlock::server::prepare(config, &data_dir, listen).await?;
+    let running = airlock::server::start(prepared, true).await?;
+    let addr = running.addr;
+    eprintln!("Airlock listening on http://{addr} (data directory: {})", data_dir.display());
+    eprintln!("API docs: http://{addr}/docs");
+    if let Some(token) = hint {
+        eprintln!("\nA dev token for agent-1 (group agents), valid 1 hour:\n\n  export AIRLOCK_TOKEN={token}\n");
+        eprintln!(
+            "Query the demo:\n\n  curl -s http://{addr}/v1/connections/demo/query \\\n    -H \"Authorization: Bearer $AIRLOCK_TOKEN\" -H 'Content-Type: application/json' \\\n    -d '{{\"sql\": \"SELECT id, name, email, city FROM customers ORDER BY id LIMIT 3\"}}'\n"
+        );
+    }
+    running.wait().await;
+    Ok(())
+}

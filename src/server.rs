@@ -1,0 +1,303 @@
+//! Startup, shared state and graceful shutdown.
+//!
+//! Invariants:
+//! - Nothing listens until the whole configuration is valid, the store is migrated, and
+//!   every connection has passed its startup checks (a target that is merely down is
+//!   tolerated and checked again on use; a privileged account or Airlock's own store is not).
+//! - A dev issuer is refused on a non-loopback listener.
+//! - On SIGTERM (or the shutdown future): `/readyz` turns 503 at once, in-flight requests
+//!   drain for `drain_timeout_ms`, then are cancelled on their targets; audit ends are
+//!   flushed before the process exits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::writer::AuditWriter;
+use crate::audit::{AuditEvent, Outcome, Phase};
+use crate::backend::{self, BackendContext, BackendError, SqlBackend};
+use crate::config::{Config, ConnectionConfig};
+use crate::identity::Authenticator;
+use crate::policy::{Policy, PrincipalPattern};
+use crate::store::{self, Store};
+
+pub struct Connection {
+    pub config: ConnectionConfig,
+    pub backend: Arc<dyn SqlBackend>,
+}
+
+pub struct AppState {
+    pub auth: Authenticator,
+    pub policy: Policy,
+    pub connections: HashMap<String, Arc<Connection>>,
+    pub audit: AuditWriter,
+    pub store: Arc<dyn Store>,
+    pub audit_readers: Vec<PrincipalPattern>,
+    pub ready: AtomicBool,
+    /// Fires when the drain period is over: running executions are cancelled.
+    pub shutdown: CancellationToken,
+    pub principal_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    pub max_concurrent_per_principal: usize,
+    pub max_body_bytes: usize,
+}
+
+/// Everything `serve` needs, built and checked before binding.
+pub struct Prepared {
+    pub state: Arc<AppState>,
+    pub listen: SocketAddr,
+    pub drain: Duration,
+    pub write_idle: Duration,
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// The grace period after which an unfinished `begin` surely belongs to a dead process:
+/// longer than any request can run.
+fn stale_after(config: &Config) -> Duration {
+    let longest = config
+        .connections
+        .iter()
+        .map(|c| c.limits.max_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(longest + config.server.drain_timeout_ms) + Duration::from_secs(60)
+}
+
+pub async fn prepare(
+    config: Config,
+    data_dir: &Path,
+    listen_override: Option<SocketAddr>,
+) -> Result<Prepared, String> {
+    let listen = match listen_override {
+        Some(a) => a,
+        None => config.listen_addr().map_err(|e| e.to_string())?,
+    };
+    if config.dev_issuer().is_some() && !is_loopback(&listen) {
+        return Err(format!(
+            "the dev issuer is configured but the listener {listen} is not loopback; \
+             remove the dev issuer or listen on 127.0.0.1"
+        ));
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    if config
+        .connections
+        .iter()
+        .any(|c| c.path.as_deref() == Some(Path::new(crate::demo::DEMO_FILE)))
+    {
+        crate::demo::ensure(data_dir)?;
+    }
+
+    let store = store::open(&config, data_dir).await?;
+    let audit = AuditWriter::start(store.clone(), data_dir);
+    match audit.replay_spool().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "replayed spooled audit events"),
+        Err(e) => tracing::warn!(error = %e, "audit spool not replayed yet; will retry"),
+    }
+    audit.spawn_spool_replayer(Duration::from_secs(10));
+    // SQLite is single-instance: every unfinished begin is from a previous run. A shared
+    // PostgreSQL store may have live requests of other instances, so wait them out.
+    let grace = if config.store.url.is_some() {
+        stale_after(&config)
+    } else {
+        Duration::ZERO
+    };
+    close_interrupted(&store, &audit, grace).await;
+    spawn_interrupted_sweeper(store.clone(), audit.clone(), stale_after(&config));
+
+    let ctx = BackendContext {
+        data_dir: data_dir.to_path_buf(),
+        store_identity: store.identity(),
+    };
+    let mut connections = HashMap::new();
+    for c in &config.connections {
+        let backend =
+            backend::build(c, &ctx).map_err(|e| format!("connection `{}`: {e}", c.name))?;
+        match backend.verify().await {
+            Ok(()) => {}
+            Err(BackendError::Unavailable { detail, .. }) => {
+                tracing::warn!(connection = %c.name, %detail, "target unreachable at startup; will connect on use")
+            }
+            Err(e) => return Err(format!("connection `{}`: {e}", c.name)),
+        }
+        connections.insert(
+            c.name.clone(),
+            Arc::new(Connection {
+                config: c.clone(),
+                backend,
+            }),
+        );
+    }
+
+    let audit_readers = config
+        .audit
+        .readers
+        .iter()
+        .filter_map(|p| PrincipalPattern::parse(p).ok())
+        .collect();
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    let write_idle = Duration::from_millis(config.server.write_idle_timeout_ms);
+    let max_concurrent_per_principal = config.server.max_concurrent_per_principal;
+    let max_body_bytes = config.server.max_body_bytes;
+    let policy = Policy::new(config.rules.clone());
+    let auth = Authenticator::new(config, data_dir)?;
+    auth.warm_up().await;
+    Ok(Prepared {
+        state: Arc::new(AppState {
+            auth,
+            policy,
+            connections,
+            audit,
+            store,
+            audit_readers,
+            ready: AtomicBool::new(true),
+            shutdown: CancellationToken::new(),
+            principal_slots: Mutex::new(HashMap::new()),
+            max_concurrent_per_principal,
+            max_body_bytes,
+        }),
+        listen,
+        drain,
+        write_idle,
+    })
+}
+
+async fn close_interrupted(store: &Arc<dyn Store>, audit: &AuditWriter, grace: Duration) {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+    match store.unfinished(cutoff).await {
+        Ok(begins) => {
+            for b in begins {
+                let mut end = AuditEvent::new(Phase::End, &b.execution_id, &b.operation);
+                end.request_id = b.request_id.clone();
+                end.principal = b.principal.clone();
+                end.connection = b.connection.clone();
+                end.outcome = Some(Outcome::Interrupted);
+                end.error_class = Some("interrupted".into());
+                audit.commit_end(end).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not look for interrupted requests"),
+    }
+}
+
+fn spawn_interrupted_sweeper(store: Arc<dyn Store>, audit: AuditWriter, grace: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            close_interrupted(&store, &audit, grace).await;
+        }
+    });
+}
+
+/// A running server; dropping it does not stop it, `shutdown` does.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the server has stopped (after a signal, with `signals` set).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Starts the same shutdown SIGTERM starts and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds and serves until `stop` fires (or SIGTERM/SIGINT when `signals` is set).
+pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String> {
+    let Prepared {
+        state,
+        listen,
+        drain,
+        write_idle,
+    } = prepared;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("listener address: {e}"))?;
+    let app = crate::api::router(state.clone());
+    let stop = CancellationToken::new();
+    if signals {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        });
+    }
+    let graceful = {
+        let (stop, state) = (stop.clone(), state.clone());
+        async move {
+            stop.cancelled().await;
+            state.ready.store(false, Ordering::SeqCst);
+            tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: draining in-flight requests");
+            // After the drain period, cancel whatever still runs; the server future then
+            // completes as their streams end.
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(drain).await;
+                state.shutdown.cancel();
+            });
+        }
+    };
+    let listener = crate::net::IdleWriteListener::new(listener, write_idle);
+    let task = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "server error");
+            }
+            // Let execution tasks record their end events before the process exits.
+            state.shutdown.cancel();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Err(e) = state.audit.replay_spool().await {
+                tracing::warn!(error = %e, "audit spool left for the next start");
+            }
+        })
+    };
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Resolves the data directory relative to the working directory.
+pub fn data_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| PathBuf::from("airlock-data"))
+}

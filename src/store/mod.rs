@@ -1,0 +1,68 @@
+//! Airlock's own state: the audit log (and, as issues add them, reviews and recordings).
+//!
+//! Two engines behind one trait: embedded SQLite (default, one instance) and PostgreSQL
+//! (shared by any number of stateless instances).
+
+mod identity;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use identity::StoreIdentity;
+
+use crate::audit::AuditEvent;
+use crate::config::Config;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot take writes right now (locked, down): fail closed.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit store error: {0}")]
+    Other(String),
+}
+
+/// Filters for reading the audit log; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub connection: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub outcome: Option<String>,
+    pub execution_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Only events with `seq` below this (the cursor of the previous page).
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Appends events in one transaction; idempotent by event id.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// `begin` events older than `started_before` that have no `end`: the request died
+    /// with its process. Returns them so the caller can write `interrupted` ends.
+    async fn unfinished(&self, started_before: DateTime<Utc>) -> Result<Vec<AuditEvent>, StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    fn identity(&self) -> StoreIdentity;
+}
+
+/// Opens the configured store and applies its migrations.
+pub async fn open(config: &Config, data_dir: &std::path::Path) -> Result<Arc<dyn Store>, String> {
+    match &config.store.url {
+        Some(url) => Ok(Arc::new(postgres::PostgresStore::open(url, &config.store).await?)),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(
+            &data_dir.join("airlock.db"),
+            &config.store,
+        )?)),
+    }
+}

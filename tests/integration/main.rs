@@ -1,0 +1,11 @@
+//! All integration tests live in this one binary (each extra test binary re-links the whole
+//! dependency tree). They talk to the real PostgreSQL and MariaDB on loopback.
+
+mod common;
+
+mod auth;
+mod bad_input;
+mod mysql;
+mod openapi;
+mod postgres;
+mod quickstart;

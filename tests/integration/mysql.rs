@@ -1,0 +1,133 @@
+//! MySQL backend against the real MariaDB: types, params, read-only, cancellation via
+//! KILL QUERY, pool hygiene, privilege checks, one statement per request.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn config(db: &MyDb, extra: &str) -> String {
+    format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "my"
+kind = "mysql"
+url = "{url}"
+{extra}
+
+[[rules]]
+id = "agents-my"
+action = "allow"
+connections = ["my"]
+principals = ["group:agents"]
+"#,
+        url = db.url()
+    )
+}
+
+#[tokio::test]
+async fn types_and_params_round_trip() {
+    let db = MyDb::create().await;
+    db.admin()
+        .await
+        .query_drop(
+            "CREATE TABLE t (i INT, bi BIGINT, ubi BIGINT UNSIGNED, d DECIMAL(20,4), f DOUBLE,
+               s VARCHAR(20), bl BLOB, dt DATETIME(3), da DATE, tm TIME, j JSON, e ENUM('a','b'));
+             INSERT INTO t VALUES (-5, 9223372036854775807, 18446744073709551615, 12345.6789, 1.25,
+               'hé', X'00FF', '2024-02-29 12:34:56.789', '2024-02-29', '-01:02:03', '{\"a\": 1}', 'b');",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&config(&db, "")).await;
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT * FROM t"})).await;
+    assert_eq!(s, 200, "{b}");
+    let row = &b["rows"][0];
+    assert_eq!(row[0], json!(-5));
+    assert_eq!(row[1], json!("9223372036854775807"));
+    assert_eq!(row[2], json!("18446744073709551615"));
+    assert_eq!(row[3], json!("12345.6789"));
+    assert_eq!(row[4], json!(1.25));
+    assert_eq!(row[5], json!("hé"));
+    assert_eq!(row[6], json!("AP8="));
+    assert!(row[7].as_str().unwrap().starts_with("2024-02-29"));
+    assert_eq!(row[8], json!("2024-02-29"));
+    assert_eq!(row[10], json!({"a": 1}));
+    assert_eq!(row[11], json!("b"));
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT ? + 1, ?", "params": [41, "x"]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0][1], json!("x"));
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT ?", "params": []})).await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT * FROM nope"})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["database"]["sqlstate"], "42S02");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn read_only_and_single_statement_are_enforced() {
+    let db = MyDb::create().await;
+    db.admin().await.query_drop("CREATE TABLE canary (x INT); INSERT INTO canary VALUES (1);").await.unwrap();
+    let a = Airlock::start(&config(&db, "read_only = true")).await;
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "DELETE FROM canary"})).await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT 1; DELETE FROM canary"})).await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT 1 /*!; DELETE FROM canary */"})).await;
+    assert_eq!(s, 403, "executable comments are unparsed: {b}");
+    let n: Option<i64> = db.admin().await.query_first("SELECT count(*) FROM canary").await.unwrap();
+    assert_eq!(n, Some(1));
+    a.stop().await;
+}
+
+async fn running(db: &MyDb, needle: &str) -> i64 {
+    let mut c = my_admin().await;
+    let n: Option<i64> = c
+        .exec_first(
+            "SELECT count(*) FROM information_schema.processlist WHERE db = ? AND info LIKE ? AND command <> 'Sleep'",
+            (db.name.clone(), format!("%{needle}%")),
+        )
+        .await
+        .unwrap();
+    n.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn timeout_kills_the_query_on_the_server() {
+    let db = MyDb::create().await;
+    let a = Airlock::start(&config(&db, "")).await;
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT SLEEP(30) AS t_timeout", "timeout_ms": 500})).await;
+    assert_eq!(s, 504, "{b}");
+    assert!(eventually(Duration::from_secs(5), || async { running(&db, "t_timeout").await == 0 }).await);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn pool_of_one_does_not_leak_session_state() {
+    let db = MyDb::create().await;
+    let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SET @secret = 'from agent A'"})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "CREATE TEMPORARY TABLE tmp_secret (x INT)"})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT @secret"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0][0], Value::Null);
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT * FROM tmp_secret"})).await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT @@sql_mode, @@character_set_client"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0][1], "utf8mb4");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn root_account_is_refused_unless_allowed() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = format!("{DEV_ISSUER}\n[[connections]]\nname = \"root\"\nkind = \"mysql\"\nurl = \"{MYSQL_URL}\"\n");
+    let config = airlock::config::Config::parse(&cfg, "t").unwrap();
+    let err = airlock::server::prepare(config, data.path(), None).await.err().expect("refused");
+    assert!(err.contains("allow_privileged"), "{err}");
+}

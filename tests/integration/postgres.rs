@@ -1,0 +1,292 @@
+//! PostgreSQL backend against the real server: types, params, caps, NDJSON, read-only,
+//! cancellation on the server, pool hygiene, privilege checks, audit ordering.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn config(db: &PgDb, extra: &str) -> String {
+    format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "pg"
+kind = "postgres"
+url = "{url}"
+{extra}
+
+[[rules]]
+id = "agents-pg"
+action = "allow"
+connections = ["pg"]
+principals = ["group:agents"]
+"#,
+        url = db.url()
+    )
+}
+
+#[tokio::test]
+async fn types_round_trip_as_documented() {
+    let db = PgDb::create().await;
+    db.owner()
+        .await
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('happy', 'sad');
+             CREATE TABLE t (
+               i2 int2, i4 int4, i8 int8, n numeric, f8 float8, b bool, tx text, vc varchar(10),
+               ts timestamp, tz timestamptz, d date, tm time, iv interval, ip inet, cidr_ cidr,
+               u uuid, j json, jb jsonb, by bytea, m mood, r int4range, arr int4[], tarr text[],
+               mac macaddr, pt point);
+             INSERT INTO t VALUES (
+               -2, 2147483647, 9223372036854775807, 12345678901234567890.0100, 1.5, true, 'hé', 'v',
+               '2024-02-29 12:34:56.789', '2024-02-29 12:34:56+02', '2024-02-29', '23:59:59',
+               '1 year 2 mons 3 days 04:05:06', '192.168.1.7', '10.0.0.0/8',
+               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": null}', '\\x00ff',
+               'sad', '[1,10)', '{1,NULL,3}', '{\"x y\",\"z\"}', '08:00:2b:01:02:03', '(1,2)');
+             INSERT INTO t (i4) VALUES (NULL);",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&config(&db, "")).await;
+    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "SELECT * FROM t ORDER BY i4 NULLS LAST"})).await;
+    assert_eq!(s, 200, "{b}");
+    let row = &b["rows"][0];
+    let col = |name: &str| -> &Value {
+        let idx = b["columns"].as_array().unwrap().iter().position(|c| c["name"] == name).unwrap();
+        &row[idx]
+    };
+    assert_eq!(col("i2"), &json!(-2));
+    assert_eq!(col("i4"), &json!(2147483647));
+    assert_eq!(col("i8"), &json!("9223372036854775807"));
+    assert_eq!(col("n"), &json!("12345678901234567890.0100"));
+    assert_eq!(col("f8"), &json!(1.5));
+    assert_eq!(col("b"), &json!(true));
+    assert_eq!(col("tx"), &json!("hé"));
+    assert!(col("ts").as_str().unwrap().starts_with("2024-02-29T12:34:56.789"));
+    assert!(col("tz").as_str().unwrap().starts_with("2024-02-29T10:34:56"));
+    assert_eq!(col("d"), &json!("2024-02-29"));
+    assert_eq!(col("iv"), &json!("1 year 2 mons 3 days 04:05:06"));
+    assert_eq!(col("ip"), &json!("192.168.1.7"));
+    assert_eq!(col("cidr_"), &json!("10.0.0.0/8"));
+    assert_eq!(col("u"), &json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+    assert_eq!(col("j"), &json!({"a": [1, 2]}));
+    assert_eq!(col("jb"), &json!({"b": null}));
+    assert_eq!(col("by"), &json!("AP8="));
+    assert_eq!(col("m"), &json!("sad"));
+    assert_eq!(col("r"), &json!("[1,10)"));
+    assert_eq!(col("arr"), &json!([1, null, 3]));
+    assert_eq!(col("tarr"), &json!(["x y", "z"]));
+    assert_eq!(col("mac"), &json!("08:00:2b:01:02:03"));
+    assert_eq!(col("pt"), &json!("(1,2)"), "unknown types fall back to their text form");
+    assert_eq!(b["rows"][1][1], Value::Null);
+    let types: Vec<&str> = b["columns"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"int8") && types.contains(&"numeric"), "{types:?}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn params_are_typed_by_the_server() {
+    let db = PgDb::create().await;
+    db.owner().await.batch_execute("CREATE TABLE p (id int8, amount numeric, at timestamptz, tags text[], doc jsonb)").await.unwrap();
+    let a = Airlock::start(&config(&db, "")).await;
+    let t = a.agent();
+    let (s, b) = a
+        .query(&t, "pg", json!({"sql": "INSERT INTO p VALUES ($1, $2, $3, $4, $5) RETURNING id, amount",
+            "params": ["9007199254740993", "0.1", "2024-01-01T00:00:00Z", ["a", "b,c"], {"k": [1]}]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0], json!(["9007199254740993", "0.1"]));
+    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT tags, doc FROM p WHERE id = $1", "params": [9007199254740993u64]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0], json!([["a", "b,c"], {"k": [1]}]));
+    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT $1::int4", "params": ["not a number"]})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["database"]["sqlstate"], "22P02");
+    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT $1::int4, $2::int4", "params": [1]})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["code"], "invalid_params");
+    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT * FROM missing_table"})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["database"]["sqlstate"], "42P01");
+    assert!(b["database"]["position"].as_u64().is_some(), "{b}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn read_only_is_enforced_by_the_database() {
+    let db = PgDb::create().await;
+    db.owner().await.batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1);").await.unwrap();
+    let a = Airlock::start(&config(&db, "read_only = true")).await;
+    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "DELETE FROM canary"})).await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["code"], "read_only");
+    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "WITH d AS (DELETE FROM canary RETURNING *) SELECT count(*) FROM d"})).await;
+    assert_eq!(s, 403, "{b}");
+    let n: i64 = db.admin().await.query_one("SELECT count(*) FROM canary", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    a.stop().await;
+}
+
+async fn running_queries(db: &PgDb, needle: &str) -> i64 {
+    let admin = pg_admin().await;
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE $2",
+            &[&db.name, &format!("%{needle}%")],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn timeout_cancels_the_statement_on_the_server() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "")).await;
+    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "SELECT pg_sleep(30) /* t-timeout */", "timeout_ms": 500})).await;
+    assert_eq!(s, 504, "{b}");
+    assert!(eventually(Duration::from_secs(5), || async { running_queries(&db, "t-timeout").await == 0 }).await);
+    let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
+    assert_eq!(events[1]["outcome"], "timeout");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_statement_and_audit_says_so() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "")).await;
+    let req = a
+        .http
+        .post(format!("{}/v1/connections/pg/query", a.base))
+        .bearer_auth(a.agent())
+        .json(&json!({"sql": "SELECT pg_sleep(30) /* t-disconnect */"}))
+        .send();
+    // Give up on the request while it runs: the client goes away.
+    let _ = tokio::time::timeout(Duration::from_millis(1500), req).await;
+    assert!(eventually(Duration::from_secs(5), || async { running_queries(&db, "t-disconnect").await == 0 }).await,
+        "the statement kept running after the client left");
+    let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
+    assert!(eventually(Duration::from_secs(5), || async {
+        let (_, page) = a.get(&auditor, "/v1/audit?outcome=cancelled").await;
+        !page["events"].as_array().unwrap().is_empty()
+    }).await);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn audit_begin_is_stored_before_the_statement_runs() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "")).await;
+    let token = a.agent();
+    let base = a.base.clone();
+    let running = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/connections/pg/query"))
+            .bearer_auth(token)
+            .json(&json!({"sql": "SELECT pg_sleep(2) /* t-order */"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(eventually(Duration::from_secs(5), || async { running_queries(&db, "t-order").await == 1 }).await);
+    // While the statement runs on the server, its begin record is already committed.
+    let store = rusqlite::Connection::open(a.data.path().join("airlock.db")).unwrap();
+    let begins: i64 = store
+        .query_row("SELECT count(*) FROM audit_events WHERE phase = 'begin' AND record LIKE '%t-order%'", [], |r| r.get(0))
+        .unwrap();
+    let ends: i64 = store
+        .query_row("SELECT count(*) FROM audit_events WHERE phase = 'end' AND execution_id IN (SELECT execution_id FROM audit_events WHERE record LIKE '%t-order%')", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((begins, ends), (1, 0));
+    assert_eq!(running.await.unwrap(), 200);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn pool_of_one_does_not_leak_session_state_between_agents() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
+    let agent_a = a.token("agent-a", &["agents"], airlock::config::PrincipalKind::Agent);
+    let agent_b = a.token("agent-b", &["agents"], airlock::config::PrincipalKind::Agent);
+    let (s, b) = a.query(&agent_a, "pg", json!({"sql": "SELECT set_config('search_path', 'evil', false)"})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = a.query(&agent_a, "pg", json!({"sql": "CREATE TEMP TABLE secret AS SELECT 42 AS x"})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = a.query(&agent_b, "pg", json!({"sql": "SELECT current_setting('search_path')"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["rows"][0][0], "evil");
+    let (s, b) = a.query(&agent_b, "pg", json!({"sql": "SELECT * FROM secret"})).await;
+    assert_eq!(s, 400, "agent B must not see agent A's temp table: {b}");
+    let (s, b) = a.query(&agent_b, "pg", json!({"sql": "SELECT current_setting('standard_conforming_strings')"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0][0], "on");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn superuser_target_is_refused_unless_allowed() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{DEV_ISSUER}\n[[connections]]\nname = \"su\"\nkind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/postgres\"\n"
+    );
+    let config = airlock::config::Config::parse(&cfg, "t").unwrap();
+    let err = airlock::server::prepare(config, data.path(), None).await.err().expect("refused");
+    assert!(err.contains("allow_privileged"), "{err}");
+    let config = airlock::config::Config::parse(&format!("{cfg}allow_privileged = true\n"), "t").unwrap();
+    assert!(airlock::server::prepare(config, data.path(), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn ndjson_streams_a_million_rows_in_constant_memory() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(
+        &db,
+        "[connections.limits]\nmax_rows_ceiling = 2000000\nmax_bytes_ceiling = 1000000000\nmax_bytes = 1000000000",
+    ))
+    .await;
+    let resp = a
+        .http
+        .post(format!("{}/v1/connections/pg/query", a.base))
+        .bearer_auth(a.agent())
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"sql": "SELECT g, 'row ' || g FROM generate_series(1, 1000000) g"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut lines = 0u64;
+    let mut last = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.unwrap());
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            lines += 1;
+            last = line;
+        }
+    }
+    assert_eq!(lines, 1_000_000 + 2);
+    let trailer: Value = serde_json::from_slice(&last).unwrap();
+    assert_eq!(trailer["type"], "end");
+    assert_eq!(trailer["row_count"], 1_000_000);
+    assert_eq!(trailer["truncated"], false);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn row_cap_stops_fetching_on_the_server() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "")).await;
+    let (s, b) = a
+        .query(&a.agent(), "pg", json!({"sql": "SELECT g FROM generate_series(1, 100000000) g", "max_rows": 5, "timeout_ms": 10000}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["row_count"], 5);
+    assert_eq!(b["truncated"], true);
+    assert!(b["duration_ms"].as_u64().unwrap() < 5000, "fetching stopped at max_rows + 1: {b}");
+    a.stop().await;
+}
