@@ -653,11 +653,23 @@ fn pg_error(e: tokio_postgres::Error, stage: Stage) -> BackendError {
 }
 
 fn database_error(db: &DbError) -> DatabaseError {
+    // Results are always requested in binary format (tokio-postgres has no per-column
+    // choice), and a few types (`aclitem` in catalog columns) have no binary output.
+    let hint = match db.hint() {
+        None if db.code() == &SqlState::UNDEFINED_FUNCTION
+            && db
+                .message()
+                .starts_with("no binary output function available") =>
+        {
+            Some("cast this column to text in the query (`column::text`)".to_string())
+        }
+        other => other.map(str::to_string),
+    };
     DatabaseError {
         sqlstate: db.code().code().to_string(),
         message: db.message().to_string(),
         detail: db.detail().map(str::to_string),
-        hint: db.hint().map(str::to_string),
+        hint,
         position: match db.position() {
             Some(ErrorPosition::Original(p)) => Some(*p),
             // A position inside an internally generated query means nothing to the agent.
@@ -1065,6 +1077,13 @@ async fn decode_row(
         }
         let missing = std::mem::take(&mut decoder.missing);
         for (missing_ty, bytes) in missing {
+            let known = fallback
+                .texts
+                .get(&missing_ty.oid())
+                .is_some_and(|texts| texts.contains_key(&bytes));
+            if known {
+                continue;
+            }
             let text = server_text(txn, job, &mut fallback.statements, &missing_ty, &bytes).await?;
             fallback
                 .texts
@@ -1220,13 +1239,9 @@ impl<'a> Decoder<'a> {
         match self.texts.get(&ty.oid()).and_then(|m| m.get(raw)) {
             Some(text) => Value::String(text.clone()),
             None => {
-                if !self
-                    .missing
-                    .iter()
-                    .any(|(t, r)| t.oid() == ty.oid() && r == raw)
-                {
-                    self.missing.push((ty.clone(), raw.to_vec()));
-                }
+                // Repeats are skipped when resolving, not here: a scan per element would be
+                // quadratic for a large array of an unknown type.
+                self.missing.push((ty.clone(), raw.to_vec()));
                 Value::Null
             }
         }

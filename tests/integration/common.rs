@@ -162,10 +162,13 @@ impl PgDb {
         let admin = pg_admin().await;
         let name = unique("airlock_t");
         let role = format!("{name}_agent");
+        // Separate calls: CREATE DATABASE cannot share an implicit transaction.
         admin
-            .batch_execute(&format!(
-                "CREATE ROLE {role} LOGIN; CREATE DATABASE {name} OWNER {role};"
-            ))
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+            .await
+            .expect("create test role");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
             .await
             .expect("create test database");
         PgDb { name, role }
@@ -212,10 +215,9 @@ impl Drop for PgDb {
                 {
                     tokio::spawn(conn);
                     let _ = c
-                        .batch_execute(&format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE); DROP ROLE IF EXISTS {role};"
-                        ))
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
+                    let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
                 }
             });
             Ok::<_, std::io::Error>(())
