@@ -427,7 +427,10 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if self.server.max_concurrent_per_principal == 0 {
-            return Err(err("server.max_concurrent_per_principal", "must be at least 1"));
+            return Err(err(
+                "server.max_concurrent_per_principal",
+                "must be at least 1",
+            ));
         }
         let mut names = HashSet::new();
         let mut issuer_values = HashSet::new();
@@ -435,7 +438,10 @@ impl Config {
             let at = |k: &str| format!("issuers[{i}].{k}");
             check_name(&iss.name).map_err(|m| err(at("name"), m))?;
             if !names.insert(iss.name.as_str()) {
-                return Err(err(at("name"), format!("duplicate issuer name `{}`", iss.name)));
+                return Err(err(
+                    at("name"),
+                    format!("duplicate issuer name `{}`", iss.name),
+                ));
             }
             if !issuer_values.insert(iss.issuer.as_str()) {
                 return Err(err(at("issuer"), "two issuers with the same `iss` value"));
@@ -468,7 +474,10 @@ impl Config {
                 check_http_url(&url, iss.allow_insecure_http)
                     .map_err(|m| err(at("discovery_url"), m))?;
             } else if iss.discovery_url.is_some() {
-                return Err(err(at("discovery_url"), "a dev issuer has no discovery document"));
+                return Err(err(
+                    at("discovery_url"),
+                    "a dev issuer has no discovery document",
+                ));
             }
             if iss.jwks_max_bytes == 0 || iss.jwks_timeout_ms == 0 {
                 return Err(err(at("jwks_max_bytes"), "JWKS limits must be positive"));
@@ -488,7 +497,10 @@ impl Config {
             let at = |k: &str| format!("connections[{i}].{k}");
             check_name(&c.name).map_err(|m| err(at("name"), m))?;
             if !conn_names.insert(c.name.as_str()) {
-                return Err(err(at("name"), format!("duplicate connection `{}`", c.name)));
+                return Err(err(
+                    at("name"),
+                    format!("duplicate connection `{}`", c.name),
+                ));
             }
             match c.kind {
                 ConnectionKind::Postgres | ConnectionKind::Mysql => {
@@ -546,7 +558,10 @@ impl Config {
             r.validate()
                 .map_err(|(k, m)| err(format!("rules[{i}].{k}"), m))?;
             if !rule_ids.insert(r.id.as_str()) {
-                return Err(err(format!("rules[{i}].id"), format!("duplicate rule id `{}`", r.id)));
+                return Err(err(
+                    format!("rules[{i}].id"),
+                    format!("duplicate rule id `{}`", r.id),
+                ));
             }
         }
         for (i, p) in self.audit.readers.iter().enumerate() {
@@ -593,7 +608,9 @@ fn check_db_url(url: &str, schemes: &[&str]) -> Result<(), String> {
         ));
     }
     if parsed.password().is_some() {
-        return Err("the URL carries a password; put it in `password = \"env:NAME\"` instead".into());
+        return Err(
+            "the URL carries a password; put it in `password = \"env:NAME\"` instead".into(),
+        );
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".into());
@@ -614,7 +631,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_location() {
-        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", "t.toml").unwrap_err();
+        let e =
+            Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", "t.toml").unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");
         assert!(e.to_string().contains("lisen"), "{e}");
     }

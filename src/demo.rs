@@ -13,13 +13,31 @@ const CUSTOMERS: u64 = 200;
 const ORDERS: u64 = 1_000;
 
 const FIRST: &[&str] = &[
-    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Dennis",
-    "Margaret", "John", "Katherine", "Tim", "Hedy", "Linus", "Sophie", "Niklaus", "Joan", "Guido",
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "Ken",
+    "Radia",
+    "Dennis",
+    "Margaret",
+    "John",
+    "Katherine",
+    "Tim",
+    "Hedy",
+    "Linus",
+    "Sophie",
+    "Niklaus",
+    "Joan",
+    "Guido",
 ];
 const LAST: &[&str] = &[
-    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-    "Perlman", "Ritchie", "Hamilton", "Backus", "Johnson", "Berners", "Lamarr", "Torvalds",
-    "Wilson", "Wirth", "Clarke", "Rossum",
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman",
+    "Ritchie", "Hamilton", "Backus", "Johnson", "Berners", "Lamarr", "Torvalds", "Wilson", "Wirth",
+    "Clarke", "Rossum",
 ];
 const PRODUCTS: &[(&str, i64)] = &[
     ("Keyboard", 4_900),
@@ -103,7 +121,9 @@ fn seed(path: &Path) -> rusqlite::Result<()> {
         CREATE INDEX orders_customer ON orders(customer_id);",
     )?;
     let mut rng = Rng(0x5EED_A1F1_0C4B_0001);
-    let cities = ["Lisbon", "Oslo", "Austin", "Kyoto", "Nairobi", "Lima", "Perth", "Ghent"];
+    let cities = [
+        "Lisbon", "Oslo", "Austin", "Kyoto", "Nairobi", "Lima", "Perth", "Ghent",
+    ];
     let tx = conn.transaction()?;
     {
         let mut ins = tx.prepare(
@@ -122,7 +142,13 @@ fn seed(path: &Path) -> rusqlite::Result<()> {
             let phone = format!("+1-202-555-01{:02}", rng.below(100));
             let card_body = format!("4111{:011}", rng.below(100_000_000_000));
             let card = luhn_complete(&card_body);
-            let card = format!("{}-{}-{}-{}", &card[0..4], &card[4..8], &card[8..12], &card[12..16]);
+            let card = format!(
+                "{}-{}-{}-{}",
+                &card[0..4],
+                &card[4..8],
+                &card[8..12],
+                &card[12..16]
+            );
             // Area 100-665, group 01-99, serial 0001-9999: well-formed, fictitious.
             let ssn = format!(
                 "{:03}-{:02}-{:04}",

@@ -10,13 +10,22 @@ use airlock::config::{Config, PrincipalKind};
 use airlock::identity::dev::{DevIssuer, TokenRequest};
 
 #[derive(Parser)]
-#[command(name = "airlock", version, about = "Access gateway for autonomous AI agents")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Access gateway for autonomous AI agents"
+)]
 struct Cli {
     /// Configuration file (TOML). Without it, the embedded quick-start config is used.
     #[arg(long, global = true, env = "AIRLOCK_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory: SQLite store, demo database, dev issuer key.
-    #[arg(long, global = true, env = "AIRLOCK_DATA_DIR", default_value = "airlock-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIRLOCK_DATA_DIR",
+        default_value = "airlock-data"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -61,7 +70,10 @@ enum KindArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -134,7 +146,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn serve(config: Config, data_dir: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> {
+async fn serve(
+    config: Config,
+    data_dir: PathBuf,
+    listen: Option<SocketAddr>,
+) -> Result<(), String> {
     // The quick start prints a ready-to-use agent token and a curl for the demo.
     let hint = match config.dev_issuer() {
         Some(issuer) if config.connections.iter().any(|c| c.name == "demo") => {
@@ -157,10 +173,15 @@ async fn serve(config: Config, data_dir: PathBuf, listen: Option<SocketAddr>) ->
     let prepared = airlock::server::prepare(config, &data_dir, listen).await?;
     let running = airlock::server::start(prepared, true).await?;
     let addr = running.addr;
-    eprintln!("Airlock listening on http://{addr} (data directory: {})", data_dir.display());
+    eprintln!(
+        "Airlock listening on http://{addr} (data directory: {})",
+        data_dir.display()
+    );
     eprintln!("API docs: http://{addr}/docs");
     if let Some(token) = hint {
-        eprintln!("\nA dev token for agent-1 (group agents), valid 1 hour:\n\n  export AIRLOCK_TOKEN={token}\n");
+        eprintln!(
+            "\nA dev token for agent-1 (group agents), valid 1 hour:\n\n  export AIRLOCK_TOKEN={token}\n"
+        );
         eprintln!(
             "Query the demo:\n\n  curl -s http://{addr}/v1/connections/demo/query \\\n    -H \"Authorization: Bearer $AIRLOCK_TOKEN\" -H 'Content-Type: application/json' \\\n    -d '{{\"sql\": \"SELECT id, name, email, city FROM customers ORDER BY id LIMIT 3\"}}'\n"
         );

@@ -186,11 +186,25 @@ pub async fn query(
     let conn = resolve(&state, &ctx.principal, name)?.clone();
     let lc = &conn.config.limits;
     // NDJSON streams in constant memory, so its default row cap is the ceiling.
-    let row_default = if ndjson { lc.max_rows_ceiling } else { lc.max_rows };
+    let row_default = if ndjson {
+        lc.max_rows_ceiling
+    } else {
+        lc.max_rows
+    };
     let limits = AppliedLimits {
         max_rows: clamp(req.max_rows, row_default, lc.max_rows_ceiling, "max_rows")?,
-        max_bytes: clamp(req.max_bytes, lc.max_bytes, lc.max_bytes_ceiling, "max_bytes")?,
-        timeout_ms: clamp(req.timeout_ms, lc.timeout_ms, lc.max_timeout_ms, "timeout_ms")?,
+        max_bytes: clamp(
+            req.max_bytes,
+            lc.max_bytes,
+            lc.max_bytes_ceiling,
+            "max_bytes",
+        )?,
+        timeout_ms: clamp(
+            req.timeout_ms,
+            lc.timeout_ms,
+            lc.max_timeout_ms,
+            "timeout_ms",
+        )?,
     };
     let execution_id = uuid::Uuid::now_v7().to_string();
     let mut begin = begin_event(&ctx, &execution_id, name, &req);

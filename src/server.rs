@@ -246,7 +246,10 @@ pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String>
         async move {
             stop.cancelled().await;
             state.ready.store(false, Ordering::SeqCst);
-            tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: draining in-flight requests");
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "shutting down: draining in-flight requests"
+            );
             // After the drain period, cancel whatever still runs; the server future then
             // completes as their streams end.
             let state = state.clone();

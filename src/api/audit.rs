@@ -74,7 +74,11 @@ pub async fn list(
     }
     let before_seq = q
         .cursor
-        .map(|c| c.parse::<i64>().map_err(|_| Problem::bad_request("invalid_query", "cursor is not one this server issued")))
+        .map(|c| {
+            c.parse::<i64>().map_err(|_| {
+                Problem::bad_request("invalid_query", "cursor is not one this server issued")
+            })
+        })
         .transpose()?;
     let events = state
         .store
@@ -94,5 +98,8 @@ pub async fn list(
     let next_cursor = (events.len() == limit)
         .then(|| events.last().and_then(|e| e.seq).map(|s| s.to_string()))
         .flatten();
-    Ok(Json(AuditPage { events, next_cursor }))
+    Ok(Json(AuditPage {
+        events,
+        next_cursor,
+    }))
 }

@@ -135,7 +135,11 @@ pub async fn schema(
     end.principal = begin.principal;
     end.connection = begin.connection;
     end.duration_ms = Some(started.elapsed().as_millis() as u64);
-    end.outcome = Some(if result.is_ok() { Outcome::Ok } else { Outcome::Error });
+    end.outcome = Some(if result.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Error
+    });
     state.audit.commit_end(end).await;
     Ok(Json(SchemaView {
         connection: name,

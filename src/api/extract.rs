@@ -22,7 +22,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .map(|v| v.to_str().map_err(|_| Problem::unauthorized("the Authorization header is not valid text")))
+            .map(|v| {
+                v.to_str().map_err(|_| {
+                    Problem::unauthorized("the Authorization header is not valid text")
+                })
+            })
             .transpose()?;
         match state.auth.authenticate(header).await {
             Ok(p) => Ok(Auth(p)),

@@ -20,7 +20,9 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready to take requests: not shutting down and the audit store answers.
@@ -36,6 +38,12 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
             "this instance is draining; send new requests elsewhere",
         ));
     }
-    state.store.ping().await.map_err(|_| Problem::audit_unavailable())?;
-    Ok(Json(Health { status: "ready".into() }))
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|_| Problem::audit_unavailable())?;
+    Ok(Json(Health {
+        status: "ready".into(),
+    }))
 }

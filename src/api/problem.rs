@@ -48,7 +48,12 @@ pub struct ProblemBody {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
             status,
             code,
@@ -74,7 +79,12 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", detail)
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail,
+        )
     }
 
     pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Problem {
@@ -102,12 +112,20 @@ impl Problem {
     }
 
     pub fn internal(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            detail,
+        )
     }
 
     pub fn to_body(&self) -> Value {
         let mut body = Map::new();
-        body.insert("type".into(), format!("urn:airlock:problem:{}", self.code).into());
+        body.insert(
+            "type".into(),
+            format!("urn:airlock:problem:{}", self.code).into(),
+        );
         body.insert("title".into(), self.title.into());
         body.insert("status".into(), self.status.as_u16().into());
         body.insert("detail".into(), self.detail.clone().into());
@@ -171,7 +189,8 @@ impl From<BackendError> for Problem {
                     )
                     .with("database", value)
                 } else if db.sqlstate == "42501" || db.code == Some(1142) {
-                    Problem::forbidden("database_permission", db.message.clone()).with("database", value)
+                    Problem::forbidden("database_permission", db.message.clone())
+                        .with("database", value)
                 } else if matches!(class, "08" | "53" | "57" | "58") {
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -205,12 +224,9 @@ impl From<BackendError> for Problem {
                 "the request was cancelled (server shutting down); it was stopped on the target",
             )
             .retry_after(5),
-            BackendError::Internal(m) => Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "backend_error",
-                "Target error",
-                m,
-            ),
+            BackendError::Internal(m) => {
+                Problem::new(StatusCode::BAD_GATEWAY, "backend_error", "Target error", m)
+            }
         }
     }
 }

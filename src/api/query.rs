@@ -22,7 +22,9 @@ use serde_json::value::RawValue;
 use super::extract::{ApiJson, Auth, RequestId};
 use super::problem::{Problem, ProblemBody};
 use crate::backend::Column;
-use crate::pipeline::{self, AppliedLimits, Execution, Output, QueryRequest, RequestContext, Summary};
+use crate::pipeline::{
+    self, AppliedLimits, Execution, Output, QueryRequest, RequestContext, Summary,
+};
 use crate::server::AppState;
 
 pub const NDJSON: &str = "application/x-ndjson";

@@ -148,7 +148,9 @@ impl Spool {
                 Ok(e) => events.push(e),
                 // A torn last line (crash mid-append) is the only way to get here; the event
                 // it held was never acknowledged as spooled.
-                Err(e) => tracing::warn!(line = n + 1, error = %e, "skipping unreadable spool line"),
+                Err(e) => {
+                    tracing::warn!(line = n + 1, error = %e, "skipping unreadable spool line")
+                }
             }
         }
         if events.is_empty() {

@@ -134,9 +134,7 @@ impl DatabaseError {
 
     /// The server refused a write inside a read-only transaction.
     pub fn is_read_only_violation(&self) -> bool {
-        self.sqlstate == "25006"
-            || self.code == Some(1792)
-            || self.sqlstate == "SQLITE_READONLY"
+        self.sqlstate == "25006" || self.code == Some(1792) || self.sqlstate == "SQLITE_READONLY"
     }
 }
 
@@ -144,7 +142,10 @@ impl DatabaseError {
 pub enum BackendError {
     /// Pool exhausted or target unreachable: nothing ran.
     #[error("backend unavailable: {detail}")]
-    Unavailable { detail: String, retry_after_secs: u64 },
+    Unavailable {
+        detail: String,
+        retry_after_secs: u64,
+    },
     #[error("database error {}: {}", .0.sqlstate, .0.message)]
     Database(DatabaseError),
     #[error("statement timed out and was cancelled")]

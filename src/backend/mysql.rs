@@ -411,7 +411,11 @@ fn parse_url(url: &str) -> Result<Opts, String> {
         "mariadb" => parsed
             .set_scheme("mysql")
             .map_err(|()| "url: cannot use the `mariadb` scheme".to_string())?,
-        other => return Err(format!("url scheme must be mysql or mariadb, got `{other}`")),
+        other => {
+            return Err(format!(
+                "url scheme must be mysql or mariadb, got `{other}`"
+            ));
+        }
     }
     if parsed.password().is_some() {
         return Err("the url carries a password; use `password = \"env:NAME\"` instead".into());
@@ -475,7 +479,10 @@ fn begin_sql(flavor: Flavor, read_only: bool, remaining: Duration) -> String {
     let limit = remaining + SERVER_LIMIT_MARGIN;
     let set_limit = match flavor {
         // Seconds, fractional; applies to every statement. Verified on MariaDB 10.11.
-        Flavor::MariaDb => format!("SET SESSION max_statement_time = {:.3}", limit.as_secs_f64()),
+        Flavor::MariaDb => format!(
+            "SET SESSION max_statement_time = {:.3}",
+            limit.as_secs_f64()
+        ),
         // Milliseconds; MySQL applies it to read-only SELECT only (not verified here).
         Flavor::MySql => format!(
             "SET SESSION max_execution_time = {}",
@@ -797,9 +804,7 @@ fn prepare_error(name: &str, e: mysql_async::Error) -> BackendError {
             detail: format!("connection `{name}` failed while preparing: {e}"),
             retry_after_secs: 1,
         },
-        other => {
-            BackendError::Internal(format!("connection `{name}`: preparing failed: {other}"))
-        }
+        other => BackendError::Internal(format!("connection `{name}`: preparing failed: {other}")),
     }
 }
 
@@ -873,7 +878,9 @@ fn leading_keyword(sql: &str) -> Option<String> {
             let end = rest.windows(2).skip(2).position(|w| w == b"*/")?;
             i += end + 4;
         } else if rest.starts_with(b"--")
-            && rest.get(2).is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            && rest
+                .get(2)
+                .is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
             i += rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
         } else if rest.starts_with(b"#") {
@@ -1248,8 +1255,7 @@ async fn privileged_grants(
         let described: HashSet<&Account> = grants.iter().filter_map(Grant::grantee).collect();
         let mut pending: Vec<Account> = Vec::new();
         for role in grants.iter().flat_map(Grant::roles) {
-            if !described.contains(role) && !inspected.contains(role) && !pending.contains(role)
-            {
+            if !described.contains(role) && !inspected.contains(role) && !pending.contains(role) {
                 pending.push(role.clone());
             }
         }
@@ -1323,7 +1329,9 @@ fn dangerous_privileges<'a>(privileges: &'a [String], object: &str) -> Vec<&'a s
     privileges
         .iter()
         .map(String::as_str)
-        .filter(|p| matches!(*p, "FILE" | "SUPER") || (global && matches!(*p, "ALL" | "ALL PRIVILEGES")))
+        .filter(|p| {
+            matches!(*p, "FILE" | "SUPER") || (global && matches!(*p, "ALL" | "ALL PRIVILEGES"))
+        })
         .collect()
 }
 

@@ -154,7 +154,12 @@ fn to_json(v: ValueRef<'_>) -> Value {
 }
 
 /// Runs on a blocking thread; returns when done, interrupted or the consumer is gone.
-fn produce(conn: Connection, plan: QueryPlan, read_only: bool, tx: &RowSender) -> Result<(), BackendError> {
+fn produce(
+    conn: Connection,
+    plan: QueryPlan,
+    read_only: bool,
+    tx: &RowSender,
+) -> Result<(), BackendError> {
     conn.execute_batch("BEGIN").map_err(db_error)?;
     let result = (|| {
         let mut stmt = conn.prepare(&plan.sql).map_err(db_error)?;
@@ -220,10 +225,13 @@ fn produce(conn: Connection, plan: QueryPlan, read_only: bool, tx: &RowSender) -
 #[async_trait::async_trait]
 impl SqlBackend for SqliteBackend {
     async fn verify(&self) -> Result<(), BackendError> {
-        let canonical = self.path.canonicalize().map_err(|e| BackendError::Unavailable {
-            detail: format!("{}: {e}", self.path.display()),
-            retry_after_secs: 5,
-        })?;
+        let canonical = self
+            .path
+            .canonicalize()
+            .map_err(|e| BackendError::Unavailable {
+                detail: format!("{}: {e}", self.path.display()),
+                retry_after_secs: 5,
+            })?;
         if self.store_identity.is_sqlite_target(&canonical) {
             return Err(BackendError::Internal(format!(
                 "{} is Airlock's own store; a connection may not point at it",
@@ -249,8 +257,12 @@ impl SqlBackend for SqliteBackend {
 
         // Watcher: interrupts the statement on timeout, cancellation or a vanished consumer.
         {
-            let (tx, finished, cancel, timed_out) =
-                (tx.clone(), finished.clone(), cancel.clone(), timed_out.clone());
+            let (tx, finished, cancel, timed_out) = (
+                tx.clone(),
+                finished.clone(),
+                cancel.clone(),
+                timed_out.clone(),
+            );
             tokio::spawn(async move {
                 tokio::select! {
                     _ = finished.cancelled() => return,
@@ -269,7 +281,8 @@ impl SqlBackend for SqliteBackend {
             let result = produce(conn, plan, read_only, &tx);
             finished.cancel();
             if let Err(e) = result {
-                let interrupted = matches!(&e, BackendError::Database(d) if d.sqlstate == "SQLITE_INTERRUPT");
+                let interrupted =
+                    matches!(&e, BackendError::Database(d) if d.sqlstate == "SQLITE_INTERRUPT");
                 let e = if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
                     BackendError::Timeout
                 } else if interrupted {
@@ -300,7 +313,9 @@ impl SqlBackend for SqliteBackend {
                 .map_err(db_error)?;
             for (name, kind) in names {
                 let mut cols = conn
-                    .prepare("SELECT name, type, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid")
+                    .prepare(
+                        "SELECT name, type, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid",
+                    )
                     .map_err(db_error)?;
                 let columns = cols
                     .query_map([&name], |r| {

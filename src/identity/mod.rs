@@ -64,7 +64,7 @@ pub(crate) struct VerifyKey {
 
 enum KeySource {
     Dev(Arc<VerifyKey>),
-    Jwks(jwks::JwksCache),
+    Jwks(Box<jwks::JwksCache>),
 }
 
 struct TrustedIssuer {
@@ -91,7 +91,7 @@ impl Authenticator {
                     key: key.decoding_key(),
                 }))
             } else {
-                KeySource::Jwks(jwks::JwksCache::new(&iss)?)
+                KeySource::Jwks(Box::new(jwks::JwksCache::new(&iss)?))
             };
             by_iss.insert(iss.issuer.clone(), TrustedIssuer { config: iss, keys });
         }
@@ -118,8 +118,8 @@ impl Authenticator {
             })
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
-        let jwt_header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let jwt_header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if !ALLOWED.contains(&jwt_header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not accepted (RS256, ES256, EdDSA only)",
@@ -210,12 +210,22 @@ fn principal_from_claims(
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .filter_map(|v| v.as_str())
-            .filter(|g| config.allowed_groups.iter().any(|pat| glob::matches(pat, g)))
+            .filter(|g| {
+                config
+                    .allowed_groups
+                    .iter()
+                    .any(|pat| glob::matches(pat, g))
+            })
             .map(str::to_string)
             .collect(),
         Some(serde_json::Value::String(s)) => s
             .split_whitespace()
-            .filter(|g| config.allowed_groups.iter().any(|pat| glob::matches(pat, g)))
+            .filter(|g| {
+                config
+                    .allowed_groups
+                    .iter()
+                    .any(|pat| glob::matches(pat, g))
+            })
             .map(str::to_string)
             .collect(),
         _ => Vec::new(),

@@ -95,7 +95,9 @@ impl RuleConfig {
     }
 
     fn applies_to(&self, principal: &Principal, connection: &str) -> bool {
-        self.connections.iter().any(|g| glob::matches(g, connection))
+        self.connections
+            .iter()
+            .any(|g| glob::matches(g, connection))
             && self
                 .principals
                 .iter()
@@ -171,9 +173,9 @@ pub enum Decision {
 impl Decision {
     pub fn rule(&self) -> &str {
         match self {
-            Decision::Allow { rule } | Decision::Deny { rule, .. } | Decision::Review { rule, .. } => {
-                rule
-            }
+            Decision::Allow { rule }
+            | Decision::Deny { rule, .. }
+            | Decision::Review { rule, .. } => rule,
         }
     }
 
@@ -200,7 +202,8 @@ impl Policy {
     /// Whether the principal may see the connection at all (same answer as "unknown").
     pub fn visible(&self, principal: &Principal, connection: &str) -> bool {
         self.rules.iter().any(|r| {
-            matches!(r.action, Action::Allow | Action::Review) && r.applies_to(principal, connection)
+            matches!(r.action, Action::Allow | Action::Review)
+                && r.applies_to(principal, connection)
         })
     }
 

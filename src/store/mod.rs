@@ -49,7 +49,10 @@ pub trait Store: Send + Sync {
 
     /// `begin` events older than `started_before` that have no `end`: the request died
     /// with its process. Returns them so the caller can write `interrupted` ends.
-    async fn unfinished(&self, started_before: DateTime<Utc>) -> Result<Vec<AuditEvent>, StoreError>;
+    async fn unfinished(
+        &self,
+        started_before: DateTime<Utc>,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -59,7 +62,9 @@ pub trait Store: Send + Sync {
 /// Opens the configured store and applies its migrations.
 pub async fn open(config: &Config, data_dir: &std::path::Path) -> Result<Arc<dyn Store>, String> {
     match &config.store.url {
-        Some(url) => Ok(Arc::new(postgres::PostgresStore::open(url, &config.store).await?)),
+        Some(url) => Ok(Arc::new(
+            postgres::PostgresStore::open(url, &config.store).await?,
+        )),
         None => Ok(Arc::new(sqlite::SqliteStore::open(
             &data_dir.join("airlock.db"),
             &config.store,

@@ -17,10 +17,7 @@ use super::{AuditQuery, Store, StoreError, StoreIdentity};
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/postgres/0001_audit.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_audit.sql"))];
 /// Arbitrary constant shared by all instances: the migration lock.
 const MIGRATION_LOCK: i64 = 0x4169_724c_6f63_6b00;
 
@@ -36,9 +33,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl PostgresStore {
     pub async fn open(url: &str, config: &StoreConfig) -> Result<PostgresStore, String> {
-        let mut pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("store.url: {e}"))?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| format!("store.url: {e}"))?;
         if let Some(p) = &config.password {
             let secret = p.resolve().map_err(|e| format!("store.password: {e}"))?;
             pg.password(secret.expose());
@@ -75,7 +70,10 @@ impl PostgresStore {
             identity: StoreIdentity::Postgres { host, port, dbname },
             busy,
         };
-        store.migrate().await.map_err(|e| format!("store migration: {e}"))?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| format!("store migration: {e}"))?;
         Ok(store)
     }
 
@@ -118,8 +116,9 @@ impl PostgresStore {
             .map(|r| {
                 let seq: i64 = r.get(0);
                 let record: serde_json::Value = r.get(1);
-                let mut e: AuditEvent = serde_json::from_value(record)
-                    .map_err(|e| StoreError::Other(format!("unreadable audit record {seq}: {e}")))?;
+                let mut e: AuditEvent = serde_json::from_value(record).map_err(|e| {
+                    StoreError::Other(format!("unreadable audit record {seq}: {e}"))
+                })?;
                 e.seq = Some(seq);
                 Ok(e)
             })
@@ -216,7 +215,10 @@ impl Store for PostgresStore {
         Self::rows_to_events(rows).await
     }
 
-    async fn unfinished(&self, started_before: DateTime<Utc>) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn unfinished(
+        &self,
+        started_before: DateTime<Utc>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
         let client = self.pool.get().await.map_err(unavailable)?;
         let rows = client
             .query(

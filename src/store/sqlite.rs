@@ -200,9 +200,10 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit));
             let mut stmt = conn.prepare(&sql).map_err(classify)?;
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
+                .query_map(
+                    rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
                 .map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {
@@ -214,7 +215,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn unfinished(&self, started_before: DateTime<Utc>) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn unfinished(
+        &self,
+        started_before: DateTime<Utc>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
         let cutoff = ts(&started_before);
         Self::with(&self.reader, move |conn| {
             let mut stmt = conn
@@ -227,7 +231,9 @@ impl Store for SqliteStore {
                 )
                 .map_err(classify)?;
             let rows = stmt
-                .query_map([cutoff], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .query_map([cutoff], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
                 .map_err(classify)?;
             let mut out = Vec::new();
             for row in rows {

@@ -11,7 +11,11 @@ async fn demo() -> Airlock {
     Airlock::start(&embedded).await
 }
 
-async fn post_raw(a: &Airlock, content_type: &str, body: Vec<u8>) -> (u16, String, serde_json::Value) {
+async fn post_raw(
+    a: &Airlock,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String, serde_json::Value) {
     let resp = a
         .http
         .post(format!("{}/v1/connections/demo/query", a.base))
@@ -22,7 +26,11 @@ async fn post_raw(a: &Airlock, content_type: &str, body: Vec<u8>) -> (u16, Strin
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     (status, ct, resp.json().await.unwrap_or_default())
 }
 
@@ -36,20 +44,42 @@ async fn malformed_bodies_get_problem_json() {
     assert_eq!(s, 415, "{b}");
     let (s, _, b) = post_raw(&a, "application/json", vec![b' '; 2 * 1024 * 1024]).await;
     assert_eq!(s, 413, "{b}");
-    let (s, _, b) = post_raw(&a, "application/json", b"{\"sql\": \"select \xff\"}".to_vec()).await;
+    let (s, _, b) = post_raw(
+        &a,
+        "application/json",
+        b"{\"sql\": \"select \xff\"}".to_vec(),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
-    let (s, _, b) = post_raw(&a, "application/json", b"{\"sql\": \"select 1\", \"bogus\": 1}".to_vec()).await;
+    let (s, _, b) = post_raw(
+        &a,
+        "application/json",
+        b"{\"sql\": \"select 1\", \"bogus\": 1}".to_vec(),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     let (s, _, b) = post_raw(&a, "application/json", b"{\"sql\": 42}".to_vec()).await;
     assert_eq!(s, 400, "{b}");
     // Unknown endpoint and wrong method.
-    let r = a.http.get(format!("{}/v1/nope", a.base)).send().await.unwrap();
+    let r = a
+        .http
+        .get(format!("{}/v1/nope", a.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let r = a.http.delete(format!("{}/v1/connections", a.base)).send().await.unwrap();
+    let r = a
+        .http
+        .delete(format!("{}/v1/connections", a.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     // Still serving.
-    let (s, b) = a.query(&a.agent(), "demo", json!({"sql": "SELECT 1"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "demo", json!({"sql": "SELECT 1"}))
+        .await;
     assert_eq!(s, 200, "{b}");
     a.stop().await;
 }
@@ -58,17 +88,27 @@ async fn malformed_bodies_get_problem_json() {
 async fn sql_errors_and_params_are_explained() {
     let a = demo().await;
     let t = a.agent();
-    let (s, b) = a.query(&t, "demo", json!({"sql": "SELECT nope FROM customers"})).await;
+    let (s, b) = a
+        .query(&t, "demo", json!({"sql": "SELECT nope FROM customers"}))
+        .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["code"], "database_error");
     assert!(b["detail"].as_str().unwrap().contains("nope"));
     let (s, b) = a.query(&t, "demo", json!({"sql": "SELEC 1"})).await;
     assert_eq!(s, 403, "unparsed input is denied: {b}");
     assert_eq!(b["rule"], "default-deny");
-    let (s, b) = a.query(&t, "demo", json!({"sql": "SELECT ?", "params": []})).await;
+    let (s, b) = a
+        .query(&t, "demo", json!({"sql": "SELECT ?", "params": []}))
+        .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["code"], "invalid_params");
-    let (s, b) = a.query(&t, "demo", json!({"sql": "SELECT ? || ?", "params": ["a", "b"]})).await;
+    let (s, b) = a
+        .query(
+            &t,
+            "demo",
+            json!({"sql": "SELECT ? || ?", "params": ["a", "b"]}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["rows"][0][0], "ab");
     let (s, b) = a.query(&t, "demo", json!({"sql": "   "})).await;
@@ -85,7 +125,12 @@ async fn sql_errors_and_params_are_explained() {
     assert_eq!(s, 200, "{b}");
     let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
     let (_, page) = a.get(&auditor, "/v1/audit?limit=100").await;
-    let begins = page["events"].as_array().unwrap().iter().filter(|e| e["phase"] == "begin").count();
+    let begins = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["phase"] == "begin")
+        .count();
     assert!(begins >= 8, "{page}");
     a.stop().await;
 }
@@ -94,7 +139,8 @@ async fn sql_errors_and_params_are_explained() {
 async fn audit_is_for_auditors_and_paginates() {
     let a = demo().await;
     for _ in 0..5 {
-        a.query(&a.agent(), "demo", json!({"sql": "SELECT 1"})).await;
+        a.query(&a.agent(), "demo", json!({"sql": "SELECT 1"}))
+            .await;
     }
     let (s, b) = a.get(&a.agent(), "/v1/audit").await;
     assert_eq!(s, 403, "{b}");
@@ -103,7 +149,12 @@ async fn audit_is_for_auditors_and_paginates() {
     assert_eq!(s, 200, "{page1}");
     assert_eq!(page1["events"].as_array().unwrap().len(), 4);
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let (_, page2) = a.get(&auditor, &format!("/v1/audit?limit=4&subject=agent-1&cursor={cursor}")).await;
+    let (_, page2) = a
+        .get(
+            &auditor,
+            &format!("/v1/audit?limit=4&subject=agent-1&cursor={cursor}"),
+        )
+        .await;
     let first2 = page2["events"][0]["seq"].as_i64().unwrap();
     assert!(first2 < page1["events"][3]["seq"].as_i64().unwrap());
     let (s, _) = a.get(&auditor, "/v1/audit?limit=0").await;

@@ -19,7 +19,10 @@ pub const MYSQL_HINT: &str = "MariaDB is not reachable on 127.0.0.1:3306. Start 
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Dev-issuer section every test config starts with.
@@ -48,12 +51,15 @@ impl Airlock {
     }
 
     pub async fn start_in(config: &str, data: tempfile::TempDir) -> Airlock {
-        let config = format!("[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 2000\n{config}");
+        let config =
+            format!("[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 2000\n{config}");
         let parsed = Config::parse(&config, "test config").expect("test config is valid");
         let prepared = airlock::server::prepare(parsed, data.path(), None)
             .await
             .expect("server prepares");
-        let running = airlock::server::start(prepared, false).await.expect("server starts");
+        let running = airlock::server::start(prepared, false)
+            .await
+            .expect("server starts");
         let base = format!("http://{}", running.addr);
         Airlock {
             running: Some(running),
@@ -123,7 +129,13 @@ impl Airlock {
     }
 }
 
-pub fn mint(data: &Path, sub: &str, groups: &[&str], kind: PrincipalKind, act: Option<&str>) -> String {
+pub fn mint(
+    data: &Path,
+    sub: &str,
+    groups: &[&str],
+    kind: PrincipalKind,
+    act: Option<&str>,
+) -> String {
     let config = Config::parse(DEV_ISSUER, "dev").expect("dev issuer config");
     let issuer = config.dev_issuer().expect("dev issuer");
     let groups: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
@@ -181,7 +193,10 @@ impl PgDb {
     /// A client connected to the test database as the admin (superuser).
     pub async fn admin(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name),
+            &format!(
+                "host=127.0.0.1 port=5432 user=postgres dbname={}",
+                self.name
+            ),
             tokio_postgres::NoTls,
         )
         .await
@@ -193,7 +208,10 @@ impl PgDb {
     /// A client connected as the unprivileged role.
     pub async fn owner(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port=5432 user={} dbname={}", self.role, self.name),
+            &format!(
+                "host=127.0.0.1 port=5432 user={} dbname={}",
+                self.role, self.name
+            ),
             tokio_postgres::NoTls,
         )
         .await
@@ -208,7 +226,9 @@ impl Drop for PgDb {
         let (name, role) = (self.name.clone(), self.role.clone());
         // Drop runs outside async context guarantees; use a private runtime on a thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 if let Ok((c, conn)) =
                     tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
@@ -217,7 +237,9 @@ impl Drop for PgDb {
                     let _ = c
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
-                    let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
+                    let _ = c
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                        .await;
                 }
             });
             Ok::<_, std::io::Error>(())

@@ -41,7 +41,9 @@ async fn types_and_params_round_trip() {
         .await
         .unwrap();
     let a = Airlock::start(&config(&db, "")).await;
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT * FROM t"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "my", json!({"sql": "SELECT * FROM t"}))
+        .await;
     assert_eq!(s, 200, "{b}");
     let row = &b["rows"][0];
     assert_eq!(row[0], json!(-5));
@@ -57,12 +59,22 @@ async fn types_and_params_round_trip() {
     // arrives as the text; MySQL 8's native JSON type arrives as JSON.
     assert_eq!(row[10], json!("{\"a\": 1}"));
     assert_eq!(row[11], json!("b"));
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT ? + 1, ?", "params": [41, "x"]})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "SELECT ? + 1, ?", "params": [41, "x"]}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["rows"][0][1], json!("x"));
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT ?", "params": []})).await;
+    let (s, b) = a
+        .query(&a.agent(), "my", json!({"sql": "SELECT ?", "params": []}))
+        .await;
     assert_eq!(s, 400, "{b}");
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT * FROM nope"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "my", json!({"sql": "SELECT * FROM nope"}))
+        .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["database"]["sqlstate"], "42S02");
     a.stop().await;
@@ -71,15 +83,38 @@ async fn types_and_params_round_trip() {
 #[tokio::test]
 async fn read_only_and_single_statement_are_enforced() {
     let db = MyDb::create().await;
-    db.admin().await.query_drop("CREATE TABLE canary (x INT); INSERT INTO canary VALUES (1);").await.unwrap();
+    db.admin()
+        .await
+        .query_drop("CREATE TABLE canary (x INT); INSERT INTO canary VALUES (1);")
+        .await
+        .unwrap();
     let a = Airlock::start(&config(&db, "read_only = true")).await;
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "DELETE FROM canary"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "my", json!({"sql": "DELETE FROM canary"}))
+        .await;
     assert_eq!(s, 403, "{b}");
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT 1; DELETE FROM canary"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "SELECT 1; DELETE FROM canary"}),
+        )
+        .await;
     assert_eq!(s, 400, "{b}");
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT 1 /*!; DELETE FROM canary */"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "SELECT 1 /*!; DELETE FROM canary */"}),
+        )
+        .await;
     assert!(s == 400 || s == 403, "executable comments are refused: {b}");
-    let n: Option<i64> = db.admin().await.query_first("SELECT count(*) FROM canary").await.unwrap();
+    let n: Option<i64> = db
+        .admin()
+        .await
+        .query_first("SELECT count(*) FROM canary")
+        .await
+        .unwrap();
     assert_eq!(n, Some(1));
     a.stop().await;
 }
@@ -100,9 +135,20 @@ async fn running(db: &MyDb, needle: &str) -> i64 {
 async fn timeout_kills_the_query_on_the_server() {
     let db = MyDb::create().await;
     let a = Airlock::start(&config(&db, "")).await;
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT SLEEP(30) AS t_timeout", "timeout_ms": 500})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "SELECT SLEEP(30) AS t_timeout", "timeout_ms": 500}),
+        )
+        .await;
     assert_eq!(s, 504, "{b}");
-    assert!(eventually(Duration::from_secs(5), || async { running(&db, "t_timeout").await == 0 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running(&db, "t_timeout").await == 0
+        })
+        .await
+    );
     a.stop().await;
 }
 
@@ -110,16 +156,38 @@ async fn timeout_kills_the_query_on_the_server() {
 async fn pool_of_one_does_not_leak_session_state() {
     let db = MyDb::create().await;
     let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SET @secret = 'from agent A'"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "SET @secret = 'from agent A'"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "CREATE TEMPORARY TABLE tmp_secret (x INT)"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "CREATE TEMPORARY TABLE tmp_secret (x INT)"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT @secret"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "my", json!({"sql": "SELECT @secret"}))
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["rows"][0][0], Value::Null);
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT * FROM tmp_secret"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "my", json!({"sql": "SELECT * FROM tmp_secret"}))
+        .await;
     assert_eq!(s, 400, "{b}");
-    let (s, b) = a.query(&a.agent(), "my", json!({"sql": "SELECT @@sql_mode, @@character_set_client"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "my",
+            json!({"sql": "SELECT @@sql_mode, @@character_set_client"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["rows"][0][1], "utf8mb4");
     a.stop().await;
@@ -128,8 +196,13 @@ async fn pool_of_one_does_not_leak_session_state() {
 #[tokio::test]
 async fn root_account_is_refused_unless_allowed() {
     let data = tempfile::tempdir().unwrap();
-    let cfg = format!("{DEV_ISSUER}\n[[connections]]\nname = \"root\"\nkind = \"mysql\"\nurl = \"{MYSQL_URL}\"\n");
+    let cfg = format!(
+        "{DEV_ISSUER}\n[[connections]]\nname = \"root\"\nkind = \"mysql\"\nurl = \"{MYSQL_URL}\"\n"
+    );
     let config = airlock::config::Config::parse(&cfg, "t").unwrap();
-    let err = airlock::server::prepare(config, data.path(), None).await.err().expect("refused");
+    let err = airlock::server::prepare(config, data.path(), None)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.contains("allow_privileged"), "{err}");
 }

@@ -50,11 +50,22 @@ async fn types_round_trip_as_documented() {
         .await
         .unwrap();
     let a = Airlock::start(&config(&db, "")).await;
-    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "SELECT * FROM t ORDER BY i4 NULLS LAST"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "pg",
+            json!({"sql": "SELECT * FROM t ORDER BY i4 NULLS LAST"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     let row = &b["rows"][0];
     let col = |name: &str| -> &Value {
-        let idx = b["columns"].as_array().unwrap().iter().position(|c| c["name"] == name).unwrap();
+        let idx = b["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["name"] == name)
+            .unwrap();
         &row[idx]
     };
     assert_eq!(col("i2"), &json!(-2));
@@ -64,8 +75,18 @@ async fn types_round_trip_as_documented() {
     assert_eq!(col("f8"), &json!(1.5));
     assert_eq!(col("b"), &json!(true));
     assert_eq!(col("tx"), &json!("hé"));
-    assert!(col("ts").as_str().unwrap().starts_with("2024-02-29T12:34:56.789"));
-    assert!(col("tz").as_str().unwrap().starts_with("2024-02-29T10:34:56"));
+    assert!(
+        col("ts")
+            .as_str()
+            .unwrap()
+            .starts_with("2024-02-29T12:34:56.789")
+    );
+    assert!(
+        col("tz")
+            .as_str()
+            .unwrap()
+            .starts_with("2024-02-29T10:34:56")
+    );
     assert_eq!(col("d"), &json!("2024-02-29"));
     assert_eq!(col("iv"), &json!("1 year 2 mons 3 days 04:05:06"));
     assert_eq!(col("ip"), &json!("192.168.1.7"));
@@ -79,17 +100,35 @@ async fn types_round_trip_as_documented() {
     assert_eq!(col("arr"), &json!([1, null, 3]));
     assert_eq!(col("tarr"), &json!(["x y", "z"]));
     assert_eq!(col("mac"), &json!("08:00:2b:01:02:03"));
-    assert_eq!(col("pt"), &json!("(1,2)"), "unknown types fall back to their text form");
+    assert_eq!(
+        col("pt"),
+        &json!("(1,2)"),
+        "unknown types fall back to their text form"
+    );
     assert_eq!(b["rows"][1][1], Value::Null);
-    let types: Vec<&str> = b["columns"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
-    assert!(types.contains(&"int8") && types.contains(&"numeric"), "{types:?}");
+    let types: Vec<&str> = b["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"int8") && types.contains(&"numeric"),
+        "{types:?}"
+    );
     a.stop().await;
 }
 
 #[tokio::test]
 async fn params_are_typed_by_the_server() {
     let db = PgDb::create().await;
-    db.owner().await.batch_execute("CREATE TABLE p (id int8, amount numeric, at timestamptz, tags text[], doc jsonb)").await.unwrap();
+    db.owner()
+        .await
+        .batch_execute(
+            "CREATE TABLE p (id int8, amount numeric, at timestamptz, tags text[], doc jsonb)",
+        )
+        .await
+        .unwrap();
     let a = Airlock::start(&config(&db, "")).await;
     let t = a.agent();
     let (s, b) = a
@@ -101,13 +140,27 @@ async fn params_are_typed_by_the_server() {
     let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT tags, doc FROM p WHERE id = $1", "params": [9007199254740993u64]})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["rows"][0], json!([["a", "b,c"], {"k": [1]}]));
-    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT $1::int4", "params": ["not a number"]})).await;
+    let (s, b) = a
+        .query(
+            &t,
+            "pg",
+            json!({"sql": "SELECT $1::int4", "params": ["not a number"]}),
+        )
+        .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["database"]["sqlstate"], "22P02");
-    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT $1::int4, $2::int4", "params": [1]})).await;
+    let (s, b) = a
+        .query(
+            &t,
+            "pg",
+            json!({"sql": "SELECT $1::int4, $2::int4", "params": [1]}),
+        )
+        .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["code"], "invalid_params");
-    let (s, b) = a.query(&t, "pg", json!({"sql": "SELECT * FROM missing_table"})).await;
+    let (s, b) = a
+        .query(&t, "pg", json!({"sql": "SELECT * FROM missing_table"}))
+        .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["database"]["sqlstate"], "42P01");
     assert!(b["database"]["position"].as_u64().is_some(), "{b}");
@@ -117,14 +170,32 @@ async fn params_are_typed_by_the_server() {
 #[tokio::test]
 async fn read_only_is_enforced_by_the_database() {
     let db = PgDb::create().await;
-    db.owner().await.batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1);").await.unwrap();
+    db.owner()
+        .await
+        .batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1);")
+        .await
+        .unwrap();
     let a = Airlock::start(&config(&db, "read_only = true")).await;
-    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "DELETE FROM canary"})).await;
+    let (s, b) = a
+        .query(&a.agent(), "pg", json!({"sql": "DELETE FROM canary"}))
+        .await;
     assert_eq!(s, 403, "{b}");
     assert_eq!(b["code"], "read_only");
-    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "WITH d AS (DELETE FROM canary RETURNING *) SELECT count(*) FROM d"})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "pg",
+            json!({"sql": "WITH d AS (DELETE FROM canary RETURNING *) SELECT count(*) FROM d"}),
+        )
+        .await;
     assert_eq!(s, 403, "{b}");
-    let n: i64 = db.admin().await.query_one("SELECT count(*) FROM canary", &[]).await.unwrap().get(0);
+    let n: i64 = db
+        .admin()
+        .await
+        .query_one("SELECT count(*) FROM canary", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     a.stop().await;
 }
@@ -145,9 +216,20 @@ async fn running_queries(db: &PgDb, needle: &str) -> i64 {
 async fn timeout_cancels_the_statement_on_the_server() {
     let db = PgDb::create().await;
     let a = Airlock::start(&config(&db, "")).await;
-    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "SELECT pg_sleep(30) /* t-timeout */", "timeout_ms": 500})).await;
+    let (s, b) = a
+        .query(
+            &a.agent(),
+            "pg",
+            json!({"sql": "SELECT pg_sleep(30) /* t-timeout */", "timeout_ms": 500}),
+        )
+        .await;
     assert_eq!(s, 504, "{b}");
-    assert!(eventually(Duration::from_secs(5), || async { running_queries(&db, "t-timeout").await == 0 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-timeout").await == 0
+        })
+        .await
+    );
     let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
     assert_eq!(events[1]["outcome"], "timeout");
     a.stop().await;
@@ -165,13 +247,21 @@ async fn client_disconnect_cancels_the_statement_and_audit_says_so() {
         .send();
     // Give up on the request while it runs: the client goes away.
     let _ = tokio::time::timeout(Duration::from_millis(1500), req).await;
-    assert!(eventually(Duration::from_secs(5), || async { running_queries(&db, "t-disconnect").await == 0 }).await,
-        "the statement kept running after the client left");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-disconnect").await == 0
+        })
+        .await,
+        "the statement kept running after the client left"
+    );
     let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
-    assert!(eventually(Duration::from_secs(5), || async {
-        let (_, page) = a.get(&auditor, "/v1/audit?outcome=cancelled").await;
-        !page["events"].as_array().unwrap().is_empty()
-    }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, page) = a.get(&auditor, "/v1/audit?outcome=cancelled").await;
+            !page["events"].as_array().unwrap().is_empty()
+        })
+        .await
+    );
     a.stop().await;
 }
 
@@ -191,11 +281,20 @@ async fn audit_begin_is_stored_before_the_statement_runs() {
             .unwrap()
             .status()
     });
-    assert!(eventually(Duration::from_secs(5), || async { running_queries(&db, "t-order").await == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-order").await == 1
+        })
+        .await
+    );
     // While the statement runs on the server, its begin record is already committed.
     let store = rusqlite::Connection::open(a.data.path().join("airlock.db")).unwrap();
     let begins: i64 = store
-        .query_row("SELECT count(*) FROM audit_events WHERE phase = 'begin' AND record LIKE '%t-order%'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE phase = 'begin' AND record LIKE '%t-order%'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let ends: i64 = store
         .query_row("SELECT count(*) FROM audit_events WHERE phase = 'end' AND execution_id IN (SELECT execution_id FROM audit_events WHERE record LIKE '%t-order%')", [], |r| r.get(0))
@@ -209,18 +308,52 @@ async fn audit_begin_is_stored_before_the_statement_runs() {
 async fn pool_of_one_does_not_leak_session_state_between_agents() {
     let db = PgDb::create().await;
     let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
-    let agent_a = a.token("agent-a", &["agents"], airlock::config::PrincipalKind::Agent);
-    let agent_b = a.token("agent-b", &["agents"], airlock::config::PrincipalKind::Agent);
-    let (s, b) = a.query(&agent_a, "pg", json!({"sql": "SELECT set_config('search_path', 'evil', false)"})).await;
+    let agent_a = a.token(
+        "agent-a",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let agent_b = a.token(
+        "agent-b",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let (s, b) = a
+        .query(
+            &agent_a,
+            "pg",
+            json!({"sql": "SELECT set_config('search_path', 'evil', false)"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = a.query(&agent_a, "pg", json!({"sql": "CREATE TEMP TABLE secret AS SELECT 42 AS x"})).await;
+    let (s, b) = a
+        .query(
+            &agent_a,
+            "pg",
+            json!({"sql": "CREATE TEMP TABLE secret AS SELECT 42 AS x"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = a.query(&agent_b, "pg", json!({"sql": "SELECT current_setting('search_path')"})).await;
+    let (s, b) = a
+        .query(
+            &agent_b,
+            "pg",
+            json!({"sql": "SELECT current_setting('search_path')"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_ne!(b["rows"][0][0], "evil");
-    let (s, b) = a.query(&agent_b, "pg", json!({"sql": "SELECT * FROM secret"})).await;
+    let (s, b) = a
+        .query(&agent_b, "pg", json!({"sql": "SELECT * FROM secret"}))
+        .await;
     assert_eq!(s, 400, "agent B must not see agent A's temp table: {b}");
-    let (s, b) = a.query(&agent_b, "pg", json!({"sql": "SELECT current_setting('standard_conforming_strings')"})).await;
+    let (s, b) = a
+        .query(
+            &agent_b,
+            "pg",
+            json!({"sql": "SELECT current_setting('standard_conforming_strings')"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["rows"][0][0], "on");
     a.stop().await;
@@ -233,10 +366,18 @@ async fn superuser_target_is_refused_unless_allowed() {
         "{DEV_ISSUER}\n[[connections]]\nname = \"su\"\nkind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/postgres\"\n"
     );
     let config = airlock::config::Config::parse(&cfg, "t").unwrap();
-    let err = airlock::server::prepare(config, data.path(), None).await.err().expect("refused");
+    let err = airlock::server::prepare(config, data.path(), None)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.contains("allow_privileged"), "{err}");
-    let config = airlock::config::Config::parse(&format!("{cfg}allow_privileged = true\n"), "t").unwrap();
-    assert!(airlock::server::prepare(config, data.path(), None).await.is_ok());
+    let config =
+        airlock::config::Config::parse(&format!("{cfg}allow_privileged = true\n"), "t").unwrap();
+    assert!(
+        airlock::server::prepare(config, data.path(), None)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -287,6 +428,9 @@ async fn row_cap_stops_fetching_on_the_server() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["row_count"], 5);
     assert_eq!(b["truncated"], true);
-    assert!(b["duration_ms"].as_u64().unwrap() < 5000, "fetching stopped at max_rows + 1: {b}");
+    assert!(
+        b["duration_ms"].as_u64().unwrap() < 5000,
+        "fetching stopped at max_rows + 1: {b}"
+    );
     a.stop().await;
 }

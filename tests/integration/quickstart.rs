@@ -19,7 +19,11 @@ async fn agent_reads_the_demo_and_every_request_is_audited() {
     let a = demo().await;
     let token = a.agent();
     let (status, body) = a
-        .query(&token, "demo", json!({"sql": "SELECT id, name, email FROM customers ORDER BY id LIMIT 3"}))
+        .query(
+            &token,
+            "demo",
+            json!({"sql": "SELECT id, name, email FROM customers ORDER BY id LIMIT 3"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["row_count"], 3);
@@ -41,18 +45,28 @@ async fn agent_reads_the_demo_and_every_request_is_audited() {
 async fn demo_rules_keep_agents_to_reads() {
     let a = demo().await;
     let token = a.agent();
-    let (status, body) = a.query(&token, "demo", json!({"sql": "DELETE FROM customers"})).await;
+    let (status, body) = a
+        .query(&token, "demo", json!({"sql": "DELETE FROM customers"}))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["rule"], "demo-writes-need-review");
     assert_eq!(body["code"], "review_required");
-    let (status, body) = a.query(&token, "demo", json!({"sql": "DROP TABLE customers"})).await;
+    let (status, body) = a
+        .query(&token, "demo", json!({"sql": "DROP TABLE customers"}))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["rule"], "default-deny");
     let events = a.audit_of(body["execution_id"].as_str().unwrap()).await;
     assert_eq!(events[0]["decision"], "deny");
     assert_eq!(events[1]["outcome"], "denied");
     // The table is still there.
-    let (status, body) = a.query(&token, "demo", json!({"sql": "SELECT count(*) FROM customers"})).await;
+    let (status, body) = a
+        .query(
+            &token,
+            "demo",
+            json!({"sql": "SELECT count(*) FROM customers"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], "200");
     a.stop().await;
@@ -70,10 +84,19 @@ async fn connections_are_listed_only_when_visible() {
     let (status, unknown) = a.get(&stranger, "/v1/connections/demo").await;
     let (status2, missing) = a.get(&stranger, "/v1/connections/nope").await;
     assert_eq!((status, status2), (404, 404));
-    assert_eq!(unknown["detail"].as_str().unwrap().replace("demo", "X"), missing["detail"].as_str().unwrap().replace("nope", "X"));
+    assert_eq!(
+        unknown["detail"].as_str().unwrap().replace("demo", "X"),
+        missing["detail"].as_str().unwrap().replace("nope", "X")
+    );
     let (status, schema) = a.get(&a.agent(), "/v1/connections/demo/schema").await;
     assert_eq!(status, 200, "{schema}");
-    assert!(schema["tables"].as_array().unwrap().iter().any(|t| t["name"] == "customers"));
+    assert!(
+        schema["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "customers")
+    );
     a.stop().await;
 }
 
@@ -81,7 +104,11 @@ async fn connections_are_listed_only_when_visible() {
 async fn several_statements_are_refused_and_audited() {
     let a = demo().await;
     let (status, body) = a
-        .query(&a.agent(), "demo", json!({"sql": "SELECT 1; DELETE FROM orders"}))
+        .query(
+            &a.agent(),
+            "demo",
+            json!({"sql": "SELECT 1; DELETE FROM orders"}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "multiple_statements");
@@ -94,7 +121,11 @@ async fn several_statements_are_refused_and_audited() {
 async fn row_cap_truncates_and_says_what_to_do() {
     let a = demo().await;
     let (status, body) = a
-        .query(&a.agent(), "demo", json!({"sql": "SELECT * FROM orders", "max_rows": 10}))
+        .query(
+            &a.agent(),
+            "demo",
+            json!({"sql": "SELECT * FROM orders", "max_rows": 10}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["row_count"], 10);
@@ -102,12 +133,20 @@ async fn row_cap_truncates_and_says_what_to_do() {
     assert_eq!(body["truncated_reason"], "max_rows");
     assert!(body["note"].as_str().unwrap().contains("filter"));
     let (status, body) = a
-        .query(&a.agent(), "demo", json!({"sql": "SELECT * FROM orders", "max_bytes": 500}))
+        .query(
+            &a.agent(),
+            "demo",
+            json!({"sql": "SELECT * FROM orders", "max_bytes": 500}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["truncated_reason"], "max_bytes");
     let (status, body) = a
-        .query(&a.agent(), "demo", json!({"sql": "SELECT 1", "max_rows": 10_000_000}))
+        .query(
+            &a.agent(),
+            "demo",
+            json!({"sql": "SELECT 1", "max_rows": 10_000_000}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_limit");
@@ -117,9 +156,12 @@ async fn row_cap_truncates_and_says_what_to_do() {
 #[tokio::test]
 async fn sqlite_timeout_interrupts_the_statement() {
     let a = demo().await;
-    let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+    let sql =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
     let started = std::time::Instant::now();
-    let (status, body) = a.query(&a.agent(), "demo", json!({"sql": sql, "timeout_ms": 300})).await;
+    let (status, body) = a
+        .query(&a.agent(), "demo", json!({"sql": sql, "timeout_ms": 300}))
+        .await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["code"], "timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -136,7 +178,11 @@ async fn store_lock_fails_closed_and_nothing_runs() {
     let store = rusqlite::Connection::open(a.data.path().join("airlock.db")).unwrap();
     store.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let (status, body) = a
-        .query(&token, "demo", json!({"sql": "SELECT count(*) FROM customers"}))
+        .query(
+            &token,
+            "demo",
+            json!({"sql": "SELECT count(*) FROM customers"}),
+        )
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "audit_unavailable");
@@ -158,7 +204,8 @@ async fn unfinished_begin_becomes_interrupted_at_next_start() {
         // Write a begin with no end, as a crash would leave it.
         let config = airlock::config::Config::parse(&embedded, "t").unwrap();
         let store = airlock::store::open(&config, data.path()).await.unwrap();
-        let mut begin = airlock::audit::AuditEvent::new(airlock::audit::Phase::Begin, "crashed-1", "query");
+        let mut begin =
+            airlock::audit::AuditEvent::new(airlock::audit::Phase::Begin, "crashed-1", "query");
         begin.connection = Some("demo".into());
         store.append_audit(&[begin]).await.unwrap();
     }
@@ -183,7 +230,10 @@ async fn ndjson_streams_header_rows_trailer() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let text = resp.text().await.unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["type"], "header");
     assert_eq!(lines.len(), 1000 + 2);
     assert_eq!(lines[1][0], "1");
@@ -195,11 +245,26 @@ async fn ndjson_streams_header_rows_trailer() {
 #[tokio::test]
 async fn health_and_readiness_follow_shutdown() {
     let a = demo().await;
-    let ready = a.http.get(format!("{}/readyz", a.base)).send().await.unwrap();
+    let ready = a
+        .http
+        .get(format!("{}/readyz", a.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
-    let health = a.http.get(format!("{}/healthz", a.base)).send().await.unwrap();
+    let health = a
+        .http
+        .get(format!("{}/healthz", a.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let docs = a.http.get(format!("{}/docs/", a.base)).send().await.unwrap();
+    let docs = a
+        .http
+        .get(format!("{}/docs/", a.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(docs.status(), 200);
     a.stop().await;
 }
