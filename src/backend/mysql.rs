@@ -26,20 +26,28 @@
 //!   (`reset_connection = true`): transactions, session variables, user variables, temporary
 //!   tables and prepared statements are dropped, then the setup commands run again.
 //! - **LOCAL INFILE is never served.** mysql_async 0.37.1 hard-codes `CLIENT_LOCAL_FILES` in
-//!   its handshake capabilities (`Opts::get_capabilities`); there is no option to clear it.
-//!   What keeps files safe: no infile handler is installed (global or per connection), so a
-//!   server request for a local file gets `LocalInfileError::NoHandler` and the driver closes
-//!   the connection without reading anything; and `LOAD DATA` cannot be prepared
-//!   (`ER_UNSUPPORTED_PS`), so agent SQL cannot even ask for it.
+//!   its handshake capabilities (`Opts::get_capabilities`); there is no option to clear it, so
+//!   the server believes the client could send files. What keeps files safe is that no infile
+//!   handler is installed, neither globally (`local_infile_handler(None)`, set explicitly
+//!   below) nor per connection (`Conn::set_infile_handler` is never called): when the server
+//!   asks for a local file the driver answers with `LocalInfileError::NoHandler` without
+//!   opening anything, and closes the connection. Note that MariaDB 10.11 (verified) accepts
+//!   `LOAD DATA LOCAL INFILE` through the prepared-statement protocol, so this refusal is the
+//!   guard, not the protocol; the statement is reported as unsupported and its session killed.
 //! - **Cancellation is real.** On timeout, cancel, consumer gone, row cap reached, or a failure
 //!   while the statement may still run, a *side* connection (a tiny separate pool, because the
 //!   main pool may be exhausted) sends `KILL CONNECTION <id>`: the server stops the statement,
 //!   rolls its transaction back and closes the session. Our end of the socket is then closed
 //!   with `Conn::disconnect`, whose first step marks the connection disconnected, so the
-//!   pool's recycler discards it instead of resetting and reusing it. We never wait for the
-//!   rest of a result set to drain through the socket. A server-side statement time limit
-//!   (MariaDB `max_statement_time`, MySQL `max_execution_time`) is set slightly above the
-//!   request's deadline as a backstop in case the side connection cannot be opened.
+//!   pool's recycler discards it instead of resetting and reusing it. The rest of a result set
+//!   is never drained through the socket, with one deliberate exception: a possibly writing
+//!   statement (`DELETE ... RETURNING`) over the row cap on a read-write connection is read to
+//!   its end so that it commits (see `Job::may_write`). When the server itself ends
+//!   the statement with an error, the session is closed without a KILL. A server-side
+//!   statement time limit (MariaDB `max_statement_time`, MySQL `max_execution_time`) is set
+//!   slightly above the request's deadline as a backstop for when the side connection cannot
+//!   be opened (verified on MariaDB: without the KILL, closing the socket alone also ended a
+//!   running `SLEEP` and a streaming `SELECT`).
 //!
 //! What was verified against a server: MariaDB 10.11 only. MySQL-specific branches (the
 //! `max_execution_time` backstop, `SHOW GRANTS ... USING` for roles, `JSON` column metadata)
@@ -100,8 +108,9 @@ const SIDE_POOL_MAX: usize = 2;
 const MAX_ROLES: usize = 64;
 
 /// URL query parameters accepted in `url`. Everything else is either decided by Airlock (pool
-/// size, reset, statement cache, TLS, socket use) or weakens a guarantee (`enable_cleartext_plugin`,
-/// `secure_auth`, `verify_ca`, ...), so it is refused instead of silently overridden.
+/// size, reset, statement cache, TLS, socket use) or weakens a guarantee
+/// (`enable_cleartext_plugin`, `secure_auth`, `verify_ca`, ...), so it is refused instead of
+/// silently overridden.
 const ALLOWED_URL_PARAMS: &[&str] = &[
     "tcp_keepalive",
     "tcp_nodelay",
@@ -201,6 +210,8 @@ impl MysqlBackend {
                 .with_inactive_connection_ttl(IDLE_TTL),
         );
 
+        // `Pool::new` panics only when its argument fails to convert into `Opts`; an `Opts`
+        // converts infallibly. Pools connect lazily, so nothing here needs the runtime.
         Ok(MysqlBackend {
             pool: Pool::new(Opts::from(main)),
             shared: Arc::new(Shared {
@@ -272,23 +283,31 @@ impl SqlBackend for MysqlBackend {
     async fn verify(&self) -> Result<(), BackendError> {
         let mut conn = self.checkout(None).await?;
         let name = self.shared.name.as_str();
-        let flavor = self.flavor(&mut conn).await?;
-        if self.allow_privileged {
-            return Ok(());
-        }
-        let outcome = tokio::time::timeout(
-            self.admin_timeout,
-            privileged_grants(&mut conn, flavor, name),
-        )
-        .await;
-        let findings = match outcome {
+        let check = async {
+            let flavor = self.flavor(&mut conn).await?;
+            if self.allow_privileged {
+                return Ok(Vec::new());
+            }
+            privileged_grants(&mut conn, flavor, name).await
+        };
+        let findings = match tokio::time::timeout(self.admin_timeout, check).await {
             Ok(findings) => findings?,
             Err(_) => {
                 self.shared.kill_and_discard(conn).await;
-                return Err(BackendError::Internal(format!(
-                    "connection `{name}`: reading the account's grants timed out, so it cannot \
-                     be shown to be unprivileged (set allow_privileged = true to skip this check)"
-                )));
+                let waited = self.admin_timeout.as_millis();
+                return Err(if self.allow_privileged {
+                    BackendError::Unavailable {
+                        detail: format!("`{name}` did not answer within {waited} ms"),
+                        retry_after_secs: 1,
+                    }
+                } else {
+                    // Fail closed: an unanswered privilege check is not a passed one.
+                    BackendError::Internal(format!(
+                        "connection `{name}`: checking the account's grants took longer than \
+                         {waited} ms, so it cannot be shown to be unprivileged (set \
+                         allow_privileged = true to skip this check)"
+                    ))
+                });
             }
         };
         if findings.is_empty() {
@@ -349,8 +368,9 @@ impl SqlBackend for MysqlBackend {
             shared: Arc::clone(&self.shared),
             stmt,
             max_rows: plan.max_rows,
+            max_affected_rows: plan.max_affected_rows,
             read_only: self.read_only,
-            drain_on_truncation: !self.read_only && !is_read_statement(&plan.sql),
+            may_write: !self.read_only && !is_read_statement(&plan.sql),
             begin_sql: begin_sql(flavor, self.read_only, remaining),
         };
         let (tx, stream) = RowStream::channel();
@@ -554,13 +574,16 @@ struct Job {
     shared: Arc<Shared>,
     stmt: Statement,
     max_rows: u64,
+    /// A reviewer's limit: a write affecting more rows never commits.
+    max_affected_rows: Option<u64>,
     read_only: bool,
-    /// A statement that may write (e.g. MariaDB `DELETE ... RETURNING`) on a read-write
-    /// connection: when it returns more rows than the cap, the extra rows are read and thrown
-    /// away so the statement completes and commits, as PostgreSQL and SQLite complete such a
-    /// statement before the first row. Cancelling it instead would roll the write back while
-    /// the response said it succeeded (truncated).
-    drain_on_truncation: bool,
+    /// A statement that may write on a read-write connection (anything but a recognised read,
+    /// e.g. MariaDB `DELETE ... RETURNING`). When it returns more rows than the cap, the extra
+    /// rows are read and thrown away so the statement completes and commits, as PostgreSQL and
+    /// SQLite complete such a statement before the first row; cancelling it instead would roll
+    /// the write back while the response said it succeeded (truncated). Its returned rows are
+    /// what `max_affected_rows` counts.
+    may_write: bool,
     begin_sql: String,
 }
 
@@ -578,6 +601,8 @@ enum Cleanup {
     Kill,
     /// The statement is over (the server reported an error): close.
     Close,
+    /// We rolled the transaction back ourselves; the connection is clean for the pool.
+    Release,
 }
 
 struct Failure {
@@ -606,6 +631,7 @@ async fn produce(job: Job, mut conn: Conn, params: Params, mut out: Outlet) {
             match failure.cleanup {
                 Cleanup::Kill => job.shared.kill_and_discard(conn).await,
                 Cleanup::Close => discard(conn),
+                Cleanup::Release => drop(conn),
             }
             out.fail(failure.error).await;
         }
@@ -639,7 +665,20 @@ async fn drive(
         .collect();
     out.send(RowEvent::Columns(meta)).await?;
 
-    let mut sent: u64 = 0;
+    // Rows read from the server (sent, the extra one, drained); for a statement that may
+    // write, the rows its reviewer's limit counts.
+    let mut fetched: u64 = 0;
+    let over_limit = |fetched: u64| {
+        job.max_affected_rows
+            .filter(|max| job.may_write && fetched > *max)
+            .map(|max| {
+                // Stop it where it is: killing the session rolls the write back.
+                Failure::kill(BackendError::AffectedRowsExceeded {
+                    affected: fetched,
+                    max,
+                })
+            })
+    };
     let mut truncated = false;
     if !columns.is_empty() {
         // At most `max_rows + 1` rows are read; the extra one only proves truncation.
@@ -649,19 +688,22 @@ async fn drive(
             .await?
             .map_err(|e| exec_failure(name, e))?
         {
-            if sent >= job.max_rows {
+            fetched += 1;
+            if let Some(failure) = over_limit(fetched) {
+                return Err(failure);
+            }
+            if fetched > job.max_rows {
                 truncated = true;
                 break;
             }
             let values = row_to_json(row).map_err(Failure::kill)?;
             out.send(RowEvent::Row(values)).await?;
-            sent += 1;
             out.start();
         }
     }
 
     if truncated {
-        if !job.drain_on_truncation {
+        if !job.may_write {
             // Nothing to commit (read-only connection, or a statement that does not write):
             // answer now, then kill the rest of the result set instead of reading it.
             out.send(RowEvent::End {
@@ -678,7 +720,12 @@ async fn drive(
             .await?
             .map_err(|e| exec_failure(name, e))?
             .is_some()
-        {}
+        {
+            fetched += 1;
+            if let Some(failure) = over_limit(fetched) {
+                return Err(failure);
+            }
+        }
     }
 
     // Further result sets only come from `CALL`: its final status set has no columns; a second
@@ -700,6 +747,22 @@ async fn drive(
     }
     let affected_rows = columns.is_empty().then(|| result.affected_rows());
     drop(result);
+
+    // A reviewer's limit on a write without result set: the server's count decides, and an
+    // excess is rolled back before anything is committed.
+    if let (Some(max), Some(affected)) = (job.max_affected_rows, affected_rows)
+        && affected > max
+        && !job.read_only
+    {
+        out.stop
+            .guard(conn.query_drop("ROLLBACK"))
+            .await?
+            .map_err(|e| exec_failure(name, e))?;
+        return Err(Failure {
+            error: BackendError::AffectedRowsExceeded { affected, max },
+            cleanup: Cleanup::Release,
+        });
+    }
 
     let end = if job.read_only { "ROLLBACK" } else { "COMMIT" };
     out.stop
@@ -823,6 +886,18 @@ fn exec_failure(name: &str, e: mysql_async::Error) -> Failure {
                 "use `?` placeholders; `:name` placeholders are not supported".into(),
             ))
         }
+        // The server asked for a client-side file (`LOAD DATA LOCAL INFILE`) and the driver,
+        // having no handler, refused without reading anything and closed the connection.
+        mysql_async::Error::Driver(DriverError::LocalInfile(_)) => {
+            Failure::kill(BackendError::Database(DatabaseError {
+                // SQLSTATE "feature not supported"; the message says who refused.
+                sqlstate: "0A000".into(),
+                message: "LOAD DATA LOCAL INFILE is not supported: Airlock never sends files \
+                          from its host to the database"
+                    .into(),
+                ..DatabaseError::default()
+            }))
+        }
         // Protocol or I/O trouble: the statement may still run; a kill of a dead session is
         // harmless (`ER_NO_SUCH_THREAD`).
         other => Failure::kill(BackendError::Internal(format!(
@@ -849,7 +924,7 @@ fn admin_error(name: &str, what: &str, e: mysql_async::Error) -> BackendError {
 
 /// True when the statement surely does not write: its first keyword (after whitespace, plain
 /// comments and opening parentheses) starts a read. Anything unrecognised counts as a possible
-/// write, which only costs reading a truncated result to its end (see `drain_on_truncation`).
+/// write, which only costs reading a truncated result to its end (see `Job::may_write`).
 /// `WITH` may precede `UPDATE`/`DELETE` in MySQL 8, but those return no rows, so they are
 /// never truncated.
 fn is_read_statement(sql: &str) -> bool {
@@ -1542,5 +1617,427 @@ fn render(token: &Tok) -> String {
         Tok::Word(w) => w.clone(),
         Tok::Quoted(q) => format!("`{q}`"),
         Tok::Punct(c) => c.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const UTF8MB4: u16 = 45;
+
+    fn col(column_type: ColumnType) -> mysql_async::Column {
+        mysql_async::Column::new(column_type).with_character_set(BINARY_CHARSET)
+    }
+
+    fn text_col(column_type: ColumnType) -> mysql_async::Column {
+        mysql_async::Column::new(column_type).with_character_set(UTF8MB4)
+    }
+
+    fn json_of(value: Value, column: &mysql_async::Column) -> Json {
+        value_to_json(value, column)
+    }
+
+    #[test]
+    fn small_integers_are_numbers_bigints_are_strings() {
+        use ColumnType::*;
+        for t in [
+            MYSQL_TYPE_TINY,
+            MYSQL_TYPE_SHORT,
+            MYSQL_TYPE_INT24,
+            MYSQL_TYPE_LONG,
+            MYSQL_TYPE_YEAR,
+        ] {
+            assert_eq!(json_of(Value::Int(-7), &col(t)), json!(-7), "{t:?}");
+            assert_eq!(
+                json_of(Value::UInt(4_294_967_295), &col(t)),
+                json!(4_294_967_295u64)
+            );
+        }
+        let bigint = col(MYSQL_TYPE_LONGLONG);
+        assert_eq!(
+            json_of(Value::Int(i64::MIN), &bigint),
+            json!("-9223372036854775808")
+        );
+        let unsigned = col(MYSQL_TYPE_LONGLONG).with_flags(ColumnFlags::UNSIGNED_FLAG);
+        assert_eq!(
+            json_of(Value::UInt(u64::MAX), &unsigned),
+            json!("18446744073709551615")
+        );
+        assert_eq!(json_of(Value::NULL, &bigint), Json::Null);
+    }
+
+    #[test]
+    fn floats_keep_their_shortest_form_and_non_finite_become_strings() {
+        let float = col(ColumnType::MYSQL_TYPE_FLOAT);
+        assert_eq!(json_of(Value::Float(0.1), &float), json!(0.1));
+        assert_eq!(json_of(Value::Float(f32::NAN), &float), json!("NaN"));
+        let double = col(ColumnType::MYSQL_TYPE_DOUBLE);
+        assert_eq!(json_of(Value::Double(1.5e300), &double), json!(1.5e300));
+        assert_eq!(
+            json_of(Value::Double(f64::INFINITY), &double),
+            json!("Infinity")
+        );
+        assert_eq!(
+            json_of(Value::Double(f64::NEG_INFINITY), &double),
+            json!("-Infinity")
+        );
+    }
+
+    #[test]
+    fn decimals_are_exact_strings() {
+        let decimal = col(ColumnType::MYSQL_TYPE_NEWDECIMAL);
+        assert_eq!(
+            json_of(
+                Value::Bytes(b"12345678901234567890.0100".to_vec()),
+                &decimal
+            ),
+            json!("12345678901234567890.0100")
+        );
+    }
+
+    #[test]
+    fn dates_and_datetimes() {
+        let date = col(ColumnType::MYSQL_TYPE_DATE);
+        assert_eq!(
+            json_of(Value::Date(2024, 2, 29, 0, 0, 0, 0), &date),
+            json!("2024-02-29")
+        );
+        assert_eq!(
+            json_of(Value::Date(0, 0, 0, 0, 0, 0, 0), &date),
+            json!("0000-00-00")
+        );
+        let datetime = col(ColumnType::MYSQL_TYPE_DATETIME);
+        assert_eq!(
+            json_of(Value::Date(2024, 2, 29, 13, 5, 9, 0), &datetime),
+            json!("2024-02-29 13:05:09")
+        );
+        // Declared without fraction but carrying one: shown, never dropped.
+        assert_eq!(
+            json_of(Value::Date(2024, 2, 29, 13, 5, 9, 5), &datetime),
+            json!("2024-02-29 13:05:09.000005")
+        );
+        let ms = col(ColumnType::MYSQL_TYPE_TIMESTAMP).with_decimals(3);
+        assert_eq!(
+            json_of(Value::Date(1999, 12, 31, 23, 59, 59, 120_000), &ms),
+            json!("1999-12-31 23:59:59.120")
+        );
+        assert_eq!(
+            json_of(Value::Date(1999, 12, 31, 23, 59, 59, 0), &ms),
+            json!("1999-12-31 23:59:59.000")
+        );
+    }
+
+    #[test]
+    fn times_fold_days_into_hours() {
+        let time = col(ColumnType::MYSQL_TYPE_TIME);
+        assert_eq!(
+            json_of(Value::Time(false, 0, 0, 0, 0, 0), &time),
+            json!("00:00:00")
+        );
+        assert_eq!(
+            json_of(Value::Time(true, 1, 2, 3, 4, 0), &time),
+            json!("-26:03:04")
+        );
+        assert_eq!(
+            json_of(Value::Time(false, 34, 22, 59, 59, 0), &time),
+            json!("838:59:59")
+        );
+        let micro = col(ColumnType::MYSQL_TYPE_TIME).with_decimals(6);
+        assert_eq!(
+            json_of(Value::Time(true, 0, 1, 2, 3, 4), &micro),
+            json!("-01:02:03.000004")
+        );
+    }
+
+    #[test]
+    fn fraction_rules() {
+        assert_eq!(fraction(0, 0), "");
+        assert_eq!(fraction(0, 31), "");
+        assert_eq!(fraction(0, 2), ".00");
+        assert_eq!(fraction(500_000, 1), ".5");
+        assert_eq!(fraction(500_001, 1), ".500001");
+        assert_eq!(fraction(123_456, 31), ".123456");
+    }
+
+    #[test]
+    fn json_columns_are_parsed_with_fallbacks() {
+        let json_col = col(ColumnType::MYSQL_TYPE_JSON);
+        assert_eq!(
+            json_of(Value::Bytes(br#"{"a":[1,2,null]}"#.to_vec()), &json_col),
+            json!({"a": [1, 2, null]})
+        );
+        assert_eq!(
+            json_of(Value::Bytes(b"not json".to_vec()), &json_col),
+            json!("not json")
+        );
+        assert_eq!(
+            json_of(Value::Bytes(vec![0xff, 0xfe]), &json_col),
+            json!({"base64": "//4="})
+        );
+    }
+
+    #[test]
+    fn text_versus_binary_strings() {
+        use ColumnType::*;
+        let varchar = text_col(MYSQL_TYPE_VAR_STRING);
+        assert_eq!(
+            json_of(Value::Bytes("héllo".into()), &varchar),
+            json!("héllo")
+        );
+        assert_eq!(
+            json_of(Value::Bytes(vec![b'a', 0xc3]), &varchar),
+            json!({"base64": "YcM="})
+        );
+        assert_eq!(json_of(Value::Bytes(b"".to_vec()), &varchar), json!(""));
+        for t in [MYSQL_TYPE_VAR_STRING, MYSQL_TYPE_STRING, MYSQL_TYPE_BLOB] {
+            assert_eq!(
+                json_of(Value::Bytes(b"\x00\x01ab".to_vec()), &col(t)),
+                json!("AAFhYg==")
+            );
+        }
+        assert_eq!(
+            json_of(Value::Bytes(b"long".to_vec()), &text_col(MYSQL_TYPE_BLOB)),
+            json!("long")
+        );
+        let enum_col = text_col(MYSQL_TYPE_STRING).with_flags(ColumnFlags::ENUM_FLAG);
+        assert_eq!(
+            json_of(Value::Bytes(b"red".to_vec()), &enum_col),
+            json!("red")
+        );
+        let set_col = col(MYSQL_TYPE_STRING).with_flags(ColumnFlags::SET_FLAG);
+        assert_eq!(
+            json_of(Value::Bytes(b"a,b".to_vec()), &set_col),
+            json!("a,b")
+        );
+    }
+
+    #[test]
+    fn bits_and_geometry_are_base64() {
+        assert_eq!(
+            json_of(Value::Bytes(vec![1]), &col(ColumnType::MYSQL_TYPE_BIT)),
+            json!("AQ==")
+        );
+        // SRID 4326 (little endian) followed by a WKB point.
+        let mut value = 4326u32.to_le_bytes().to_vec();
+        let wkb = [
+            1u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 240, 63, 0, 0, 0, 0, 0, 0, 0, 64,
+        ];
+        value.extend_from_slice(&wkb);
+        assert_eq!(
+            json_of(Value::Bytes(value), &col(ColumnType::MYSQL_TYPE_GEOMETRY)),
+            json!(base64_encode(&wkb))
+        );
+    }
+
+    #[test]
+    fn type_names() {
+        use ColumnType::*;
+        let unsigned = ColumnFlags::UNSIGNED_FLAG;
+        assert_eq!(type_name(&col(MYSQL_TYPE_LONG)), "int");
+        assert_eq!(type_name(&col(MYSQL_TYPE_LONGLONG)), "bigint");
+        assert_eq!(
+            type_name(&col(MYSQL_TYPE_LONGLONG).with_flags(unsigned)),
+            "bigint unsigned"
+        );
+        assert_eq!(type_name(&col(MYSQL_TYPE_NEWDECIMAL)), "decimal");
+        assert_eq!(type_name(&text_col(MYSQL_TYPE_VAR_STRING)), "varchar");
+        assert_eq!(type_name(&col(MYSQL_TYPE_VAR_STRING)), "varbinary");
+        assert_eq!(type_name(&text_col(MYSQL_TYPE_BLOB)), "text");
+        assert_eq!(type_name(&col(MYSQL_TYPE_BLOB)), "blob");
+        assert_eq!(type_name(&col(MYSQL_TYPE_DATETIME)), "datetime");
+        assert_eq!(type_name(&col(MYSQL_TYPE_JSON)), "json");
+        let enum_col = text_col(MYSQL_TYPE_STRING).with_flags(ColumnFlags::ENUM_FLAG);
+        assert_eq!(type_name(&enum_col), "enum");
+        // UNSIGNED only qualifies numbers.
+        assert_eq!(
+            type_name(&col(MYSQL_TYPE_DATE).with_flags(unsigned)),
+            "date"
+        );
+    }
+
+    #[test]
+    fn parameters_map_to_mysql_values() {
+        assert_eq!(json_to_mysql(&json!(null)), Value::NULL);
+        assert_eq!(json_to_mysql(&json!(true)), Value::Int(1));
+        assert_eq!(json_to_mysql(&json!(false)), Value::Int(0));
+        assert_eq!(json_to_mysql(&json!(-5)), Value::Int(-5));
+        assert_eq!(json_to_mysql(&json!(u64::MAX)), Value::UInt(u64::MAX));
+        assert_eq!(json_to_mysql(&json!(2.5)), Value::Double(2.5));
+        assert_eq!(json_to_mysql(&json!("x'y")), Value::Bytes(b"x'y".to_vec()));
+        assert_eq!(
+            json_to_mysql(&json!({"a": [1]})),
+            Value::Bytes(br#"{"a":[1]}"#.to_vec())
+        );
+    }
+
+    #[test]
+    fn read_statements_are_recognised() {
+        for sql in [
+            "SELECT 1",
+            "  (select 1) union (select 2)",
+            "/* why */ select 1",
+            "-- note\nSELECT 1",
+            "--\tnote\nSELECT 1",
+            "# note\nshow tables",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "explain select 1",
+        ] {
+            assert!(is_read_statement(sql), "{sql}");
+        }
+        for sql in [
+            "DELETE FROM t RETURNING *",
+            "insert into t values (1) returning id",
+            "/*! SELECT */ 1",
+            "/*M!100000 DELETE FROM t */",
+            "--x\nSELECT 1",
+            "CALL p()",
+            "",
+            "/* unterminated",
+        ] {
+            assert!(!is_read_statement(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_setup_pins_lexing() {
+        let setup = setup_sql(false);
+        assert!(setup.starts_with("SET NAMES utf8mb4;"));
+        assert!(setup.contains("time_zone = '+00:00'"));
+        for mode in [
+            "ANSI",
+            "NO_BACKSLASH_ESCAPES",
+            "PIPES_AS_CONCAT",
+            "ORACLE",
+            "IGNORE_SPACE",
+        ] {
+            assert!(!SQL_MODE.contains(mode), "{mode}");
+        }
+        assert!(!setup.contains("READ ONLY"));
+        assert!(setup_sql(true).ends_with("; SET SESSION TRANSACTION READ ONLY"));
+    }
+
+    #[test]
+    fn begin_sets_the_server_limit_and_the_transaction() {
+        assert_eq!(
+            begin_sql(Flavor::MariaDb, true, Duration::from_millis(2500)),
+            "SET SESSION max_statement_time = 3.500; START TRANSACTION READ ONLY"
+        );
+        assert_eq!(
+            begin_sql(Flavor::MySql, false, Duration::from_secs(2)),
+            "SET SESSION max_execution_time = 3000; START TRANSACTION"
+        );
+    }
+
+    #[test]
+    fn url_parameters_are_allow_listed() {
+        assert!(parse_url("mysql://agent@db.example:3306/shop").is_ok());
+        let opts = parse_url("mariadb://agent@db.example/shop?tcp_keepalive=10000");
+        assert_eq!(
+            opts.map(|o| o.db_name().map(str::to_string)),
+            Ok(Some("shop".into()))
+        );
+        let e = parse_url("mysql://agent@db.example/shop?require_ssl=false").unwrap_err();
+        assert!(e.contains("require_ssl"), "{e}");
+        let e = parse_url("mysql://agent@db.example/shop?reset_connection=false").unwrap_err();
+        assert!(e.contains("reset_connection"), "{e}");
+        assert!(parse_url("postgres://agent@db.example/shop").is_err());
+        let e = parse_url("mysql://agent:hunter2@db.example/shop").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    fn account(name: &str, host: Option<&str>) -> Account {
+        Account {
+            name: name.into(),
+            host: host.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn grant_lines_are_parsed() {
+        // MariaDB 10.11 output.
+        assert_eq!(
+            parse_grant("GRANT ALL PRIVILEGES ON *.* TO `root`@`127.0.0.1` WITH GRANT OPTION"),
+            Some(Grant::Privileges {
+                privileges: vec!["ALL PRIVILEGES".into()],
+                object: "*.*".into(),
+                grantee: Some(account("root", Some("127.0.0.1"))),
+            })
+        );
+        assert_eq!(
+            parse_grant("GRANT SELECT (`a`), INSERT (`a`, `b`) ON `test`.`al_x` TO `al_r1`"),
+            Some(Grant::Privileges {
+                privileges: vec!["SELECT".into(), "INSERT".into()],
+                object: "`test`.`al_x`".into(),
+                grantee: Some(account("al_r1", None)),
+            })
+        );
+        assert_eq!(
+            parse_grant("GRANT `al_r1` TO `al_role`@`%`"),
+            Some(Grant::Roles {
+                roles: vec![account("al_r1", None)],
+                grantee: Some(account("al_role", Some("%"))),
+            })
+        );
+        assert_eq!(
+            parse_grant("SET DEFAULT ROLE `al_r1` FOR `al_role`@`%`"),
+            None
+        );
+        // MySQL 8 output.
+        assert_eq!(
+            parse_grant("GRANT `r1`@`%`,`r2`@`localhost` TO `u`@`%` WITH ADMIN OPTION"),
+            Some(Grant::Roles {
+                roles: vec![account("r1", Some("%")), account("r2", Some("localhost"))],
+                grantee: Some(account("u", Some("%"))),
+            })
+        );
+        let Some(Grant::Privileges { privileges, .. }) = parse_grant(
+            "GRANT APPLICATION_PASSWORD_ADMIN,AUDIT_ABORT_EXEMPT ON *.* TO `root`@`localhost`",
+        ) else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            privileges,
+            ["APPLICATION_PASSWORD_ADMIN", "AUDIT_ABORT_EXEMPT"]
+        );
+        // A quote inside a name survives the round trip.
+        let Some(Grant::Roles { roles, .. }) = parse_grant("GRANT `we``ird` TO 'u'@'%'") else {
+            panic!("not parsed");
+        };
+        assert_eq!(roles[0].quoted(), "`we``ird`");
+    }
+
+    fn dangerous(line: &str) -> Vec<String> {
+        match parse_grant(line) {
+            Some(Grant::Privileges {
+                privileges, object, ..
+            }) => dangerous_privileges(&privileges, &object)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn dangerous_privileges_are_found() {
+        assert_eq!(
+            dangerous("GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"),
+            ["ALL PRIVILEGES"]
+        );
+        assert_eq!(dangerous("GRANT FILE ON *.* TO `al_r2`"), ["FILE"]);
+        assert_eq!(
+            dangerous(
+                "GRANT SELECT, RELOAD, FILE, SUPER ON *.* TO 'u'@'%' IDENTIFIED BY PASSWORD '*AB'"
+            ),
+            ["FILE", "SUPER"]
+        );
+        assert!(dangerous("GRANT ALL PRIVILEGES ON `shop`.* TO `u`@`%`").is_empty());
+        assert!(dangerous("GRANT USAGE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*B2'").is_empty());
+        assert!(
+            dangerous("GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION").is_empty()
+        );
+        assert!(dangerous("GRANT SELECT (`file`) ON `db`.`t` TO `u`@`%`").is_empty());
     }
 }
