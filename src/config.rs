@@ -36,6 +36,21 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub reviews: ReviewsConfig,
+}
+
+/// Where review notifications go.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewsConfig {
+    /// Webhook receiving new reviews and decisions (Slack-compatible `text`).
+    pub webhook_url: Option<String>,
+    /// HMAC key for the `X-Airlock-Signature` header; required with a webhook.
+    pub webhook_secret: Option<SecretRef>,
+    /// Allow an http:// webhook (only sensible on loopback, e.g. in tests).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -563,6 +578,17 @@ impl Config {
                     format!("duplicate rule id `{}`", r.id),
                 ));
             }
+        }
+        if let Some(url) = &self.reviews.webhook_url {
+            check_http_url(url, self.reviews.allow_insecure_http)
+                .map_err(|m| err("reviews.webhook_url", m))?;
+            let secret =
+                self.reviews.webhook_secret.as_ref().ok_or_else(|| {
+                    err("reviews.webhook_secret", "a webhook needs a signing secret")
+                })?;
+            secret
+                .resolve()
+                .map_err(|m| err("reviews.webhook_secret", m))?;
         }
         for (i, p) in self.audit.readers.iter().enumerate() {
             crate::policy::PrincipalPattern::parse(p)

@@ -12,5 +12,6 @@ pub mod inspect;
 pub mod net;
 pub mod pipeline;
 pub mod policy;
+pub mod review;
 pub mod server;
 pub mod store;

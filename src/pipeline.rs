@@ -173,6 +173,23 @@ async fn refuse(
     problem
 }
 
+/// What a query request turned into.
+pub enum Answer {
+    /// Running: the header is known, rows follow.
+    Rows(Execution),
+    /// Held for human review (202).
+    Held(crate::review::flow::HeldView),
+}
+
+/// Options a query request can carry besides its body.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// Hold the request this long for a review decision (`?wait=`), then run it if approved.
+    pub wait: Option<Duration>,
+    /// `Idempotency-Key`: a retried request finds its existing review.
+    pub idempotency_key: Option<String>,
+}
+
 /// Runs the query pipeline up to the first event of the result.
 pub async fn query(
     state: Arc<AppState>,
@@ -181,7 +198,8 @@ pub async fn query(
     req: QueryRequest,
     ndjson: bool,
     slot: Slot,
-) -> Result<Execution, Problem> {
+    options: QueryOptions,
+) -> Result<Answer, Problem> {
     let started = Instant::now();
     let conn = resolve(&state, &ctx.principal, name)?.clone();
     let lc = &conn.config.limits;
@@ -252,20 +270,29 @@ pub async fn query(
             return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
         }
         Decision::Review { rule, message } => {
-            let problem = Problem::forbidden(
-                "review_required",
-                format!("{message}; human review is not enabled on this server, so the request is refused"),
-            )
-            .with("rule", rule)
-            .with("execution_id", execution_id.clone());
-            return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
+            let held = crate::review::HeldRequest {
+                sql: req.sql,
+                params: req.params,
+                max_rows: limits.max_rows,
+                max_bytes: limits.max_bytes,
+                timeout_ms: limits.timeout_ms,
+            };
+            return crate::review::flow::hold(crate::review::flow::Hold {
+                state,
+                ctx,
+                conn,
+                facts,
+                begin,
+                started,
+                held,
+                rule,
+                message,
+                ndjson,
+                slot,
+                options,
+            })
+            .await;
         }
-    }
-
-    // Audit begin: durable before the backend sees anything.
-    if let Err(e) = state.audit.commit(begin.clone()).await {
-        tracing::error!(error = %e, execution_id, "audit begin not stored; refusing");
-        return Err(Problem::audit_unavailable().with("execution_id", execution_id));
     }
 
     let plan = QueryPlan {
@@ -273,22 +300,56 @@ pub async fn query(
         params: req.params,
         max_rows: limits.max_rows,
         timeout: Duration::from_millis(limits.timeout_ms),
+        max_affected_rows: None,
     };
-    let (started_tx, started_rx) = oneshot::channel();
-    let (out_tx, out_rx) = mpsc::channel(crate::backend::STREAM_BUFFER);
-    let cancel = state.shutdown.child_token();
-    tokio::spawn(run(
-        state.clone(),
+    start(Run {
+        state,
         conn,
         plan,
         limits,
         begin,
+        rule,
         started,
-        cancel,
-        started_tx,
-        out_tx,
         slot,
-    ));
+        review: None,
+    })
+    .await
+    .map(Answer::Rows)
+}
+
+/// Everything an execution needs once the decision is made.
+pub struct Run {
+    pub state: Arc<AppState>,
+    pub conn: Arc<Connection>,
+    pub plan: QueryPlan,
+    pub limits: AppliedLimits,
+    /// The `begin` event, not yet committed.
+    pub begin: AuditEvent,
+    pub rule: String,
+    pub started: Instant,
+    /// Held until the execution ends, including streaming.
+    pub slot: Slot,
+    /// The approved review this run consumes, claimed (`running`) by the caller.
+    pub review: Option<crate::review::ReviewRecord>,
+}
+
+/// Commits the `begin` event, then starts the backend in the execution task.
+pub async fn start(run_: Run) -> Result<Execution, Problem> {
+    let execution_id = run_.begin.execution_id.clone();
+    // Audit begin: durable before the backend sees anything.
+    if let Err(e) = run_.state.audit.commit(run_.begin.clone()).await {
+        tracing::error!(error = %e, execution_id, "audit begin not stored; refusing");
+        if let Some(review) = run_.review {
+            // The claim is released so the approved request can still run once.
+            crate::review::flow::release_claim(&run_.state, review).await;
+        }
+        return Err(Problem::audit_unavailable().with("execution_id", execution_id));
+    }
+    let (started_tx, started_rx) = oneshot::channel();
+    let (out_tx, out_rx) = mpsc::channel(crate::backend::STREAM_BUFFER);
+    let rule = run_.rule.clone();
+    let limits = run_.limits;
+    tokio::spawn(run(run_, started_tx, out_tx));
     match started_rx.await {
         Ok(Ok(columns)) => Ok(Execution {
             execution_id,
@@ -312,21 +373,42 @@ fn outcome_of(e: &BackendError) -> Outcome {
 }
 
 /// The execution task: owns the backend stream and the `end` event.
-#[allow(clippy::too_many_arguments)]
 async fn run(
-    state: Arc<AppState>,
-    conn: Arc<Connection>,
-    plan: QueryPlan,
-    limits: AppliedLimits,
-    begin: AuditEvent,
-    started: Instant,
-    cancel: CancellationToken,
+    run_: Run,
     started_tx: oneshot::Sender<Result<Vec<Column>, Problem>>,
     out: mpsc::Sender<Output>,
-    // Held until the execution ends, including streaming.
-    _slot: Slot,
 ) {
+    let Run {
+        state,
+        conn,
+        plan,
+        limits,
+        begin,
+        started,
+        slot: _slot,
+        review,
+        ..
+    } = run_;
+    let cancel: CancellationToken = state.shutdown.child_token();
     let mut end = end_event(&begin, Outcome::Ok, started);
+    end.review_id = begin.review_id.clone();
+    end.approved_by = begin.approved_by.clone();
+    let review = std::sync::Mutex::new(review);
+    // Ends the execution: settles a consumed review, then writes the `end` event.
+    let close = |state: &Arc<AppState>,
+                 end: AuditEvent,
+                 rows: u64,
+                 bytes: u64,
+                 truncated: Option<Truncation>| {
+        let review = review.lock().ok().and_then(|mut r| r.take());
+        let state = state.clone();
+        async move {
+            if let Some(review) = review {
+                crate::review::flow::record_run(&state, review, &end, rows).await;
+            }
+            finish(&state, end, started, rows, bytes, truncated).await;
+        }
+    };
     let mut row_count = 0u64;
     let mut bytes = 0u64;
     let record_error = |end: &mut AuditEvent, e: &BackendError| {
@@ -338,7 +420,10 @@ async fn run(
     };
 
     let stream = tokio::select! {
-        r = conn.backend.query(plan, cancel.clone()) => r,
+        r = async {
+            conn.ensure_verified().await?;
+            conn.backend.query(plan, cancel.clone()).await
+        } => r,
         _ = out.closed() => Err(BackendError::Cancelled),
     };
     let mut stream = match stream {
@@ -346,7 +431,7 @@ async fn run(
         Err(e) => {
             record_error(&mut end, &e);
             let _ = started_tx.send(Err(e.into()));
-            finish(&state, end, started, 0, 0, None).await;
+            close(&state, end, 0, 0, None).await;
             return;
         }
     };
@@ -355,21 +440,21 @@ async fn run(
         Some(Err(e)) => {
             record_error(&mut end, &e);
             let _ = started_tx.send(Err(e.into()));
-            finish(&state, end, started, 0, 0, None).await;
+            close(&state, end, 0, 0, None).await;
             return;
         }
         Some(Ok(_)) | None => {
             let e = BackendError::Internal("the backend ended without a result header".into());
             record_error(&mut end, &e);
             let _ = started_tx.send(Err(e.into()));
-            finish(&state, end, started, 0, 0, None).await;
+            close(&state, end, 0, 0, None).await;
             return;
         }
     };
     if started_tx.send(Ok(columns)).is_err() {
         cancel.cancel();
         end.outcome = Some(Outcome::Cancelled);
-        finish(&state, end, started, 0, 0, None).await;
+        close(&state, end, 0, 0, None).await;
         return;
     }
 
@@ -462,7 +547,7 @@ async fn run(
         };
         let _ = out.send(Output::End(summary)).await;
     }
-    finish(&state, end, started, row_count, bytes, truncated).await;
+    close(&state, end, row_count, bytes, truncated).await;
 }
 
 async fn finish(

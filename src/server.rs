@@ -29,6 +29,20 @@ use crate::store::{self, Store};
 pub struct Connection {
     pub config: ConnectionConfig,
     pub backend: Arc<dyn SqlBackend>,
+    /// Digest of the connection's config: approvals are bound to it.
+    pub version: String,
+    /// Set once the startup checks (privileges, not the store) have passed. A target that
+    /// was down at startup is checked on first use instead, before anything runs on it.
+    pub verified: tokio::sync::OnceCell<()>,
+}
+
+impl Connection {
+    pub async fn ensure_verified(&self) -> Result<(), BackendError> {
+        self.verified
+            .get_or_try_init(|| self.backend.verify())
+            .await
+            .map(|_| ())
+    }
 }
 
 pub struct AppState {
@@ -44,6 +58,9 @@ pub struct AppState {
     pub principal_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub max_concurrent_per_principal: usize,
     pub max_body_bytes: usize,
+    /// Wakes requests waiting on a review decision.
+    pub reviews: Arc<crate::review::hub::ReviewHub>,
+    pub notifier: Option<crate::review::notify::Notifier>,
 }
 
 /// Everything `serve` needs, built and checked before binding.
@@ -121,8 +138,11 @@ pub async fn prepare(
     for c in &config.connections {
         let backend =
             backend::build(c, &ctx).map_err(|e| format!("connection `{}`: {e}", c.name))?;
+        let verified = tokio::sync::OnceCell::new();
         match backend.verify().await {
-            Ok(()) => {}
+            Ok(()) => {
+                let _ = verified.set(());
+            }
             Err(BackendError::Unavailable { detail, .. }) => {
                 tracing::warn!(connection = %c.name, %detail, "target unreachable at startup; will connect on use")
             }
@@ -133,6 +153,8 @@ pub async fn prepare(
             Arc::new(Connection {
                 config: c.clone(),
                 backend,
+                version: crate::review::digest(&[format!("{c:?}").as_bytes()]),
+                verified,
             }),
         );
     }
@@ -148,22 +170,38 @@ pub async fn prepare(
     let max_concurrent_per_principal = config.server.max_concurrent_per_principal;
     let max_body_bytes = config.server.max_body_bytes;
     let policy = Policy::new(config.rules.clone());
+    let notifier = match (&config.reviews.webhook_url, &config.reviews.webhook_secret) {
+        (Some(url), Some(secret)) => Some(crate::review::notify::Notifier::new(
+            url,
+            secret
+                .resolve()
+                .map_err(|e| format!("reviews.webhook_secret: {e}"))?,
+        )?),
+        _ => None,
+    };
+    let reviews = Arc::new(crate::review::hub::ReviewHub::default());
+    store.subscribe_reviews(reviews.clone());
+    let run_grace = stale_after(&config);
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
+    let state = Arc::new(AppState {
+        auth,
+        policy,
+        connections,
+        audit,
+        store,
+        audit_readers,
+        ready: AtomicBool::new(true),
+        shutdown: CancellationToken::new(),
+        principal_slots: Mutex::new(HashMap::new()),
+        max_concurrent_per_principal,
+        max_body_bytes,
+        reviews,
+        notifier,
+    });
+    crate::review::flow::spawn_sweeper(state.clone(), run_grace);
     Ok(Prepared {
-        state: Arc::new(AppState {
-            auth,
-            policy,
-            connections,
-            audit,
-            store,
-            audit_readers,
-            ready: AtomicBool::new(true),
-            shutdown: CancellationToken::new(),
-            principal_slots: Mutex::new(HashMap::new()),
-            max_concurrent_per_principal,
-            max_body_bytes,
-        }),
+        state,
         listen,
         drain,
         write_idle,

@@ -90,3 +90,57 @@ fn json_problem(r: JsonRejection) -> Problem {
         _ => Problem::bad_request("malformed_body", r.body_text()),
     }
 }
+
+/// A body that must be empty (or whitespace): `POST /v1/executions/{id}/run` runs exactly
+/// what was approved, so it takes nothing new.
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Problem::bad_request("malformed_body", e.body_text()))?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            Ok(NoBody)
+        } else {
+            Err(Problem::bad_request(
+                "unexpected_body",
+                "this endpoint takes no body: it runs exactly the stored, approved request",
+            ))
+        }
+    }
+}
+
+/// A JSON body that may be absent: an empty body yields `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Problem::bad_request("malformed_body", e.body_text()))?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !is_json {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        serde_json::from_slice(&body)
+            .map(OptionalJson)
+            .map_err(|e| Problem::bad_request("malformed_body", e.to_string()))
+    }
+}

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod problem;
 pub mod query;
+pub mod reviews;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use problem::Problem;
         (name = "connections", description = "What the caller may use"),
         (name = "query", description = "Run SQL through the pipeline"),
         (name = "audit", description = "The write-ahead audit log"),
+        (name = "reviews", description = "Human approval of held requests, and running them once"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -68,6 +70,12 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(connections::schema))
         .routes(routes!(query::query))
         .routes(routes!(audit::list))
+        .routes(routes!(reviews::list))
+        .routes(routes!(reviews::get))
+        .routes(routes!(reviews::approve))
+        .routes(routes!(reviews::reject))
+        .routes(routes!(reviews::execution))
+        .routes(routes!(reviews::run))
 }
 
 /// The OpenAPI document, exactly as served at `/openapi.json` and committed in the repo.

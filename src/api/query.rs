@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
@@ -23,7 +24,8 @@ use super::extract::{ApiJson, Auth, RequestId};
 use super::problem::{Problem, ProblemBody};
 use crate::backend::Column;
 use crate::pipeline::{
-    self, AppliedLimits, Execution, Output, QueryRequest, RequestContext, Summary,
+    self, Answer, AppliedLimits, Execution, Output, QueryOptions, QueryRequest, RequestContext,
+    Summary,
 };
 use crate::server::AppState;
 
@@ -52,7 +54,7 @@ pub struct QueryResponse {
     pub duration_ms: u64,
 }
 
-fn wants_ndjson(headers: &HeaderMap) -> bool {
+pub fn wants_ndjson(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
@@ -63,16 +65,20 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 /// Run one SQL statement.
 #[utoipa::path(post, path = "/v1/connections/{name}/query", tag = "query",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name")),
+    params(("name" = String, Path, description = "Connection name"), WaitParams,
+           ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key finds its existing review instead of filing a new one")),
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Result (JSON), or an NDJSON stream when `Accept: application/x-ndjson`", body = QueryResponse,
          content((QueryResponse = "application/json"), (String = "application/x-ndjson"))),
+        (status = 202, description = "Held for human review: `execution_id`, `review_id`, what to do next", body = crate::review::flow::HeldView),
         (status = 400, description = "Malformed request, SQL error, several statements, wrong params", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy (`rule` names it) or read-only violation", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "Serialization failure or deadlock (`retryable`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Serialization failure or deadlock (`retryable`); Idempotency-Key reused for another request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "The review expired while waiting", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The review was rejected (reason in `detail`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "Too many concurrent requests (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
@@ -84,16 +90,70 @@ pub async fn query(
     Auth(principal): Auth,
     RequestId(request_id): RequestId,
     Path(name): Path<String>,
+    params: Result<Query<WaitParams>, QueryRejection>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, Problem> {
+    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let options = QueryOptions {
+        wait: wait_duration(params.wait)?,
+        idempotency_key: idempotency_key(&headers)?,
+    };
     let ndjson = wants_ndjson(&headers);
     let slot = pipeline::acquire_slot(&state, &principal)?;
     let ctx = RequestContext {
         principal,
         request_id,
     };
-    let exec = pipeline::query(state, ctx, &name, req, ndjson, slot).await?;
+    match pipeline::query(state, ctx, &name, req, ndjson, slot, options).await? {
+        Answer::Held(view) => Ok((StatusCode::ACCEPTED, Json(view)).into_response()),
+        Answer::Rows(exec) => respond(exec, ndjson).await,
+    }
+}
+
+/// `?wait=SECONDS` on requests that may be held for review.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParams {
+    /// Hold the request up to this many seconds (at most 55) for a review decision; if it is
+    /// approved in time, the result comes in this response.
+    pub wait: Option<u64>,
+}
+
+pub fn wait_duration(wait: Option<u64>) -> Result<Option<std::time::Duration>, Problem> {
+    match wait {
+        Some(w) if w > crate::review::flow::MAX_WAIT.as_secs() => Err(Problem::bad_request(
+            "invalid_query",
+            format!(
+                "wait is at most {} seconds",
+                crate::review::flow::MAX_WAIT.as_secs()
+            ),
+        )),
+        w => Ok(w.map(std::time::Duration::from_secs)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let key = v.to_str().map_err(|_| {
+                Problem::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+            })?;
+            if key.is_empty() || key.len() > 255 {
+                return Err(Problem::bad_request(
+                    "invalid_header",
+                    "Idempotency-Key must be 1 to 255 characters",
+                ));
+            }
+            Ok(Some(key.to_string()))
+        }
+    }
+}
+
+/// Sends a started execution as JSON or NDJSON.
+pub async fn respond(exec: Execution, ndjson: bool) -> Result<Response, Problem> {
     if ndjson {
         Ok(stream_ndjson(exec))
     } else {

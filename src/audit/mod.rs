@@ -22,6 +22,8 @@ pub const AUDIT_SCHEMA_VERSION: u32 = 1;
 pub enum Phase {
     Begin,
     End,
+    /// A point event that is not a request of its own (a review filed, approved, expired).
+    Event,
 }
 
 impl Phase {
@@ -29,6 +31,7 @@ impl Phase {
         match self {
             Phase::Begin => "begin",
             Phase::End => "end",
+            Phase::Event => "event",
         }
     }
 }
@@ -49,6 +52,8 @@ pub enum Outcome {
     Cancelled,
     /// The process stopped before the request finished (found at the next start).
     Interrupted,
+    /// Held for human review; the run (if approved) is audited under the same execution id.
+    PendingReview,
 }
 
 impl Outcome {
@@ -60,6 +65,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
             Outcome::Interrupted => "interrupted",
+            Outcome::PendingReview => "pending_review",
         }
     }
 }
@@ -132,6 +138,15 @@ pub struct AuditEvent {
     pub error_class: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlstate: Option<String>,
+    /// Review id for held requests and review events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<String>,
+    /// Who approved a reviewed run (`issuer/subject`), or who decided a review event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
+    /// Rejection reason, for `review.rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl AuditEvent {
@@ -159,6 +174,9 @@ impl AuditEvent {
             duration_ms: None,
             error_class: None,
             sqlstate: None,
+            review_id: None,
+            approved_by: Vec::new(),
+            reason: None,
         }
     }
 }

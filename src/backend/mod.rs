@@ -48,6 +48,8 @@ pub struct QueryPlan {
     pub params: Vec<serde_json::Value>,
     pub max_rows: u64,
     pub timeout: Duration,
+    /// Set by a reviewer: a write affecting more rows than this is rolled back.
+    pub max_affected_rows: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -154,6 +156,11 @@ pub enum BackendError {
     Params(String),
     #[error("cancelled")]
     Cancelled,
+    /// The write affected more rows than its reviewer allowed; it was rolled back.
+    #[error(
+        "the statement affected {affected} rows, more than the {max} its approval allows; rolled back"
+    )]
+    AffectedRowsExceeded { affected: u64, max: u64 },
     #[error("backend failure: {0}")]
     Internal(String),
 }

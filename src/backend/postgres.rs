@@ -228,9 +228,13 @@ impl PostgresBackend {
         let endpoint = Endpoint::from_config(&pg);
 
         let manager_config = ManagerConfig {
-            // Runs CLOSE ALL / RESET ALL / UNLISTEN / advisory unlock / DISCARD TEMP and
-            // SEQUENCES before a connection is handed out again.
-            recycling_method: RecyclingMethod::Clean,
+            // `DISCARD ALL` before a connection is handed out again: one statement that
+            // closes cursors, resets every setting to its connection default (so the
+            // startup options above survive), deallocates prepared statements (an agent's
+            // `PREPARE` must not be callable by the next agent), unlistens, releases
+            // advisory locks and drops temp tables. deadpool's `Clean` misses DEALLOCATE and
+            // costs seven statements.
+            recycling_method: RecyclingMethod::Custom("DISCARD ALL".into()),
         };
         let manager = match &tls {
             Tls::Disabled => Manager::from_config(pg, NoTls, manager_config),
@@ -852,6 +856,22 @@ async fn run(
     drop(statement);
     drop(fallback);
 
+    // A reviewer's affected-rows guard: a write beyond it never commits. Row-returning
+    // writes (RETURNING) count their rows; a truncated result is over any guard.
+    if let Some(max) = job.plan.max_affected_rows {
+        let count = if returns_rows {
+            fetched
+        } else {
+            affected.unwrap_or(0)
+        };
+        if count > max || truncated {
+            guard(job, txn.rollback()).await?.map_err(&during)?;
+            return Err(Failure::error(BackendError::AffectedRowsExceeded {
+                affected: count,
+                max,
+            }));
+        }
+    }
     if job.read_only {
         guard(job, txn.rollback()).await?.map_err(&during)?;
     } else {

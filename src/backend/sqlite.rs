@@ -146,8 +146,11 @@ fn to_json(v: ValueRef<'_>) -> Value {
         ValueRef::Real(f) => Value::String(f.to_string()),
         ValueRef::Text(t) => match std::str::from_utf8(t) {
             Ok(s) => Value::String(s.to_string()),
-            // Not valid UTF-8: give the bytes rather than a lossy guess.
-            Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(t)),
+            // Not valid UTF-8: give the bytes rather than a lossy guess, in a shape that
+            // cannot be mistaken for text (as the MySQL backend does).
+            Err(_) => serde_json::json!({
+                "base64": base64::engine::general_purpose::STANDARD.encode(t)
+            }),
         },
         ValueRef::Blob(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
     }
@@ -206,6 +209,13 @@ fn produce(
         Ok((truncated, affected))
     })();
     match result {
+        Ok((_, affected)) if plan.max_affected_rows.is_some_and(|max| affected > max) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(BackendError::AffectedRowsExceeded {
+                affected,
+                max: plan.max_affected_rows.unwrap_or_default(),
+            })
+        }
         Ok((truncated, affected)) => {
             let end = if read_only { "ROLLBACK" } else { "COMMIT" };
             conn.execute_batch(end).map_err(db_error)?;

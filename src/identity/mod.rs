@@ -74,7 +74,15 @@ struct TrustedIssuer {
 
 pub struct Authenticator {
     by_iss: HashMap<String, TrustedIssuer>,
+    /// Principals of tokens already verified, keyed by a digest of the whole token.
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Principal, i64)>>,
 }
+
+/// How many verified tokens are remembered; past it the cache starts over.
+const VERIFIED_CACHE: usize = 10_000;
+/// A verified token is trusted from the cache for at most this long (and never past `exp`),
+/// so a rotated-out issuer key stops working within it.
+const VERIFIED_TTL_SECS: i64 = 60;
 
 const ALLOWED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
@@ -95,7 +103,10 @@ impl Authenticator {
             };
             by_iss.insert(iss.issuer.clone(), TrustedIssuer { config: iss, keys });
         }
-        Ok(Authenticator { by_iss })
+        Ok(Authenticator {
+            by_iss,
+            verified: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Fetches every issuer's JWKS once so the first request does not pay for it. Failure is
@@ -118,6 +129,35 @@ impl Authenticator {
             })
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
+        // The same bytes verified a moment ago verify the same way: skip the signature check.
+        let digest: [u8; 32] = {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        let now = chrono::Utc::now().timestamp();
+        if let Ok(cache) = self.verified.lock()
+            && let Some((p, until)) = cache.get(&digest)
+            && now < *until
+        {
+            return Ok(p.clone());
+        }
+        let (principal, exp) = self.verify(token).await?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert(
+                digest,
+                (principal.clone(), exp.min(now + VERIFIED_TTL_SECS)),
+            );
+        }
+        Ok(principal)
+    }
+
+    /// Full verification; returns the principal and the token's `exp`.
+    async fn verify(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let jwt_header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if !ALLOWED.contains(&jwt_header.alg) {
@@ -145,7 +185,8 @@ impl Authenticator {
         validation.leeway = 30;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(describe_jwt_error(&e)))?;
-        principal_from_claims(&trusted.config, &data.claims)
+        let exp = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0);
+        Ok((principal_from_claims(&trusted.config, &data.claims)?, exp))
     }
 }
 

@@ -3,6 +3,7 @@
 //! Invariant: anything the inspector cannot fully account for is reported as `unparsed`,
 //! and the policy denies unparsed input unless a rule explicitly admits it.
 
+pub mod functions;
 pub mod sql;
 
 pub use sql::{Facts, StatementKind};

@@ -9,11 +9,13 @@
 //!   (`unparsed`), unless the rule says `match.unparsed = true`.
 //! - A connection is visible to a principal when some allow or review rule names both.
 
+pub mod builtin;
 pub mod glob;
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Principal;
+use crate::inspect::sql::FunctionClass;
 use crate::inspect::{Facts, StatementKind};
 
 pub const DEFAULT_DENY: &str = "default-deny";
@@ -26,8 +28,51 @@ pub enum Action {
     Review,
 }
 
+/// A rule as written in the config: either a custom rule (`id`, `action`, `match`) or a
+/// built-in one from the catalogue (`builtin = "deny-ddl"`), which brings its own action,
+/// match and message.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Option<String>,
+    builtin: Option<String>,
+    action: Option<Action>,
+    connections: Option<Vec<String>>,
+    principals: Option<Vec<String>>,
+    #[serde(default, rename = "match")]
+    matcher: Option<Match>,
+    message: Option<String>,
+    review: Option<ReviewConfig>,
+}
+
+/// Who must approve what a `review` rule holds, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewConfig {
+    /// Groups whose human members may approve (no `act` chain, not the requester).
+    pub approvers: Vec<String>,
+    #[serde(default = "one")]
+    pub min_approvals: u32,
+    /// A pending review expires after this long.
+    #[serde(default = "fifteen_minutes")]
+    pub expires_in_secs: u64,
+    /// After approval, the requester has this long to run it.
+    #[serde(default = "one_hour")]
+    pub run_window_secs: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn fifteen_minutes() -> u64 {
+    900
+}
+fn one_hour() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawRule")]
 pub struct RuleConfig {
     pub id: String,
     pub action: Action,
@@ -36,41 +81,164 @@ pub struct RuleConfig {
     /// `*`, `group:NAME`, `sub:ISSUER/SUBJECT` (globs allowed in NAME and SUBJECT).
     pub principals: Vec<String>,
     /// Restricts the rule to requests whose facts match; absent means every request.
-    #[serde(default, rename = "match")]
     pub matcher: Option<Match>,
     /// Shown to the agent when this rule denies or holds its request.
     pub message: Option<String>,
+    /// For `review` rules: approvers, quorum, expiry.
+    pub review: Option<ReviewConfig>,
+}
+
+impl TryFrom<RawRule> for RuleConfig {
+    type Error = String;
+
+    fn try_from(raw: RawRule) -> Result<Self, String> {
+        match raw.builtin {
+            Some(name) => {
+                let b = builtin::find(&name).ok_or_else(|| {
+                    format!(
+                        "unknown built-in rule `{name}`; the catalogue has: {}",
+                        builtin::ids().join(", ")
+                    )
+                })?;
+                if raw.action.is_some() || raw.matcher.is_some() || raw.review.is_some() {
+                    return Err(format!(
+                        "built-in rule `{name}` brings its own action and match; remove them"
+                    ));
+                }
+                if raw.id.as_deref().is_some_and(|id| id != name) {
+                    return Err(format!("a built-in rule's id is its name (`{name}`)"));
+                }
+                Ok(RuleConfig {
+                    id: name,
+                    action: b.action,
+                    connections: raw.connections.unwrap_or_else(|| vec!["*".into()]),
+                    principals: raw.principals.unwrap_or_else(|| vec!["*".into()]),
+                    matcher: Some(b.matcher),
+                    message: raw.message.or_else(|| Some(b.message.to_string())),
+                    review: None,
+                })
+            }
+            None => Ok(RuleConfig {
+                id: raw
+                    .id
+                    .ok_or("a rule needs an `id` (or `builtin = \"...\"`)")?,
+                action: raw
+                    .action
+                    .ok_or("a rule needs an `action` (allow | deny | review)")?,
+                connections: raw.connections.ok_or("a rule needs `connections`")?,
+                principals: raw.principals.ok_or("a rule needs `principals`")?,
+                matcher: raw.matcher,
+                message: raw.message,
+                review: raw.review,
+            }),
+        }
+    }
 }
 
 /// Conditions over the inspector's facts. All present conditions must hold.
+///
+/// The same condition reads differently by action, so that both fail closed:
+/// - a **deny** or **review** rule *catches* a request when *any* fact hits the condition
+///   (one forbidden table among ten is enough);
+/// - an **allow** rule *admits* a request only when *every* fact is within the condition
+///   (a statement kind, table or function it does not list keeps it out).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
-    /// The request contains at least one statement of one of these kinds.
+    /// Statement kinds, including statements nested in CTEs and under EXPLAIN ANALYZE.
     pub statements: Option<Vec<StatementKind>>,
-    /// `true`: matches when the input could not be fully parsed (and lets an allow rule
-    /// admit it); `false`/absent: an allow rule does not apply to unparsed input.
+    /// Globs over tables read or written. A pattern without a dot matches the table name
+    /// whatever its schema (`orders` matches `public.orders`); with a dot, the full name.
+    pub tables: Option<Vec<String>>,
+    /// Globs over tables written.
+    pub tables_written: Option<Vec<String>>,
+    /// `true`: matches when some UPDATE or DELETE has no WHERE clause.
+    pub where_required: Option<bool>,
+    /// Globs over called functions (case-folded; bare or schema-qualified as written).
+    pub functions: Option<Vec<String>>,
+    /// Classes of dangerous functions (`file_access`, `program_execution`, `network`, ...).
+    pub function_classes: Option<Vec<FunctionClass>>,
+    /// `true`: matches when a function on neither the safe nor the dangerous list is called.
+    pub function_unlisted: Option<bool>,
+    /// `true`: matches when a write is nested inside another statement (CTE, subquery).
+    pub nested_write: Option<bool>,
+    /// `true`: matches input that could not be fully parsed (and lets an allow rule admit it).
     pub unparsed: Option<bool>,
-    /// Matches requests with more than one statement.
+    /// `true`: matches requests with more than one statement.
     pub multi_statement: Option<bool>,
 }
 
+fn table_matches(pattern: &str, table: &str) -> bool {
+    if pattern.contains('.') {
+        glob::matches(pattern, table)
+    } else {
+        let name = table.rsplit('.').next().unwrap_or(table);
+        glob::matches(pattern, name)
+    }
+}
+
+fn function_matches(pattern: &str, function: &str) -> bool {
+    table_matches(pattern, function)
+}
+
+/// For deny/review: does any item hit? For allow: is every item covered?
+fn covers<T>(admit: bool, items: &[T], hit: impl Fn(&T) -> bool) -> bool {
+    if admit {
+        items.iter().all(hit)
+    } else {
+        items.iter().any(hit)
+    }
+}
+
 impl Match {
-    fn matches(&self, facts: &Facts) -> bool {
+    fn matches(&self, facts: &Facts, action: Action) -> bool {
+        let admit = action == Action::Allow;
         if let Some(kinds) = &self.statements
-            && !facts.kinds.iter().any(|k| kinds.contains(k))
+            && !covers(admit, &facts.kinds, |k| kinds.contains(k))
         {
             return false;
         }
-        if let Some(want) = self.unparsed
-            && want
-            && !facts.unparsed
+        if let Some(globs) = &self.tables {
+            let touched: Vec<&String> = facts
+                .tables_read
+                .iter()
+                .chain(&facts.tables_written)
+                .collect();
+            if !covers(admit, &touched, |t| {
+                globs.iter().any(|g| table_matches(g, t))
+            }) {
+                return false;
+            }
+        }
+        if let Some(globs) = &self.tables_written
+            && !covers(admit, &facts.tables_written, |t| {
+                globs.iter().any(|g| table_matches(g, t))
+            })
         {
             return false;
         }
-        if let Some(want) = self.multi_statement
-            && want != (facts.statement_count > 1)
+        if let Some(globs) = &self.functions
+            && !covers(admit, &facts.functions, |f| {
+                globs.iter().any(|g| function_matches(g, f))
+            })
         {
+            return false;
+        }
+        if let Some(classes) = &self.function_classes
+            && !covers(admit, &facts.function_classes, |c| classes.contains(c))
+        {
+            return false;
+        }
+        let flag = |want: Option<bool>, fact: bool| want.is_none_or(|w| w == fact);
+        if !flag(self.where_required, facts.missing_where)
+            || !flag(self.function_unlisted, facts.function_unlisted)
+            || !flag(self.nested_write, facts.nested_write)
+            || !flag(self.multi_statement, facts.statement_count > 1)
+        {
+            return false;
+        }
+        // `unparsed = false` is the default for everyone: only an explicit `true` selects it.
+        if self.unparsed == Some(true) && !facts.unparsed && !admit {
             return false;
         }
         true
@@ -91,6 +259,27 @@ impl RuleConfig {
         for p in &self.principals {
             PrincipalPattern::parse(p).map_err(|m| ("principals", m))?;
         }
+        match (&self.action, &self.review) {
+            (Action::Review, None) => {
+                return Err((
+                    "review",
+                    "a review rule needs `review = { approvers = [\"group\"] }`".into(),
+                ));
+            }
+            (Action::Review, Some(r)) => {
+                if r.approvers.is_empty() || r.min_approvals == 0 {
+                    return Err((
+                        "review",
+                        "name approver groups and min_approvals >= 1".into(),
+                    ));
+                }
+                if r.expires_in_secs == 0 || r.run_window_secs == 0 {
+                    return Err(("review", "expiry and run window must be positive".into()));
+                }
+            }
+            (_, Some(_)) => return Err(("review", "only review rules take `review`".into())),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -106,7 +295,7 @@ impl RuleConfig {
 
     fn matches_facts(&self, facts: &Facts) -> bool {
         let m = self.matcher.clone().unwrap_or_default();
-        if !m.matches(facts) {
+        if !m.matches(facts, self.action) {
             return false;
         }
         // Unparsed input is only admitted by an allow rule that opts in.
@@ -199,6 +388,16 @@ impl Policy {
         Policy { rules }
     }
 
+    pub fn rule(&self, id: &str) -> Option<&RuleConfig> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// A digest of the whole rule set: approvals are bound to it, so any policy change
+    /// makes outstanding approvals stale.
+    pub fn version(&self) -> String {
+        crate::review::digest(&[format!("{:?}", self.rules).as_bytes()])
+    }
+
     /// Whether the principal may see the connection at all (same answer as "unknown").
     pub fn visible(&self, principal: &Principal, connection: &str) -> bool {
         self.rules.iter().any(|r| {
@@ -267,6 +466,7 @@ mod tests {
             principals: principals.iter().map(|s| s.to_string()).collect(),
             matcher: None,
             message: None,
+            review: None,
         }
     }
 
@@ -274,8 +474,89 @@ mod tests {
         Facts {
             statement_count: 1,
             kinds: vec![StatementKind::Select],
-            unparsed: false,
+            ..Facts::default()
         }
+    }
+
+    fn with_match(id: &str, action: Action, m: Match) -> RuleConfig {
+        let mut r = rule(id, action, &["*"]);
+        r.matcher = Some(m);
+        r
+    }
+
+    #[test]
+    fn allow_admits_only_what_it_covers_and_deny_catches_any_hit() {
+        let p = principal(&["agents"]);
+        let read_orders = with_match(
+            "read-orders",
+            Action::Allow,
+            Match {
+                statements: Some(vec![StatementKind::Select]),
+                tables: Some(vec!["orders".into(), "public.customers".into()]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![read_orders]);
+        let mut f = facts();
+        f.tables_read = vec!["public.orders".into()];
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), "read-orders");
+        f.tables_read.push("public.secrets".into());
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), DEFAULT_DENY);
+        // A write nested in a CTE adds its kind: the select-only allow no longer covers it.
+        let mut f = facts();
+        f.tables_read = vec!["orders".into()];
+        f.kinds = vec![StatementKind::Select, StatementKind::Delete];
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), DEFAULT_DENY);
+
+        let no_secrets = with_match(
+            "no-secrets",
+            Action::Deny,
+            Match {
+                tables: Some(vec!["*.secrets".into()]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![rule("all", Action::Allow, &["*"]), no_secrets]);
+        let mut f = facts();
+        f.tables_read = vec!["public.orders".into(), "public.secrets".into()];
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), "no-secrets");
+    }
+
+    #[test]
+    fn builtin_rules_come_from_the_catalogue() {
+        let toml_rules = r#"
+            [[rules]]
+            builtin = "deny-unbounded-write"
+            [[rules]]
+            id = "all"
+            action = "allow"
+            connections = ["*"]
+            principals = ["*"]
+        "#;
+        #[derive(serde::Deserialize)]
+        struct Rules {
+            rules: Vec<RuleConfig>,
+        }
+        let rules: Rules = toml::from_str(toml_rules).unwrap();
+        let pol = Policy::new(rules.rules);
+        let p = principal(&[]);
+        let mut f = facts();
+        f.kinds = vec![StatementKind::Delete];
+        f.missing_where = true;
+        match pol.decide(&p, "demo", &f) {
+            Decision::Deny { rule, message } => {
+                assert_eq!(rule, "deny-unbounded-write");
+                assert!(message.contains("WHERE"));
+            }
+            other => panic!("{other:?}"),
+        }
+        f.missing_where = false;
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), "all");
+        let bad: Result<Rules, _> = toml::from_str("[[rules]]\nbuiltin = \"deny-everything\"\n");
+        assert!(bad.is_err());
+        let bad: Result<Rules, _> =
+            toml::from_str("[[rules]]\nbuiltin = \"deny-ddl\"\naction = \"allow\"\n");
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -15,6 +15,19 @@ pub use identity::StoreIdentity;
 
 use crate::audit::AuditEvent;
 use crate::config::Config;
+use crate::review::{ReviewRecord, ReviewStatus};
+
+/// How to find a held request.
+#[derive(Debug, Clone, Copy)]
+pub enum ReviewLookup<'a> {
+    Id(&'a str),
+    Execution(&'a str),
+    /// An agent's retried request: same requester (`issuer/subject`), same key.
+    Idempotency {
+        requester: &'a str,
+        key: &'a str,
+    },
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +70,27 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 
     fn identity(&self) -> StoreIdentity;
+
+    /// Stores a new held request. `Ok(false)`: the requester already filed one with this
+    /// idempotency key (look it up instead).
+    async fn insert_review(&self, record: &ReviewRecord) -> Result<bool, StoreError>;
+
+    async fn get_review(&self, by: ReviewLookup<'_>) -> Result<Option<ReviewRecord>, StoreError>;
+
+    /// Reviews with the given status (all when `None`), pending first, then newest first.
+    async fn list_reviews(
+        &self,
+        status: Option<ReviewStatus>,
+        limit: usize,
+    ) -> Result<Vec<ReviewRecord>, StoreError>;
+
+    /// Wakes `hub` when another instance changes a review (PostgreSQL LISTEN/NOTIFY). The
+    /// embedded store is single-instance: in-process wake-ups are all there is.
+    fn subscribe_reviews(&self, _hub: Arc<crate::review::hub::ReviewHub>) {}
+
+    /// Compare-and-swap: writes `record` (with `version = expected + 1`) only if the stored
+    /// version is still `expected`. `Ok(false)` means someone else changed it first.
+    async fn swap_review(&self, record: &ReviewRecord, expected: i64) -> Result<bool, StoreError>;
 }
 
 /// Opens the configured store and applies its migrations.

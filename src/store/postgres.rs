@@ -13,16 +13,27 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{AuditQuery, Store, StoreError, StoreIdentity};
+use super::{AuditQuery, ReviewLookup, Store, StoreError, StoreIdentity};
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
+use crate::review::{ReviewRecord, ReviewStatus};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_audit.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_audit.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_reviews.sql"),
+    ),
+];
+/// The channel instances NOTIFY on when a review changes; only a hint to wake waiters.
+pub const REVIEW_CHANNEL: &str = "airlock_reviews";
 /// Arbitrary constant shared by all instances: the migration lock.
 const MIGRATION_LOCK: i64 = 0x4169_724c_6f63_6b00;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// For the LISTEN connection, which lives outside the pool.
+    config: tokio_postgres::Config,
     identity: StoreIdentity,
     busy: Duration,
 }
@@ -50,6 +61,7 @@ impl PostgresStore {
             .map(str::to_string)
             .or_else(|| pg.get_user().map(str::to_string))
             .unwrap_or_default();
+        let listen_config = pg.clone();
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -67,6 +79,7 @@ impl PostgresStore {
             .map_err(|e| format!("store pool: {e}"))?;
         let store = PostgresStore {
             pool,
+            config: listen_config,
             identity: StoreIdentity::Postgres { host, port, dbname },
             busy,
         };
@@ -225,7 +238,7 @@ impl Store for PostgresStore {
                 "SELECT b.seq, b.record FROM airlock_audit_events b
                  WHERE b.phase = 'begin' AND b.time < $1
                    AND NOT EXISTS (SELECT 1 FROM airlock_audit_events e
-                                   WHERE e.execution_id = b.execution_id AND e.phase = 'end')
+                                   WHERE e.execution_id = b.execution_id AND e.phase = 'end' AND e.seq > b.seq)
                  ORDER BY b.seq LIMIT 10000",
                 &[&started_before],
             )
@@ -243,4 +256,162 @@ impl Store for PostgresStore {
     fn identity(&self) -> StoreIdentity {
         self.identity.clone()
     }
+
+    fn subscribe_reviews(&self, hub: std::sync::Arc<crate::review::hub::ReviewHub>) {
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = listen_once(&config, &hub).await {
+                    tracing::warn!(error = %e, "review LISTEN connection lost; waiters fall back to polling");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
+    async fn insert_review(&self, r: &ReviewRecord) -> Result<bool, StoreError> {
+        let record = serde_json::to_value(r).map_err(|e| StoreError::Other(e.to_string()))?;
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let n = client
+            .execute(
+                "INSERT INTO airlock_reviews (id, execution_id, status, requester, idempotency_key, created_at, expires_at, version, record)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (requester, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                &[
+                    &r.id,
+                    &r.execution_id,
+                    &r.status.as_str(),
+                    &r.requester_key(),
+                    &r.idempotency_key,
+                    &r.created_at,
+                    &r.expires_at,
+                    &r.version,
+                    &record,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        if n == 1 {
+            let _ = client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&REVIEW_CHANNEL, &r.execution_id],
+                )
+                .await;
+        }
+        Ok(n == 1)
+    }
+
+    async fn get_review(&self, by: ReviewLookup<'_>) -> Result<Option<ReviewRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let row = match by {
+            ReviewLookup::Id(id) => {
+                client
+                    .query_opt("SELECT record FROM airlock_reviews WHERE id = $1", &[&id])
+                    .await
+            }
+            ReviewLookup::Execution(id) => {
+                client
+                    .query_opt("SELECT record FROM airlock_reviews WHERE execution_id = $1", &[&id])
+                    .await
+            }
+            ReviewLookup::Idempotency { requester, key } => {
+                client
+                    .query_opt(
+                        "SELECT record FROM airlock_reviews WHERE requester = $1 AND idempotency_key = $2",
+                        &[&requester, &key],
+                    )
+                    .await
+            }
+        }
+        .map_err(unavailable)?;
+        row.map(|r| {
+            serde_json::from_value::<ReviewRecord>(r.get(0))
+                .map_err(|e| StoreError::Other(format!("unreadable review: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn list_reviews(
+        &self,
+        status: Option<ReviewStatus>,
+        limit: usize,
+    ) -> Result<Vec<ReviewRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let status = status.map(|s| s.as_str());
+        let rows = client
+            .query(
+                "SELECT record FROM airlock_reviews WHERE ($1::text IS NULL OR status = $1)
+                 ORDER BY (status = 'pending') DESC, created_at DESC LIMIT $2",
+                &[&status, &(limit as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|r| {
+                serde_json::from_value::<ReviewRecord>(r.get(0))
+                    .map_err(|e| StoreError::Other(format!("unreadable review: {e}")))
+            })
+            .collect()
+    }
+
+    async fn swap_review(&self, r: &ReviewRecord, expected: i64) -> Result<bool, StoreError> {
+        let mut next = r.clone();
+        next.version = expected + 1;
+        let record = serde_json::to_value(&next).map_err(|e| StoreError::Other(e.to_string()))?;
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let n = client
+            .execute(
+                "UPDATE airlock_reviews SET record = $1, status = $2, version = $3 WHERE id = $4 AND version = $5",
+                &[&record, &next.status.as_str(), &(expected + 1), &next.id, &expected],
+            )
+            .await
+            .map_err(unavailable)?;
+        if n == 1 {
+            // Wake waiters on every instance; they re-read the row, so a lost hint is harmless.
+            let _ = client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&REVIEW_CHANNEL, &next.execution_id],
+                )
+                .await;
+        }
+        Ok(n == 1)
+    }
+}
+
+/// Holds one LISTEN connection and turns notifications into wake-ups until it breaks.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    hub: &crate::review::hub::ReviewHub,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {REVIEW_CHANNEL}");
+    {
+        let listen = client.batch_execute(&statement);
+        // The connection must be polled for LISTEN to complete; drive both.
+        tokio::pin!(listen);
+        loop {
+            tokio::select! {
+                r = &mut listen => { r.map_err(|e| e.to_string())?; break; }
+                m = messages.next() => match m {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => hub.wake(n.payload()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("connection closed".into()),
+                },
+            }
+        }
+    }
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => hub.wake(n.payload()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    drop(client);
+    Err("connection closed".into())
 }

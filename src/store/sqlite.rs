@@ -13,11 +13,15 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditQuery, Store, StoreError, StoreIdentity};
+use super::{AuditQuery, ReviewLookup, Store, StoreError, StoreIdentity};
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
+use crate::review::{ReviewRecord, ReviewStatus};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_audit.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_audit.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_reviews.sql")),
+];
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -111,6 +115,14 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+fn decode_review(record: &str) -> Result<ReviewRecord, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Other(format!("unreadable review: {e}")))
+}
+
+fn encode_review(r: &ReviewRecord) -> Result<String, StoreError> {
+    serde_json::to_string(r).map_err(|e| StoreError::Other(e.to_string()))
 }
 
 fn decode(seq: i64, record: &str) -> Result<AuditEvent, StoreError> {
@@ -226,7 +238,7 @@ impl Store for SqliteStore {
                     "SELECT b.seq, b.record FROM audit_events b
                      WHERE b.phase = 'begin' AND b.time < ?1
                        AND NOT EXISTS (SELECT 1 FROM audit_events e
-                                       WHERE e.execution_id = b.execution_id AND e.phase = 'end')
+                                       WHERE e.execution_id = b.execution_id AND e.phase = 'end' AND e.seq > b.seq)
                      ORDER BY b.seq LIMIT 10000",
                 )
                 .map_err(classify)?;
@@ -254,5 +266,99 @@ impl Store for SqliteStore {
 
     fn identity(&self) -> StoreIdentity {
         StoreIdentity::Sqlite(self.path.clone())
+    }
+
+    async fn insert_review(&self, r: &ReviewRecord) -> Result<bool, StoreError> {
+        let json = encode_review(r)?;
+        let row = (
+            r.id.clone(),
+            r.execution_id.clone(),
+            r.status.as_str(),
+            r.requester_key(),
+            r.idempotency_key.clone(),
+            ts(&r.created_at),
+            ts(&r.expires_at),
+            r.version,
+        );
+        Self::with(&self.writer, move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT INTO reviews (id, execution_id, status, requester, idempotency_key, created_at, expires_at, version, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (requester, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                    params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, json],
+                )
+                .map_err(classify)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn get_review(&self, by: ReviewLookup<'_>) -> Result<Option<ReviewRecord>, StoreError> {
+        let (sql, a, b): (&str, String, Option<String>) = match by {
+            ReviewLookup::Id(id) => ("SELECT record FROM reviews WHERE id = ?1", id.into(), None),
+            ReviewLookup::Execution(id) => (
+                "SELECT record FROM reviews WHERE execution_id = ?1",
+                id.into(),
+                None,
+            ),
+            ReviewLookup::Idempotency { requester, key } => (
+                "SELECT record FROM reviews WHERE requester = ?1 AND idempotency_key = ?2",
+                requester.into(),
+                Some(key.into()),
+            ),
+        };
+        // The writer connection: a waiter must see a decision the moment it is committed.
+        Self::with(&self.writer, move |conn| {
+            let record: Option<String> = match b {
+                None => conn.query_row(sql, [a], |r| r.get(0)).optional(),
+                Some(b) => conn.query_row(sql, [a, b], |r| r.get(0)).optional(),
+            }
+            .map_err(classify)?;
+            record.as_deref().map(decode_review).transpose()
+        })
+        .await
+    }
+
+    async fn list_reviews(
+        &self,
+        status: Option<ReviewStatus>,
+        limit: usize,
+    ) -> Result<Vec<ReviewRecord>, StoreError> {
+        let status = status.map(|s| s.as_str().to_string());
+        Self::with(&self.reader, move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT record FROM reviews WHERE (?1 IS NULL OR status = ?1)
+                     ORDER BY (status = 'pending') DESC, created_at DESC LIMIT ?2",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![status, limit as i64], |r| r.get::<_, String>(0))
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(decode_review(&row.map_err(classify)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn swap_review(&self, r: &ReviewRecord, expected: i64) -> Result<bool, StoreError> {
+        let mut next = r.clone();
+        next.version = expected + 1;
+        let json = encode_review(&next)?;
+        let (id, status) = (next.id.clone(), next.status.as_str());
+        Self::with(&self.writer, move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE reviews SET record = ?1, status = ?2, version = ?3 WHERE id = ?4 AND version = ?5",
+                    params![json, status, expected + 1, id, expected],
+                )
+                .map_err(classify)?;
+            Ok(n == 1)
+        })
+        .await
     }
 }

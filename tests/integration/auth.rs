@@ -24,6 +24,7 @@ fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
         .args(args)
         .arg("-out")
         .arg(&path)
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl is installed");
     assert!(status.success());

@@ -96,7 +96,7 @@ async fn sql_errors_and_params_are_explained() {
     assert!(b["detail"].as_str().unwrap().contains("nope"));
     let (s, b) = a.query(&t, "demo", json!({"sql": "SELEC 1"})).await;
     assert_eq!(s, 403, "unparsed input is denied: {b}");
-    assert_eq!(b["rule"], "default-deny");
+    assert_eq!(b["rule"], "deny-unparsed");
     let (s, b) = a
         .query(&t, "demo", json!({"sql": "SELECT ?", "params": []}))
         .await;

@@ -46,13 +46,23 @@ pub struct Airlock {
 impl Airlock {
     /// Starts a server on a free loopback port with `config` (TOML) and a fresh data dir.
     pub async fn start(config: &str) -> Airlock {
+        Self::start_with("", config).await
+    }
+
+    /// `server` holds extra `[server]` keys, one per line.
+    pub async fn start_with(server: &str, config: &str) -> Airlock {
         let data = tempfile::tempdir().expect("tempdir");
-        Self::start_in(config, data).await
+        Self::start_in_with(server, config, data).await
     }
 
     pub async fn start_in(config: &str, data: tempfile::TempDir) -> Airlock {
-        let config =
-            format!("[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 2000\n{config}");
+        Self::start_in_with("", config, data).await
+    }
+
+    pub async fn start_in_with(server: &str, config: &str, data: tempfile::TempDir) -> Airlock {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 2000\n{server}\n{config}"
+        );
         let parsed = Config::parse(&config, "test config").expect("test config is valid");
         let prepared = airlock::server::prepare(parsed, data.path(), None)
             .await

@@ -9,3 +9,4 @@ mod mysql;
 mod openapi;
 mod postgres;
 mod quickstart;
+mod reviews;

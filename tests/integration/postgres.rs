@@ -348,6 +348,17 @@ async fn pool_of_one_does_not_leak_session_state_between_agents() {
         .await;
     assert_eq!(s, 400, "agent B must not see agent A's temp table: {b}");
     let (s, b) = a
+        .query(&agent_a, "pg", json!({"sql": "PREPARE leak AS SELECT 42"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = a
+        .query(&agent_b, "pg", json!({"sql": "EXECUTE leak"}))
+        .await;
+    assert_eq!(
+        s, 400,
+        "agent B must not run agent A's prepared statement: {b}"
+    );
+    let (s, b) = a
         .query(
             &agent_b,
             "pg",
@@ -433,4 +444,200 @@ async fn row_cap_stops_fetching_on_the_server() {
         "fetching stopped at max_rows + 1: {b}"
     );
     a.stop().await;
+}
+
+#[tokio::test]
+async fn pool_exhaustion_is_503_with_retry_after() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(
+        &db,
+        "[connections.limits]\npool_size = 1\npool_wait_timeout_ms = 300",
+    ))
+    .await;
+    let (token, base) = (a.agent(), a.base.clone());
+    let busy = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/connections/pg/query"))
+            .bearer_auth(token)
+            .json(&json!({"sql": "SELECT pg_sleep(2) /* t-busy */"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-busy").await == 1
+        })
+        .await
+    );
+    let resp = a
+        .http
+        .post(format!("{}/v1/connections/pg/query", a.base))
+        .bearer_auth(a.agent())
+        .json(&json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "backend_unavailable");
+    assert_eq!(busy.await.unwrap(), 200);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_its_query_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    let db = PgDb::create().await;
+    let a = Airlock::start_with(
+        "write_idle_timeout_ms = 1000",
+        &config(&db, "[connections.limits]\nmax_rows_ceiling = 5000000\nmax_bytes_ceiling = 4000000000\nmax_bytes = 4000000000"),
+    )
+    .await;
+    // Raw socket: send the request, then never read the response.
+    let addr = a.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = json!({"sql": "SELECT g, repeat('x', 200) /* t-slow */ FROM generate_series(1, 5000000) g"}).to_string();
+    let req = format!(
+        "POST /v1/connections/pg/query HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\naccept: application/x-ndjson\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        a.agent(),
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            running_queries(&db, "t-slow").await == 1
+        })
+        .await
+    );
+    // Once the socket buffers fill, writes stall; after 1 s of no progress the client is cut.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            running_queries(&db, "t-slow").await == 0
+        })
+        .await,
+        "the query kept running for a client that stopped reading"
+    );
+    drop(sock);
+    let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, page) = a.get(&auditor, "/v1/audit?outcome=cancelled").await;
+            !page["events"].as_array().unwrap().is_empty()
+        })
+        .await
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_then_cancels_and_audits() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "")).await;
+    let (token, base) = (a.agent(), a.base.clone());
+    let short = {
+        let (token, base) = (token.clone(), base.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/connections/pg/query"))
+                .bearer_auth(token)
+                .json(&json!({"sql": "SELECT pg_sleep(1) /* t-drain */"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let long = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/connections/pg/query"))
+            .bearer_auth(token)
+            .json(&json!({"sql": "SELECT pg_sleep(60) /* t-long */"}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-long").await == 1
+        })
+        .await
+    );
+    let data = a.data.path().to_path_buf();
+    let http = a.http.clone();
+    let ready_url = format!("{}/readyz", a.base);
+    let Airlock {
+        running,
+        data: _keep,
+        ..
+    } = a;
+    let running = running.unwrap();
+    let state = running.state.clone();
+    let stopping = tokio::spawn(running.shutdown());
+    // Readiness flips at once; the listener may already be closed, which is also "not ready".
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!state.ready.load(std::sync::atomic::Ordering::SeqCst));
+    let _ = http.get(ready_url).send().await;
+    // The short request drains (200); the long one is cancelled after the 2 s drain.
+    assert_eq!(short.await.unwrap().unwrap(), 200);
+    let long_status = long.await.unwrap();
+    assert!(matches!(long_status, Ok(503) | Err(_)), "{long_status:?}");
+    stopping.await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-long").await == 0
+        })
+        .await
+    );
+    let store = rusqlite::Connection::open(data.join("airlock.db")).unwrap();
+    let cancelled: i64 = store
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE phase = 'end' AND outcome = 'cancelled'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cancelled, 1);
+}
+
+#[tokio::test]
+async fn postgres_store_holds_the_audit_log() {
+    let db = PgDb::create().await;
+    let store_db = PgDb::create().await;
+    let a = Airlock::start(&format!(
+        "[store]\nurl = \"postgres://postgres@127.0.0.1:5432/{}\"\n{}",
+        store_db.name,
+        config(&db, "")
+    ))
+    .await;
+    let (s, b) = a.query(&a.agent(), "pg", json!({"sql": "SELECT 1"})).await;
+    assert_eq!(s, 200, "{b}");
+    let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
+    assert_eq!(events.len(), 2);
+    let n: i64 = store_db
+        .admin()
+        .await
+        .query_one("SELECT count(*) FROM airlock_audit_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 2);
+    a.stop().await;
+    // A connection pointing at the store itself is refused.
+    let data = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[store]\nurl = \"postgres://postgres@127.0.0.1:5432/{s}\"\n{DEV_ISSUER}\n[[connections]]\nname = \"self\"\nkind = \"postgres\"\nurl = \"postgres://{r}@localhost:5432/{s}\"\n",
+        s = store_db.name,
+        r = store_db.role
+    );
+    let err = airlock::server::prepare(
+        airlock::config::Config::parse(&cfg, "t").unwrap(),
+        data.path(),
+        None,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.contains("store"), "{err}");
 }

@@ -49,17 +49,33 @@ async fn demo_rules_keep_agents_to_reads() {
         .query(&token, "demo", json!({"sql": "DELETE FROM customers"}))
         .await;
     assert_eq!(status, 403, "{body}");
+    assert_eq!(body["rule"], "deny-unbounded-write");
+    assert_eq!(body["code"], "policy_denied");
+    let (status, body) = a
+        .query(
+            &token,
+            "demo",
+            json!({"sql": "UPDATE customers SET city = 'Paris' WHERE id = 1"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
     assert_eq!(body["rule"], "demo-writes-need-review");
-    assert_eq!(body["code"], "review_required");
+    assert_eq!(body["status"], "pending_review");
     let (status, body) = a
         .query(&token, "demo", json!({"sql": "DROP TABLE customers"}))
         .await;
     assert_eq!(status, 403, "{body}");
-    assert_eq!(body["rule"], "default-deny");
+    assert_eq!(body["rule"], "deny-ddl");
     let events = a.audit_of(body["execution_id"].as_str().unwrap()).await;
     assert_eq!(events[0]["decision"], "deny");
+    assert_eq!(events[0]["rule"], "deny-ddl");
     assert_eq!(events[1]["outcome"], "denied");
-    // The table is still there.
+    // A write hidden in a CTE is still a write.
+    let (status, body) = a
+        .query(&token, "demo", json!({"sql": "WITH gone AS (DELETE FROM orders WHERE id < 10 RETURNING id) SELECT count(*) FROM gone"}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // The tables are still there, whole.
     let (status, body) = a
         .query(
             &token,
@@ -69,6 +85,26 @@ async fn demo_rules_keep_agents_to_reads() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], "200");
+    let (status, body) = a
+        .query(
+            &token,
+            "demo",
+            json!({"sql": "SELECT count(*) FROM orders"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][0], "1000");
+    // A DBA (human) may write with a WHERE.
+    let dba = a.token("alice", &["dba"], PrincipalKind::Human);
+    let (status, body) = a
+        .query(
+            &dba,
+            "demo",
+            json!({"sql": "UPDATE customers SET city = 'Paris' WHERE id = 1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["affected_rows"], 1);
     a.stop().await;
 }
 

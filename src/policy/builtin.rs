@@ -1,0 +1,174 @@
+//! The catalogue of built-in guardrail rules, switched on by id:
+//!
+//! ```toml
+//! [[rules]]
+//! builtin = "deny-ddl"
+//! connections = ["prod-*"]      # optional, default every connection
+//! principals = ["group:agents"] # optional, default everyone
+//! ```
+//!
+//! Ids are stable: they appear in responses and audit records, and operators write them in
+//! config. Never rename one; add a new id instead.
+
+use super::{Action, Match};
+use crate::inspect::StatementKind as K;
+use crate::inspect::sql::FunctionClass as F;
+
+pub struct Builtin {
+    pub id: &'static str,
+    pub action: Action,
+    pub matcher: Match,
+    pub message: &'static str,
+}
+
+fn kinds(k: &[K]) -> Option<Vec<K>> {
+    Some(k.to_vec())
+}
+
+fn classes(c: &[F]) -> Option<Vec<F>> {
+    Some(c.to_vec())
+}
+
+fn catalogue() -> Vec<Builtin> {
+    vec![
+        Builtin {
+            id: "deny-unbounded-write",
+            action: Action::Deny,
+            matcher: Match {
+                where_required: Some(true),
+                ..Match::default()
+            },
+            message: "UPDATE and DELETE need a WHERE clause; add one that names the rows to change",
+        },
+        Builtin {
+            id: "deny-ddl",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Create, K::Alter, K::Drop]),
+                ..Match::default()
+            },
+            message: "schema changes (CREATE, ALTER, DROP) are not allowed",
+        },
+        Builtin {
+            id: "deny-truncate",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Truncate]),
+                ..Match::default()
+            },
+            message: "TRUNCATE is not allowed; use DELETE with a WHERE clause",
+        },
+        Builtin {
+            id: "deny-privilege-changes",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Privilege]),
+                ..Match::default()
+            },
+            message: "GRANT, REVOKE and role or user changes are not allowed",
+        },
+        Builtin {
+            id: "deny-server-file-access",
+            action: Action::Deny,
+            matcher: Match {
+                function_classes: classes(&[
+                    F::FileAccess,
+                    F::ProgramExecution,
+                    F::Network,
+                    F::LargeObject,
+                ]),
+                ..Match::default()
+            },
+            message: "functions that read or write server files, run programs or reach the network are not allowed",
+        },
+        Builtin {
+            id: "deny-copy",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Copy]),
+                ..Match::default()
+            },
+            message: "COPY and LOAD DATA are not allowed (they can reach server files and programs)",
+        },
+        Builtin {
+            id: "deny-dynamic-sql",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Dynamic]),
+                ..Match::default()
+            },
+            message: "dynamic SQL (DO, EXECUTE, PREPARE, CALL) cannot be inspected and is not allowed",
+        },
+        Builtin {
+            id: "deny-dynamic-sql-functions",
+            action: Action::Deny,
+            matcher: Match {
+                function_classes: classes(&[F::DynamicSql]),
+                ..Match::default()
+            },
+            message: "functions that run SQL given as text cannot be inspected and are not allowed",
+        },
+        Builtin {
+            id: "deny-session-tampering",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Set, K::Transaction, K::Lock]),
+                ..Match::default()
+            },
+            message: "SET, transaction control and explicit locks are not allowed: each request runs in its own transaction",
+        },
+        Builtin {
+            id: "deny-session-functions",
+            action: Action::Deny,
+            matcher: Match {
+                function_classes: classes(&[F::SessionState, F::Locking]),
+                ..Match::default()
+            },
+            message: "functions that change session settings or take locks are not allowed",
+        },
+        Builtin {
+            id: "deny-server-admin",
+            action: Action::Deny,
+            matcher: Match {
+                function_classes: classes(&[F::ServerAdmin]),
+                ..Match::default()
+            },
+            message: "server administration functions are not allowed",
+        },
+        Builtin {
+            id: "deny-sqlite-pragma-attach",
+            action: Action::Deny,
+            matcher: Match {
+                statements: kinds(&[K::Pragma, K::Attach]),
+                ..Match::default()
+            },
+            message: "PRAGMA and ATTACH are not allowed",
+        },
+        Builtin {
+            id: "deny-unparsed",
+            action: Action::Deny,
+            matcher: Match {
+                unparsed: Some(true),
+                ..Match::default()
+            },
+            message: "the statement could not be fully parsed, so it cannot be checked; simplify it",
+        },
+        Builtin {
+            id: "review-unlisted-functions",
+            action: Action::Review,
+            matcher: Match {
+                function_unlisted: Some(true),
+                ..Match::default()
+            },
+            message: "the statement calls a function Airlock does not know to be safe; a human must approve it",
+        },
+    ]
+}
+
+pub fn find(id: &str) -> Option<Builtin> {
+    catalogue().into_iter().find(|b| b.id == id)
+}
+
+pub fn ids() -> Vec<&'static str> {
+    catalogue().iter().map(|b| b.id).collect()
+}
