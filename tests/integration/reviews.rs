@@ -431,7 +431,9 @@ async fn affected_rows_guard_rolls_back() {
 
 #[tokio::test]
 async fn webhook_gets_signed_escaped_notifications() {
-    let received: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+    // (timestamp header, signature header, raw body) of each delivery.
+    type Deliveries = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+    let received: Deliveries = Arc::default();
     let sink = received.clone();
     let app = axum::Router::new().route(
         "/hook",
