@@ -38,6 +38,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub reviews: ReviewsConfig,
+    /// `[[masking]]`: what agents never see in clear.
+    #[serde(default)]
+    pub masking: Vec<crate::mask::MaskingConfig>,
 }
 
 /// Where review notifications go.
@@ -70,6 +73,9 @@ pub struct ServerConfig {
     /// Concurrent requests per principal; beyond it the answer is 429.
     #[serde(default = "default_per_principal")]
     pub max_concurrent_per_principal: usize,
+    /// Key of the `hash` masking pseudonyms. Default: a random key kept in the data
+    /// directory. Instances sharing a store must share it, so it is required then.
+    pub masking_key: Option<SecretRef>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +86,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             write_idle_timeout_ms: default_write_idle_ms(),
             max_concurrent_per_principal: default_per_principal(),
+            masking_key: None,
         }
     }
 }
@@ -589,6 +596,27 @@ impl Config {
             secret
                 .resolve()
                 .map_err(|m| err("reviews.webhook_secret", m))?;
+        }
+        for (i, m) in self.masking.iter().enumerate() {
+            m.validate()
+                .map_err(|(k, msg)| err(format!("masking[{i}].{k}"), msg))?;
+        }
+        let hashes = self.masking.iter().any(|m| {
+            m.columns
+                .iter()
+                .any(|c| c.strategy == crate::mask::ColumnStrategy::Hash)
+        });
+        if hashes && self.store.url.is_some() && self.server.masking_key.is_none() {
+            return Err(err(
+                "server.masking_key",
+                "instances sharing a store must share the hash pseudonym key: set masking_key = \"env:NAME\"",
+            ));
+        }
+        if let Some(k) = &self.server.masking_key {
+            let v = k.resolve().map_err(|m| err("server.masking_key", m))?;
+            if v.expose().len() < 16 {
+                return Err(err("server.masking_key", "use at least 16 bytes of key"));
+            }
         }
         for (i, p) in self.audit.readers.iter().enumerate() {
             crate::policy::PrincipalPattern::parse(p)

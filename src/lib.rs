@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod identity;
 pub mod inspect;
+pub mod keyfile;
 pub mod mask;
 pub mod net;
 pub mod pipeline;

@@ -28,6 +28,7 @@ use crate::audit::{AuditEvent, Outcome, Phase};
 use crate::backend::{BackendError, Column, QueryPlan, RowEvent};
 use crate::identity::Principal;
 use crate::inspect::{self, Facts};
+use crate::mask::plan::{ColumnTreatment, MaskedCounts, RequestMasking};
 use crate::policy::Decision;
 use crate::server::{AppState, Connection};
 
@@ -76,6 +77,8 @@ pub struct Summary {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affected_rows: Option<u64>,
+    /// How many values were masked, per column and per detector.
+    pub masked: MaskedCounts,
     pub duration_ms: u64,
 }
 
@@ -129,7 +132,15 @@ fn clamp(asked: Option<u64>, default: u64, ceiling: u64, what: &str) -> Result<u
     }
 }
 
+/// The statement as audit keeps it: content detectors of the connection's masking applied
+/// (literals can hold the very values masking protects), whoever the requester is.
+pub fn recorded_statement(state: &AppState, connection: &str, sql: &str) -> String {
+    let mut counts = crate::mask::MaskCounts::default();
+    state.masking.for_record(connection).text(sql, &mut counts)
+}
+
 fn begin_event(
+    state: &AppState,
     ctx: &RequestContext,
     execution_id: &str,
     connection: &str,
@@ -139,7 +150,7 @@ fn begin_event(
     e.request_id = ctx.request_id.clone();
     e.principal = Some((&ctx.principal).into());
     e.connection = Some(connection.to_string());
-    e.statement = Some(req.sql.clone());
+    e.statement = Some(recorded_statement(state, connection, &req.sql));
     e.params_count = Some(req.params.len());
     e
 }
@@ -225,7 +236,7 @@ pub async fn query(
         )?,
     };
     let execution_id = uuid::Uuid::now_v7().to_string();
-    let mut begin = begin_event(&ctx, &execution_id, name, &req);
+    let mut begin = begin_event(&state, &ctx, &execution_id, name, &req);
 
     // Inspect.
     let facts: Facts = match inspect::sql::inspect(conn.backend.kind(), &req.sql) {
@@ -253,6 +264,17 @@ pub async fn query(
         )
         .with("rule", "single-statement")
         .with("execution_id", execution_id.clone());
+        return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
+    }
+
+    // Strict masking: refuse, before anything runs, what masking could not make safe.
+    let masking = state.masking.for_request(&ctx.principal, name);
+    if let Some(why) = strict_refusal(&masking, &conn, &req.sql).await {
+        begin.decision = Some("deny".into());
+        begin.rule = Some(STRICT_RULE.into());
+        let problem = Problem::forbidden("masking_strict", why)
+            .with("rule", STRICT_RULE)
+            .with("execution_id", execution_id.clone());
         return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
     }
 
@@ -312,9 +334,47 @@ pub async fn query(
         started,
         slot,
         review: None,
+        masking,
     })
     .await
     .map(Answer::Rows)
+}
+
+/// The rule id strict masking refusals carry.
+pub const STRICT_RULE: &str = "masking-strict";
+
+/// Why strict masking refuses the statement, if it does. A protected column may not be
+/// used to filter, join, group or sort (`WHERE ssn LIKE '1%'` answers questions about it
+/// one row count at a time), and every output must be traceable. Protected columns inside
+/// projected expressions are not refused: such outputs are masked whole.
+async fn strict_refusal(masking: &RequestMasking, conn: &Connection, sql: &str) -> Option<String> {
+    if !masking.strict() || !masking.has_column_rules() {
+        return None;
+    }
+    let schema = conn.schema_info().await;
+    let lineage =
+        crate::inspect::lineage::lineage_before_running(conn.backend.kind(), sql, &schema);
+    if let Some(c) = lineage
+        .predicate_columns
+        .iter()
+        .find(|c| masking.protection(c).is_some())
+    {
+        return Some(format!(
+            "the statement filters, joins, groups or sorts on the protected column `{}.{}`; strict masking does not allow that",
+            c.table, c.column
+        ));
+    }
+    let unknown = lineage
+        .outputs
+        .iter()
+        .any(|o| matches!(o, crate::inspect::lineage::OutputLineage::Unknown));
+    if lineage.incomplete || unknown {
+        return Some(
+            "strict masking cannot trace where every output column comes from; name the columns and avoid functions it does not know"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Everything an execution needs once the decision is made.
@@ -331,6 +391,8 @@ pub struct Run {
     pub slot: Slot,
     /// The approved review this run consumes, claimed (`running`) by the caller.
     pub review: Option<crate::review::ReviewRecord>,
+    /// What the requester may not see.
+    pub masking: RequestMasking,
 }
 
 /// Commits the `begin` event, then starts the backend in the execution task.
@@ -387,8 +449,10 @@ async fn run(
         started,
         slot: _slot,
         review,
+        masking,
         ..
     } = run_;
+    let sql = plan.sql.clone();
     let cancel: CancellationToken = state.shutdown.child_token();
     let mut end = end_event(&begin, Outcome::Ok, started);
     end.review_id = begin.review_id.clone();
@@ -411,6 +475,17 @@ async fn run(
     };
     let mut row_count = 0u64;
     let mut bytes = 0u64;
+    let mut masked = MaskedCounts::default();
+    // Database errors echo values (`invalid input syntax: "4111-..."`): mask them too.
+    let mask_error = |e: BackendError, counts: &mut MaskedCounts| match e {
+        BackendError::Database(mut db) if !masking.is_empty() => {
+            db.message = masking.text(&db.message, &mut counts.detectors);
+            db.detail = db.detail.map(|d| masking.text(&d, &mut counts.detectors));
+            db.hint = db.hint.map(|h| masking.text(&h, &mut counts.detectors));
+            BackendError::Database(db)
+        }
+        other => other,
+    };
     let record_error = |end: &mut AuditEvent, e: &BackendError| {
         end.outcome = Some(outcome_of(e));
         end.error_class = Some(Problem::from(e.clone()).class().to_string());
@@ -429,6 +504,7 @@ async fn run(
     let mut stream = match stream {
         Ok(s) => s,
         Err(e) => {
+            let e = mask_error(e, &mut masked);
             record_error(&mut end, &e);
             let _ = started_tx.send(Err(e.into()));
             close(&state, end, 0, 0, None).await;
@@ -438,6 +514,7 @@ async fn run(
     let columns = match stream.next().await {
         Some(Ok(RowEvent::Columns(c))) => c,
         Some(Err(e)) => {
+            let e = mask_error(e, &mut masked);
             record_error(&mut end, &e);
             let _ = started_tx.send(Err(e.into()));
             close(&state, end, 0, 0, None).await;
@@ -450,6 +527,18 @@ async fn run(
             close(&state, end, 0, 0, None).await;
             return;
         }
+    };
+    // Which output column gets what, from where its data comes from.
+    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+    let treatment = if masking.is_empty() {
+        Vec::new()
+    } else if masking.has_column_rules() {
+        let schema = conn.schema_info().await;
+        let lineage =
+            crate::inspect::lineage::lineage(conn.backend.kind(), &sql, &schema, columns.len());
+        masking.plan(&lineage)
+    } else {
+        vec![ColumnTreatment::Scan; columns.len()]
     };
     if started_tx.send(Ok(columns)).is_err() {
         cancel.cancel();
@@ -471,7 +560,10 @@ async fn run(
             }
         };
         match event {
-            Some(Ok(RowEvent::Row(values))) => {
+            Some(Ok(RowEvent::Row(mut values))) => {
+                if !masking.is_empty() {
+                    masking.row(&mut values, &names, &treatment, &mut masked);
+                }
                 let raw = match serde_json::value::to_raw_value(&values) {
                     Ok(r) => r,
                     Err(e) => {
@@ -509,6 +601,7 @@ async fn run(
             }
             Some(Ok(RowEvent::Columns(_))) => {}
             Some(Err(e)) => {
+                let e = mask_error(e, &mut masked);
                 record_error(&mut end, &e);
                 let _ = out.send(Output::Error(e.into())).await;
                 break;
@@ -543,9 +636,13 @@ async fn run(
             truncated_reason: truncated,
             note,
             affected_rows: affected,
+            masked: masked.clone(),
             duration_ms: started.elapsed().as_millis() as u64,
         };
         let _ = out.send(Output::End(summary)).await;
+    }
+    if !masked.is_empty() {
+        end.masked = serde_json::to_value(&masked).ok();
     }
     close(&state, end, row_count, bytes, truncated).await;
 }

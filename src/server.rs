@@ -23,6 +23,8 @@ use crate::audit::{AuditEvent, Outcome, Phase};
 use crate::backend::{self, BackendContext, BackendError, SqlBackend};
 use crate::config::{Config, ConnectionConfig};
 use crate::identity::Authenticator;
+use crate::inspect::lineage::SchemaInfo;
+use crate::mask::plan::Masking;
 use crate::policy::{Policy, PrincipalPattern};
 use crate::store::{self, Store};
 
@@ -34,9 +36,47 @@ pub struct Connection {
     /// Set once the startup checks (privileges, not the store) have passed. A target that
     /// was down at startup is checked on first use instead, before anything runs on it.
     pub verified: tokio::sync::OnceCell<()>,
+    /// Tables and columns for column lineage, refreshed after [`SCHEMA_TTL`].
+    pub schema: tokio::sync::Mutex<Option<(std::time::Instant, Arc<SchemaInfo>)>>,
 }
 
+/// How long a connection's schema is trusted for lineage before it is read again.
+pub const SCHEMA_TTL: Duration = Duration::from_secs(60);
+
 impl Connection {
+    /// The schema for lineage. If it cannot be read, an empty schema is returned: lineage
+    /// then cannot expand `*`, and those outputs are masked (fail closed).
+    pub async fn schema_info(&self) -> Arc<SchemaInfo> {
+        let mut cached = self.schema.lock().await;
+        if let Some((at, info)) = cached.as_ref()
+            && at.elapsed() < SCHEMA_TTL
+        {
+            return info.clone();
+        }
+        match self.backend.schema().await {
+            Ok(tables) => {
+                let mut info = SchemaInfo::default();
+                for t in tables {
+                    let columns: Vec<String> =
+                        t.columns.iter().map(|c| c.name.to_lowercase()).collect();
+                    let name = t.name.to_lowercase();
+                    if let Some(schema) = &t.schema {
+                        info.tables
+                            .insert(format!("{}.{name}", schema.to_lowercase()), columns.clone());
+                    }
+                    info.tables.entry(name).or_insert(columns);
+                }
+                let info = Arc::new(info);
+                *cached = Some((std::time::Instant::now(), info.clone()));
+                info
+            }
+            Err(e) => {
+                tracing::warn!(connection = %self.config.name, error = %e, "schema not readable; lineage will mask conservatively");
+                Arc::new(SchemaInfo::default())
+            }
+        }
+    }
+
     pub async fn ensure_verified(&self) -> Result<(), BackendError> {
         self.verified
             .get_or_try_init(|| self.backend.verify())
@@ -61,6 +101,7 @@ pub struct AppState {
     /// Wakes requests waiting on a review decision.
     pub reviews: Arc<crate::review::hub::ReviewHub>,
     pub notifier: Option<crate::review::notify::Notifier>,
+    pub masking: Masking,
 }
 
 /// Everything `serve` needs, built and checked before binding.
@@ -155,6 +196,7 @@ pub async fn prepare(
                 backend,
                 version: crate::review::digest(&[format!("{c:?}").as_bytes()]),
                 verified,
+                schema: tokio::sync::Mutex::new(None),
             }),
         );
     }
@@ -180,6 +222,20 @@ pub async fn prepare(
         _ => None,
     };
     let reviews = Arc::new(crate::review::hub::ReviewHub::default());
+    let masking_key = match &config.server.masking_key {
+        Some(r) => r
+            .resolve()
+            .map_err(|e| format!("server.masking_key: {e}"))?
+            .expose()
+            .as_bytes()
+            .to_vec(),
+        None => crate::keyfile::load_or_create(
+            &data_dir.join("masking.key"),
+            "masking pseudonym key",
+            || crate::keyfile::random(32),
+        )?,
+    };
+    let masking = Masking::new(&config.masking, masking_key)?;
     store.subscribe_reviews(reviews.clone());
     let run_grace = stale_after(&config);
     let auth = Authenticator::new(config, data_dir)?;
@@ -198,6 +254,7 @@ pub async fn prepare(
         max_body_bytes,
         reviews,
         notifier,
+        masking,
     });
     crate::review::flow::spawn_sweeper(state.clone(), run_grace);
     Ok(Prepared {

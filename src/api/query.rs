@@ -50,6 +50,8 @@ pub struct QueryResponse {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affected_rows: Option<u64>,
+    /// How many values were masked, per output column and per detector.
+    pub masked: crate::mask::plan::MaskedCounts,
     pub limits: AppliedLimits,
     pub duration_ms: u64,
 }
@@ -184,6 +186,7 @@ async fn collect_json(mut exec: Execution) -> Result<Response, Problem> {
         truncated_reason: summary.truncated_reason,
         note: summary.note,
         affected_rows: summary.affected_rows,
+        masked: summary.masked,
         limits: exec.limits,
         duration_ms: summary.duration_ms,
     })

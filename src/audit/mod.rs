@@ -144,6 +144,9 @@ pub struct AuditEvent {
     /// Who approved a reviewed run (`issuer/subject`), or who decided a review event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_by: Vec<String>,
+    /// How many values were masked, per column and detector (never the values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<serde_json::Value>,
     /// Rejection reason, for `review.rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -177,6 +180,7 @@ impl AuditEvent {
             review_id: None,
             approved_by: Vec::new(),
             reason: None,
+            masked: None,
         }
     }
 }

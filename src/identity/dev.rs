@@ -1,10 +1,9 @@
 //! The local development issuer: an Ed25519 key in the data directory.
 //!
-//! Invariants: the key file is created with mode 0600 and never leaves the data directory;
+//! Invariants: the key file is created with mode 0600 (see `keyfile`) and never leaves the
+//! data directory;
 //! the server refuses to run a dev issuer on a non-loopback listener (see `server`).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
@@ -36,40 +35,11 @@ impl DevIssuer {
 
     pub fn load_or_create(data_dir: &Path) -> Result<DevIssuer, String> {
         let path = Self::key_path(data_dir);
-        let pkcs8 = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let mode = std::fs::metadata(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(format!(
-                        "{} is readable by others (mode {:o}); chmod 600 it",
-                        path.display(),
-                        mode & 0o777
-                    ));
-                }
-                bytes
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir)
-                    .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-                let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
-                    .map_err(|_| "cannot generate the dev issuer key".to_string())?;
-                let bytes = doc.as_ref().to_vec();
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                f.write_all(&bytes)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                bytes
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
+        let pkcs8 = crate::keyfile::load_or_create(&path, "dev issuer key", || {
+            Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+                .map(|doc| doc.as_ref().to_vec())
+                .map_err(|_| "cannot generate the dev issuer key".to_string())
+        })?;
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .map_err(|_| format!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
         let public = pair.public_key().as_ref().to_vec();

@@ -4,6 +4,7 @@
 //! and the policy denies unparsed input unless a rule explicitly admits it.
 
 pub mod functions;
+pub mod lineage;
 pub mod sql;
 
 pub use sql::{Facts, StatementKind};

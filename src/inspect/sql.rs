@@ -46,13 +46,13 @@ pub const RECURSION_LIMIT: usize = 64;
 /// Up to this many tokens the inspection runs on the caller's stack: the tree is then at
 /// most this deep plus the parser's recursion, which the tests show fits in 512 KiB in an
 /// unoptimised build (a tokio worker has 2 MiB). Above it, a thread costs ~50 µs.
-const INLINE_MAX_TOKENS: usize = 4096;
+pub(crate) const INLINE_MAX_TOKENS: usize = 4096;
 /// Stack for the inspection thread before any per-token allowance: room for
 /// [`RECURSION_LIMIT`] levels of the parser's recursive descent in an unoptimised build.
-const STACK_BASE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const STACK_BASE_BYTES: usize = 8 * 1024 * 1024;
 /// Stack per token: a loop-built chain adds at most one tree level per token, and one level
 /// of visiting or dropping takes well under this (measured: ~128 bytes unoptimised).
-const STACK_PER_TOKEN_BYTES: usize = 512;
+pub(crate) const STACK_PER_TOKEN_BYTES: usize = 512;
 /// How deep the constant-`WHERE` check looks; deeper predicates count as real ones.
 const CONSTANT_DEPTH: usize = 32;
 
@@ -224,7 +224,7 @@ pub enum InspectError {
     Empty,
 }
 
-fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
+pub(crate) fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
     match kind {
         ConnectionKind::Postgres => Box::new(PostgreSqlDialect {}),
         ConnectionKind::Mysql => Box::new(MySqlDialect {}),
@@ -242,60 +242,71 @@ pub fn inspect(kind: ConnectionKind, sql: &str) -> Result<Facts, InspectError> {
     }
     let executable_comment =
         kind == ConnectionKind::Mysql && (sql.contains("/*!") || sql.contains("/*M!"));
-    // The tokenizer is a loop, so it is safe on the caller's stack; its token count bounds
-    // the depth of everything that recurses.
-    let tokens = match Tokenizer::new(dialect(kind).as_ref(), sql)
-        .with_unescape(true)
-        .tokenize_with_location()
-    {
-        Ok(tokens) => tokens,
-        Err(_) => return Ok(Facts::unparsed()),
-    };
-    let weight = weight(&tokens);
-    let facts = if weight <= INLINE_MAX_TOKENS {
-        Some(analyse(kind, tokens))
-    } else {
-        let stack = STACK_BASE_BYTES.saturating_add(weight.saturating_mul(STACK_PER_TOKEN_BYTES));
-        std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("sql-inspect".into())
-                .stack_size(stack)
-                .spawn_scoped(scope, move || analyse(kind, tokens))
-                .ok()
-                .and_then(|handle| handle.join().ok())
-        })
-    };
-    // No thread (resources exhausted) or a panic in the parser: nothing was accounted for.
-    let mut facts = facts.unwrap_or_else(Facts::unparsed);
+    // No thread (resources exhausted), a panic in the parser, or input that is not exactly
+    // parsed statements: nothing was accounted for.
+    let mut facts = with_parsed(kind, sql, |statements| analyse(kind, statements))
+        .unwrap_or_else(Facts::unparsed);
     facts.unparsed |= executable_comment;
     Ok(facts)
 }
 
+/// The one way SQL is parsed here, shared by the inspector and lineage: tokenize (a loop,
+/// safe on any stack), parse with [`RECURSION_LIMIT`], and hand the statements to `walk`.
+/// Input of more than [`INLINE_MAX_TOKENS`] tokens is parsed, walked and dropped on its own
+/// thread whose stack grows with the input, since the tree can be as deep as the input has
+/// tokens. `None`: the input is not one or more completely parsed statements.
+pub(crate) fn with_parsed<R, F>(kind: ConnectionKind, sql: &str, walk: F) -> Option<R>
+where
+    R: Send,
+    F: FnOnce(&[Statement]) -> R + Send,
+{
+    let tokens = Tokenizer::new(dialect(kind).as_ref(), sql)
+        .with_unescape(true)
+        .tokenize_with_location()
+        .ok()?;
+    let weight = weight(&tokens);
+    let parse_and_walk = move || {
+        let dialect = dialect(kind);
+        let mut parser = Parser::new(dialect.as_ref())
+            .with_recursion_limit(RECURSION_LIMIT)
+            .with_tokens_with_locations(tokens);
+        let statements = parser.parse_statements().ok()?;
+        // `parse_statements` stops without error at an `END` keyword where it expects a
+        // statement delimiter, so `SELECT 1 END DELETE FROM t` would parse as one SELECT.
+        if statements.is_empty() || parser.peek_token_ref().token != Token::EOF {
+            return None;
+        }
+        // The tree is dropped at the end of this closure, on the same stack as the walk.
+        Some(walk(&statements))
+    };
+    if weight <= INLINE_MAX_TOKENS {
+        parse_and_walk()
+    } else {
+        let stack = STACK_BASE_BYTES.saturating_add(weight.saturating_mul(STACK_PER_TOKEN_BYTES));
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sql-parse".into())
+                .stack_size(stack)
+                .spawn_scoped(scope, parse_and_walk)
+                .ok()
+                .and_then(|handle| handle.join().ok())
+                .flatten()
+        })
+    }
+}
+
 /// Tokens that can add a level to the tree: all but whitespace and comments.
-fn weight(tokens: &[TokenWithSpan]) -> usize {
+pub(crate) fn weight(tokens: &[TokenWithSpan]) -> usize {
     tokens
         .iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
         .count()
 }
 
-/// Parses and walks the tokens. The tree is dropped here too, on the same stack as the walk.
-fn analyse(kind: ConnectionKind, tokens: Vec<TokenWithSpan>) -> Facts {
-    let dialect = dialect(kind);
-    let mut parser = Parser::new(dialect.as_ref())
-        .with_recursion_limit(RECURSION_LIMIT)
-        .with_tokens_with_locations(tokens);
-    let statements = match parser.parse_statements() {
-        Ok(statements) => statements,
-        Err(_) => return Facts::unparsed(),
-    };
-    // `parse_statements` stops without error at an `END` keyword where it expects a
-    // statement delimiter, so `SELECT 1 END DELETE FROM t` would parse as one SELECT.
-    if statements.is_empty() || parser.peek_token_ref().token != Token::EOF {
-        return Facts::unparsed();
-    }
+/// Walks parsed statements into facts.
+fn analyse(kind: ConnectionKind, statements: &[Statement]) -> Facts {
     let mut walker = Walker::new(kind);
-    for statement in &statements {
+    for statement in statements {
         walker.main_statements.clear();
         walker.main_selects.clear();
         walker.collect_main(statement);
@@ -1029,7 +1040,7 @@ fn table_names(list: &[TableWithJoins]) -> Vec<&ObjectName> {
 }
 
 /// One identifier as the server resolves it (see [`Facts::tables_read`]).
-fn fold(kind: ConnectionKind, ident: &Ident) -> String {
+pub(crate) fn fold(kind: ConnectionKind, ident: &Ident) -> String {
     match kind {
         ConnectionKind::Postgres => {
             let mut s = if ident.quote_style.is_some() {
@@ -1051,7 +1062,7 @@ fn fold(kind: ConnectionKind, ident: &Ident) -> String {
 }
 
 /// A qualified name, parts folded and joined by '.'; `None` for an empty name.
-fn render(kind: ConnectionKind, parts: &[&Ident]) -> Option<String> {
+pub(crate) fn render(kind: ConnectionKind, parts: &[&Ident]) -> Option<String> {
     if parts.is_empty() {
         return None;
     }

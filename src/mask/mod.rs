@@ -18,6 +18,7 @@
 //!   depth limit to hit), all slicing is bounds-checked by construction.
 
 pub mod detectors;
+pub mod plan;
 pub mod stream;
 
 use std::borrow::Cow;

@@ -375,7 +375,11 @@ pub async fn run_approved(
     begin.request_id = ctx.request_id.clone();
     begin.principal = Some(caller);
     begin.connection = Some(record.connection.clone());
-    begin.statement = Some(record.request.sql.clone());
+    begin.statement = Some(crate::pipeline::recorded_statement(
+        &state,
+        &record.connection,
+        &record.request.sql,
+    ));
     begin.params_count = Some(record.request.params.len());
     begin.facts = Some(record.facts.clone());
     begin.decision = Some("allow".into());
@@ -399,8 +403,12 @@ pub async fn run_approved(
         timeout: Duration::from_millis(req.timeout_ms),
         max_affected_rows: record.max_affected_rows,
     };
+    let masking = state
+        .masking
+        .for_request(&ctx.principal, &record.connection);
     crate::pipeline::start(Run {
         state,
+        masking,
         conn,
         plan,
         limits,

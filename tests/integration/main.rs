@@ -5,6 +5,8 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod guardrails;
+mod masking;
 mod mysql;
 mod openapi;
 mod postgres;

@@ -70,11 +70,12 @@ async fn demo_rules_keep_agents_to_reads() {
     assert_eq!(events[0]["decision"], "deny");
     assert_eq!(events[0]["rule"], "deny-ddl");
     assert_eq!(events[1]["outcome"], "denied");
-    // A write hidden in a CTE is still a write.
+    // A write hidden in a CTE is still a write: held for review, not run.
     let (status, body) = a
         .query(&token, "demo", json!({"sql": "WITH gone AS (DELETE FROM orders WHERE id < 10 RETURNING id) SELECT count(*) FROM gone"}))
         .await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["rule"], "demo-writes-need-review");
     // The tables are still there, whole.
     let (status, body) = a
         .query(

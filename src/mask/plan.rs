@@ -1,0 +1,272 @@
+//! Masking as one request sees it: which `[[masking]]` entries apply to this principal on
+//! this connection, what every output column gets, and the counts reported back.
+//!
+//! What must stay true:
+//! - Exemptions are honoured only for principals of kind `human`; an agent never sees clear
+//!   values, whatever groups its token claims.
+//! - A column derived from a protected source column is masked whole, whatever its label.
+//!   An output whose lineage cannot be followed is masked too (redacted), when any column
+//!   rule applies: unknown is treated as protected.
+//! - Content detectors run over every value that is not already masked whole, and over
+//!   database error texts and the statement stored in audit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{ColumnStrategy, DetectorSet, DetectorStrategy, MaskCounts, MaskingConfig};
+use crate::config::PrincipalKind;
+use crate::identity::Principal;
+use crate::inspect::lineage::{Lineage, OutputLineage, SourceColumn};
+
+struct Entry {
+    config: MaskingConfig,
+    detectors: DetectorSet,
+}
+
+/// Every `[[masking]]` entry, compiled once at startup.
+pub struct Masking {
+    entries: Vec<Arc<Entry>>,
+    key: Arc<[u8]>,
+}
+
+/// How many values were masked, per output column and per detector.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct MaskedCounts {
+    /// Values masked whole by column rules (or unknown lineage), by output column name.
+    pub columns: BTreeMap<String, u64>,
+    /// Findings of content detectors, by detector id.
+    #[schema(value_type = BTreeMap<String, u64>)]
+    pub detectors: MaskCounts,
+}
+
+impl MaskedCounts {
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.detectors.is_empty()
+    }
+
+    pub fn merge(&mut self, other: &MaskedCounts) {
+        for (k, v) in &other.columns {
+            *self.columns.entry(k.clone()).or_default() += v;
+        }
+        self.detectors.merge(&other.detectors);
+    }
+}
+
+impl Masking {
+    /// Compiles the entries. `key` keys the `hash` pseudonyms.
+    pub fn new(configs: &[MaskingConfig], key: Vec<u8>) -> Result<Masking, String> {
+        let mut entries = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            let detectors = config
+                .detector_set()
+                .map_err(|e| format!("masking[{i}]: {e}"))?;
+            entries.push(Arc::new(Entry {
+                config: config.clone(),
+                detectors,
+            }));
+        }
+        Ok(Masking {
+            entries,
+            key: key.into(),
+        })
+    }
+
+    pub fn none() -> Masking {
+        Masking {
+            entries: Vec::new(),
+            key: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Every entry covering `connection`, exemptions ignored: for what is kept (audit
+    /// records are read by people who are not the requester).
+    pub fn for_record(&self, connection: &str) -> RequestMasking {
+        RequestMasking {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| e.config.applies_to(connection))
+                .cloned()
+                .collect(),
+            key: self.key.clone(),
+        }
+    }
+
+    /// The entries that apply to `principal` on `connection`.
+    pub fn for_request(&self, principal: &Principal, connection: &str) -> RequestMasking {
+        let exempt = |e: &Entry| {
+            principal.kind == PrincipalKind::Human
+                && principal.groups.iter().any(|g| {
+                    e.config
+                        .exempt_groups
+                        .iter()
+                        .any(|x| crate::policy::glob::matches(x, g))
+                })
+        };
+        RequestMasking {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| e.config.applies_to(connection) && !exempt(e))
+                .cloned()
+                .collect(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The masking one request is under.
+#[derive(Clone)]
+pub struct RequestMasking {
+    entries: Vec<Arc<Entry>>,
+    key: Arc<[u8]>,
+}
+
+/// What one output column gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnTreatment {
+    /// Content detectors only.
+    Scan,
+    /// Masked whole with this strategy.
+    Whole(ColumnStrategy),
+}
+
+impl RequestMasking {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn has_column_rules(&self) -> bool {
+        self.entries.iter().any(|e| !e.config.columns.is_empty())
+    }
+
+    pub fn strict(&self) -> bool {
+        self.entries.iter().any(|e| e.config.strict)
+    }
+
+    /// The strategy for a source column, if a column rule protects it.
+    pub fn protection(&self, source: &SourceColumn) -> Option<ColumnStrategy> {
+        let table = (source.table != "*").then_some(source.table.as_str());
+        self.entries.iter().find_map(|e| {
+            e.config.columns.iter().find_map(|r| {
+                // An unresolved table ("*") cannot prove a `table.column` rule does not
+                // apply: treat the column as matching when its name does.
+                let hit = r.matches(table, &source.column)
+                    || (table.is_none()
+                        && r.column.contains('.')
+                        && r.column
+                            .rsplit('.')
+                            .next()
+                            .is_some_and(|c| crate::policy::glob::matches(c, &source.column)));
+                hit.then_some(r.strategy)
+            })
+        })
+    }
+
+    /// Per output column, from the statement's lineage.
+    pub fn plan(&self, lineage: &Lineage) -> Vec<ColumnTreatment> {
+        lineage
+            .outputs
+            .iter()
+            .map(|out| match out {
+                _ if !self.has_column_rules() => ColumnTreatment::Scan,
+                OutputLineage::Unknown => ColumnTreatment::Whole(ColumnStrategy::Redact),
+                OutputLineage::Known(sources) => {
+                    // The strongest strategy among the protected sources wins.
+                    let mut best: Option<ColumnStrategy> = None;
+                    for s in sources {
+                        if let Some(st) = self.protection(s) {
+                            best = Some(match (best, st) {
+                                (Some(ColumnStrategy::Redact), _) | (_, ColumnStrategy::Redact) => {
+                                    ColumnStrategy::Redact
+                                }
+                                (Some(ColumnStrategy::Hash), _) | (_, ColumnStrategy::Hash) => {
+                                    ColumnStrategy::Hash
+                                }
+                                _ => ColumnStrategy::Partial,
+                            });
+                        }
+                    }
+                    best.map_or(ColumnTreatment::Scan, ColumnTreatment::Whole)
+                }
+            })
+            .collect()
+    }
+
+    /// Masks free text (error messages, the statement kept in audit).
+    pub fn text(&self, text: &str, counts: &mut MaskCounts) -> String {
+        let mut out = text.to_string();
+        for e in &self.entries {
+            let masked = e.detectors.mask_into(&out, e.config.strategy, counts);
+            if let std::borrow::Cow::Owned(m) = masked {
+                out = m;
+            }
+        }
+        out
+    }
+
+    /// Masks one row in place.
+    pub fn row(
+        &self,
+        row: &mut [Value],
+        names: &[String],
+        plan: &[ColumnTreatment],
+        counts: &mut MaskedCounts,
+    ) {
+        for (i, value) in row.iter_mut().enumerate() {
+            let name = names.get(i).map(String::as_str).unwrap_or("");
+            // A row wider than the plan is masked whole: unknown is protected.
+            let treatment = plan.get(i).copied().unwrap_or(if self.has_column_rules() {
+                ColumnTreatment::Whole(ColumnStrategy::Redact)
+            } else {
+                ColumnTreatment::Scan
+            });
+            match treatment {
+                ColumnTreatment::Whole(strategy) => {
+                    if value.is_null() {
+                        continue;
+                    }
+                    let clear = match &mut *value {
+                        Value::String(s) => std::mem::take(s),
+                        other => other.to_string(),
+                    };
+                    *value = Value::String(strategy.apply(&self.key, &clear));
+                    *counts.columns.entry(name.to_string()).or_default() += 1;
+                }
+                ColumnTreatment::Scan => {
+                    for e in &self.entries {
+                        if let Value::String(s) = &mut *value {
+                            let masked = e.detectors.mask_with_context(
+                                name,
+                                s,
+                                e.config.strategy,
+                                &mut counts.detectors,
+                            );
+                            if let std::borrow::Cow::Owned(m) = masked {
+                                *s = m;
+                            }
+                        } else if !matches!(value, Value::Bool(_) | Value::Null) {
+                            super::mask_json(
+                                value,
+                                &e.detectors,
+                                e.config.strategy,
+                                &mut counts.detectors,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The detector strategy of the first entry (for stream masking of terminal output).
+    pub fn detector_strategy(&self) -> DetectorStrategy {
+        self.entries
+            .first()
+            .map(|e| e.config.strategy)
+            .unwrap_or_default()
+    }
+}

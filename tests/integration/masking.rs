@@ -1,0 +1,254 @@
+//! Masking: values follow the data through the query, detectors catch the rest, humans in
+//! exempt groups see clear values, and nothing clear reaches audit.
+
+use airlock::config::PrincipalKind;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn demo_config() -> String {
+    airlock::config::EMBEDDED_DEFAULT
+        .replace("listen = \"127.0.0.1:8080\"", "")
+        .replace("[server]\n", "")
+}
+
+fn col<'a>(body: &'a Value, row: usize, name: &str) -> &'a Value {
+    let idx = body["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no column {name} in {body}"));
+    &body["rows"][row][idx]
+}
+
+#[tokio::test]
+async fn demo_masks_for_agents_and_not_for_a_dba() {
+    let a = Airlock::start(&demo_config()).await;
+    let sql = "SELECT id, name, email, card_number, ssn, phone FROM customers ORDER BY id LIMIT 3";
+    let (s, b) = a.query(&a.agent(), "demo", json!({ "sql": sql })).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(col(&b, 0, "email"), "[REDACTED]");
+    assert_eq!(col(&b, 0, "ssn"), "[REDACTED]");
+    let card = col(&b, 0, "card_number").as_str().unwrap();
+    assert!(
+        card.starts_with("****-****-****-") && card.len() == 19,
+        "{card}"
+    );
+    let phone = col(&b, 0, "phone").as_str().unwrap();
+    assert!(phone.starts_with("h:"), "{phone}");
+    assert!(!col(&b, 0, "name").as_str().unwrap().contains('*'));
+    assert_eq!(b["masked"]["columns"]["email"], 3);
+    // The same phone gives the same pseudonym: agents can still group and join.
+    let (_, again) = a.query(&a.agent(), "demo", json!({ "sql": sql })).await;
+    assert_eq!(col(&again, 0, "phone"), col(&b, 0, "phone"));
+
+    let dba = a.token("alice", &["dba"], PrincipalKind::Human);
+    let (s, clear) = a.query(&dba, "demo", json!({ "sql": sql })).await;
+    assert_eq!(s, 200, "{clear}");
+    assert!(col(&clear, 0, "email").as_str().unwrap().contains('@'));
+    assert!(col(&clear, 0, "ssn").as_str().unwrap().contains('-'));
+    // An agent claiming the dba group is still an agent: no exemption.
+    let fake = a.token("agent-x", &["agents", "dba"], PrincipalKind::Agent);
+    let (_, b) = a.query(&fake, "demo", json!({ "sql": sql })).await;
+    assert_eq!(col(&b, 0, "email"), "[REDACTED]");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn lineage_follows_the_data_not_the_label() {
+    let a = Airlock::start(&demo_config()).await;
+    let t = a.agent();
+    for sql in [
+        "SELECT email AS contact FROM customers LIMIT 1",
+        "SELECT lower(email) FROM customers LIMIT 1",
+        "SELECT substr(email, 1, 3) || '...' AS hint FROM customers LIMIT 1",
+        "WITH x AS (SELECT email AS e FROM customers) SELECT e FROM x LIMIT 1",
+        "SELECT e FROM (SELECT ssn AS e FROM customers) sub LIMIT 1",
+        "SELECT max(ssn) FROM customers",
+        "SELECT group_concat(email, ',') FROM customers",
+        "SELECT (SELECT email FROM customers LIMIT 1) AS s",
+        "SELECT name FROM customers UNION ALL SELECT email FROM customers LIMIT 300",
+    ] {
+        let (s, b) = a.query(&t, "demo", json!({ "sql": sql })).await;
+        assert_eq!(s, 200, "{sql}: {b}");
+        let text = b["rows"].to_string();
+        assert!(!text.contains("@example.com"), "{sql} leaked: {text}");
+        assert!(
+            b["masked"]["columns"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{sql}: {b}"
+        );
+    }
+    // `*` expands to the protected columns too.
+    let (s, b) = a
+        .query(
+            &t,
+            "demo",
+            json!({"sql": "SELECT * FROM customers LIMIT 2"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(col(&b, 0, "email"), "[REDACTED]");
+    assert!(!b["rows"].to_string().contains("@example.com"));
+    // Unprotected data passes through untouched.
+    let (_, b) = a.query(&t, "demo", json!({"sql": "SELECT id, city, count(*) AS n FROM customers GROUP BY city ORDER BY city LIMIT 3"})).await;
+    assert!(
+        b["masked"]["columns"].as_object().unwrap().is_empty(),
+        "{b}"
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn detectors_catch_values_in_free_text_errors_and_audit() {
+    let a = Airlock::start(&demo_config()).await;
+    let t = a.agent();
+    // A value that is not in a protected column is still caught by content detectors.
+    let (s, b) = a
+        .query(&t, "demo", json!({"sql": "SELECT 'write to bob@corp.example or call +44 20 7946 0958' AS note, '4111 1111 1111 1111' AS c, '550e8400-e29b-41d4-a716-446655440000' AS u, '2024-01-02' AS d"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let row = b["rows"][0].to_string();
+    assert!(
+        !row.contains("bob@corp.example") && !row.contains("7946"),
+        "{row}"
+    );
+    assert!(!row.contains("4111 1111 1111 1111"), "{row}");
+    assert!(
+        row.contains("550e8400-e29b-41d4-a716-446655440000"),
+        "a UUID stays: {row}"
+    );
+    assert!(row.contains("2024-01-02"), "a date stays: {row}");
+    assert!(b["masked"]["detectors"]["email"].as_u64().unwrap() >= 1);
+    // Literals in the statement are masked in audit.
+    let (s, b) = a
+        .query(
+            &t,
+            "demo",
+            json!({"sql": "SELECT id FROM customers WHERE email = 'ada.lovelace1@example.com'"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
+    let stmt = events[0]["statement"].as_str().unwrap();
+    assert!(!stmt.contains("ada.lovelace1@example.com"), "{stmt}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_lineage_whole_rows_and_errors() {
+    let db = PgDb::create().await;
+    db.owner()
+        .await
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text);
+             INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', '123-45-6789');",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "pg"
+kind = "postgres"
+url = "{url}"
+
+[[rules]]
+id = "agents"
+action = "allow"
+connections = ["pg"]
+principals = ["group:agents"]
+
+[[masking]]
+connections = ["pg"]
+detectors = ["all"]
+columns = [{{ column = "customers.email", strategy = "redact" }}, {{ column = "ssn", strategy = "redact" }}]
+"#,
+        url = db.url()
+    ))
+    .await;
+    let t = a.agent();
+    for sql in [
+        "SELECT c FROM customers c",
+        "SELECT to_json(c) FROM customers c",
+        "SELECT row_to_json(c)::text FROM customers c",
+        "SELECT string_agg(email, ',') FROM customers",
+        "SELECT upper(email) FROM customers",
+        "SELECT * FROM customers",
+        "SELECT x.ssn FROM (SELECT * FROM customers) x",
+    ] {
+        let (s, b) = a.query(&t, "pg", json!({ "sql": sql })).await;
+        assert_eq!(s, 200, "{sql}: {b}");
+        let text = b["rows"].to_string().to_lowercase();
+        assert!(
+            !text.contains("ada@example.com") && !text.contains("123-45-6789"),
+            "{sql} leaked: {text}"
+        );
+    }
+    // The database echoes the value in its error: masked.
+    let (s, b) = a
+        .query(&t, "pg", json!({"sql": "SELECT 'ada@example.com'::int"}))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(!b.to_string().contains("ada@example.com"), "{b}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_inference_and_untraceable_outputs() {
+    let db = PgDb::create().await;
+    db.owner()
+        .await
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text);
+             INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', '123-45-6789');
+             CREATE FUNCTION peek(t text) RETURNS text LANGUAGE sql AS 'SELECT t';",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "pg"
+kind = "postgres"
+url = "{url}"
+
+[[rules]]
+id = "agents"
+action = "allow"
+connections = ["pg"]
+principals = ["group:agents"]
+
+[[masking]]
+connections = ["pg"]
+strict = true
+columns = [{{ column = "ssn", strategy = "redact" }}, {{ column = "customers.email", strategy = "hash" }}]
+"#,
+        url = db.url()
+    ))
+    .await;
+    let t = a.agent();
+    for sql in [
+        "SELECT id FROM customers WHERE ssn LIKE '1%'",
+        "SELECT id FROM customers ORDER BY email",
+        "SELECT count(*) FROM customers GROUP BY ssn",
+        "SELECT a.id FROM customers a JOIN customers b ON a.ssn = b.ssn",
+        "SELECT peek(name) FROM customers",
+    ] {
+        let (s, b) = a.query(&t, "pg", json!({ "sql": sql })).await;
+        assert_eq!(s, 403, "{sql}: {b}");
+        assert_eq!(b["rule"], "masking-strict", "{sql}: {b}");
+    }
+    let (s, b) = a
+        .query(
+            &t,
+            "pg",
+            json!({"sql": "SELECT id, name, email FROM customers WHERE id = 1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["rows"][0][2].as_str().unwrap().starts_with("h:"), "{b}");
+    a.stop().await;
+}
