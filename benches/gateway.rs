@@ -323,6 +323,111 @@ principals = ["group:agents"]
         t.elapsed().as_secs_f64() * 1e6 / (n * 10) as f64
     );
 
+    // Guardrails: inspect + decide per statement.
+    println!("\ninspect + decide per statement (PostgreSQL dialect, demo policy):");
+    let policy_cfg = Config::load(None).expect("embedded config");
+    let policy = airlock::policy::Policy::new(policy_cfg.rules.clone());
+    let agent = airlock::identity::Principal {
+        issuer: "dev".into(),
+        subject: "agent-1".into(),
+        kind: PrincipalKind::Agent,
+        groups: vec!["agents".into()],
+        actor: vec![],
+    };
+    let short = "SELECT id, name FROM customers WHERE id = $1";
+    let long = format!(
+        "WITH recent AS (SELECT customer_id, sum(amount_cents) AS total FROM orders WHERE ordered_at > now() - interval '30 days' GROUP BY customer_id) \
+         SELECT c.id, c.name, lower(c.city), r.total, CASE WHEN r.total > 10000 THEN 'vip' ELSE 'std' END AS tier \
+         FROM customers c JOIN recent r ON r.customer_id = c.id \
+         WHERE c.city IN ({}) ORDER BY r.total DESC LIMIT 50",
+        (0..200)
+            .map(|i| format!("'city{i}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (label, sql) in [
+        ("short (45 bytes)", short.to_string()),
+        (&format!("long ({} bytes)", long.len())[..], long.clone()),
+    ] {
+        let n = 2000;
+        let t = Instant::now();
+        for _ in 0..n {
+            let facts =
+                airlock::inspect::sql::inspect(airlock::config::ConnectionKind::Postgres, &sql)
+                    .expect("inspect");
+            std::hint::black_box(policy.decide(&agent, "demo", &facts));
+        }
+        println!(
+            "  {label:<22} {:>8.1} µs",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+
+    // Masking: throughput on mixed rows next to the JSON serialization of the same rows.
+    println!("\nmasking vs JSON serialization, same rows, one core:");
+    let masking_cfg: Vec<airlock::mask::MaskingConfig> = policy_cfg.masking.clone();
+    let masking = airlock::mask::plan::Masking::new(&masking_cfg, vec![7u8; 32]).expect("masking");
+    let rm = masking.for_record("demo");
+    let rows: Vec<Vec<serde_json::Value>> = (0..50_000)
+        .map(|i| {
+            vec![
+                json!(i.to_string()),
+                json!(format!("Customer number {i} from the north-west region")),
+                json!(if i % 50 == 0 {
+                    format!("contact me at person{i}@example.com")
+                } else {
+                    format!("order note {i}: delivered on time, no issues reported")
+                }),
+                json!(format!("2026-0{}-1{} 10:00:00", i % 9 + 1, i % 9)),
+                json!(if i % 97 == 0 {
+                    "4111 1111 1111 1111".to_string()
+                } else {
+                    format!("SKU-{:08}", i)
+                }),
+            ]
+        })
+        .collect();
+    let names: Vec<String> = ["id", "name", "note", "at", "ref"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let plan = vec![airlock::mask::plan::ColumnTreatment::Scan; names.len()];
+    let bytes: usize = rows
+        .iter()
+        .map(|r| serde_json::to_vec(r).map(|v| v.len()).unwrap_or(0))
+        .sum();
+    let t = Instant::now();
+    for r in &rows {
+        std::hint::black_box(serde_json::value::to_raw_value(r).expect("json"));
+    }
+    let json_s = t.elapsed().as_secs_f64();
+    let mut counts = airlock::mask::plan::MaskedCounts::default();
+    let t = Instant::now();
+    for r in &rows {
+        let mut r = r.clone();
+        rm.row(&mut r, &names, &plan, &mut counts);
+        std::hint::black_box(r);
+    }
+    let mask_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for r in &rows {
+        std::hint::black_box(r.clone());
+    }
+    let clone_s = t.elapsed().as_secs_f64();
+    let mask_s = (mask_s - clone_s).max(1e-9);
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "  rows: {} ({mb:.1} MB of JSON), {} values masked",
+        rows.len(),
+        counts.detectors.total()
+    );
+    println!("  JSON serialization   {:>8.0} MB/s", mb / json_s);
+    println!(
+        "  masking              {:>8.0} MB/s   ({:.0} % of the serialization time)",
+        mb / mask_s,
+        100.0 * mask_s / json_s
+    );
+
     running.shutdown().await;
     let _ = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))

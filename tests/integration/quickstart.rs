@@ -305,3 +305,59 @@ async fn health_and_readiness_follow_shutdown() {
     assert_eq!(docs.status(), 200);
     a.stop().await;
 }
+
+#[tokio::test]
+async fn an_end_record_the_store_refuses_is_spooled_and_replayed() {
+    let embedded = airlock::config::EMBEDDED_DEFAULT
+        .replace("listen = \"127.0.0.1:8080\"", "")
+        .replace("[server]\n", "");
+    let a = Airlock::start(&format!("[store]\nbusy_timeout_ms = 200\n{embedded}")).await;
+    let (token, base) = (a.agent(), a.base.clone());
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/connections/demo/query"))
+            .bearer_auth(token)
+            .json(&json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) SELECT count(*) FROM c", "timeout_ms": 120000}))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    });
+    // Once the begin record is in, take the store's lock away until the query is done.
+    let store = rusqlite::Connection::open(a.data.path().join("airlock.db")).unwrap();
+    let begun = || {
+        store
+            .query_row(
+                "SELECT count(*) FROM audit_events WHERE phase = 'begin' AND record LIKE '%10000000%'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(0)
+            == 1
+    };
+    let mut waited = 0;
+    while !begun() && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    store.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let body = slow.await.unwrap();
+    assert_eq!(body["rows"][0][0], "10000000", "{body}");
+    let execution_id = body["execution_id"].as_str().unwrap().to_string();
+    let spool = a.data.path().join("audit-spool.ndjson");
+    assert!(
+        eventually(Duration::from_secs(5), || async { spool.exists() }).await,
+        "the refused end record went to the spool"
+    );
+    store.execute_batch("ROLLBACK").unwrap();
+    drop(store);
+    let state = a.running.as_ref().unwrap().state.clone();
+    assert_eq!(state.audit.replay_spool().await.unwrap(), 1);
+    let events = a.audit_of(&execution_id).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["outcome"], "ok");
+    assert!(!spool.exists());
+    a.stop().await;
+}
