@@ -177,6 +177,16 @@ async fn refuse(
     let mut end = end_event(&begin, outcome, started);
     end.error_class = Some(problem.class().to_string());
     end.rule = begin.rule.clone();
+    // Subjects and connection names come from tokens and URLs: escaped so a crafted value
+    // cannot forge log lines. Statements are never logged (audit keeps them, masked).
+    tracing::info!(
+        execution_id = %begin.execution_id,
+        principal = %begin.principal.as_ref().map(|p| crate::audit::escape_for_log(&format!("{}/{}", p.issuer, p.subject))).unwrap_or_default(),
+        connection = %crate::audit::escape_for_log(begin.connection.as_deref().unwrap_or("")),
+        rule = %begin.rule.as_deref().unwrap_or(""),
+        code = problem.code,
+        "request refused"
+    );
     if state.audit.commit(begin).await.is_err() {
         return Problem::audit_unavailable();
     }
@@ -220,23 +230,34 @@ pub async fn query(
     } else {
         lc.max_rows
     };
-    let limits = AppliedLimits {
-        max_rows: clamp(req.max_rows, row_default, lc.max_rows_ceiling, "max_rows")?,
-        max_bytes: clamp(
-            req.max_bytes,
-            lc.max_bytes,
-            lc.max_bytes_ceiling,
-            "max_bytes",
-        )?,
-        timeout_ms: clamp(
-            req.timeout_ms,
-            lc.timeout_ms,
-            lc.max_timeout_ms,
-            "timeout_ms",
-        )?,
-    };
     let execution_id = uuid::Uuid::now_v7().to_string();
     let mut begin = begin_event(&state, &ctx, &execution_id, name, &req);
+    let limits = (|| {
+        Ok::<_, Problem>(AppliedLimits {
+            max_rows: clamp(req.max_rows, row_default, lc.max_rows_ceiling, "max_rows")?,
+            max_bytes: clamp(
+                req.max_bytes,
+                lc.max_bytes,
+                lc.max_bytes_ceiling,
+                "max_bytes",
+            )?,
+            timeout_ms: clamp(
+                req.timeout_ms,
+                lc.timeout_ms,
+                lc.max_timeout_ms,
+                "timeout_ms",
+            )?,
+        })
+    })();
+    let limits = match limits {
+        Ok(l) => l,
+        Err(problem) => {
+            begin.decision = Some("deny".into());
+            begin.rule = Some("limits".into());
+            let problem = problem.with("execution_id", execution_id.clone());
+            return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
+        }
+    };
 
     // Inspect.
     let facts: Facts = match inspect::sql::inspect(conn.backend.kind(), &req.sql) {
@@ -267,9 +288,17 @@ pub async fn query(
         return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
     }
 
-    // Strict masking: refuse, before anything runs, what masking could not make safe.
+    // Decide.
+    let decision = state.policy.decide(&ctx.principal, name, &facts);
+    begin.decision = Some(decision.action().into());
+    begin.rule = Some(decision.rule().into());
+
+    // Strict masking: refuse, before anything runs or is held, what masking could not make
+    // safe. A policy denial is reported as such, so this comes after it.
     let masking = state.masking.for_request(&ctx.principal, name);
-    if let Some(why) = strict_refusal(&masking, &conn, &req.sql).await {
+    if !matches!(decision, Decision::Deny { .. })
+        && let Some(why) = strict_refusal(&masking, &conn, &req.sql).await
+    {
         begin.decision = Some("deny".into());
         begin.rule = Some(STRICT_RULE.into());
         let problem = Problem::forbidden("masking_strict", why)
@@ -277,11 +306,6 @@ pub async fn query(
             .with("execution_id", execution_id.clone());
         return Err(refuse(&state, begin, started, Outcome::Denied, problem).await);
     }
-
-    // Decide.
-    let decision = state.policy.decide(&ctx.principal, name, &facts);
-    begin.decision = Some(decision.action().into());
-    begin.rule = Some(decision.rule().into());
     let rule = decision.rule().to_string();
     match decision {
         Decision::Allow { .. } => {}
@@ -309,7 +333,6 @@ pub async fn query(
                 held,
                 rule,
                 message,
-                ndjson,
                 slot,
                 options,
             })

@@ -67,7 +67,6 @@ pub struct Hold {
     pub held: HeldRequest,
     pub rule: String,
     pub message: String,
-    pub ndjson: bool,
     pub slot: Slot,
     pub options: QueryOptions,
 }
@@ -83,7 +82,6 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
         held,
         rule,
         message,
-        ndjson,
         slot,
         options,
     } = h;
@@ -205,7 +203,7 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
     };
     let decided = wait_for_decision(&state, &record.execution_id, wait).await?;
     match decided.effective_status(Utc::now()) {
-        ReviewStatus::Approved => run_approved(state, ctx, &decided.execution_id, slot, ndjson)
+        ReviewStatus::Approved => run_approved(state, ctx, &decided.execution_id, slot)
             .await
             .map(Answer::Rows),
         ReviewStatus::Pending => Ok(Answer::Held(held_view(&decided))),
@@ -311,9 +309,7 @@ pub async fn run_approved(
     ctx: RequestContext,
     execution_id: &str,
     slot: Slot,
-    ndjson: bool,
 ) -> Result<crate::pipeline::Execution, Problem> {
-    let _ = ndjson;
     let started = Instant::now();
     let not_found = || Problem::not_found(format!("no execution `{execution_id}` of yours"));
     let mut record = get(&state, ReviewLookup::Execution(execution_id))
