@@ -76,6 +76,13 @@ pub struct ServerConfig {
     /// Key of the `hash` masking pseudonyms. Default: a random key kept in the data
     /// directory. Instances sharing a store must share it, so it is required then.
     pub masking_key: Option<SecretRef>,
+    /// Recorded sessions older than this are deleted.
+    #[serde(default = "default_retention_days")]
+    pub recording_retention_days: u64,
+}
+
+fn default_retention_days() -> u64 {
+    90
 }
 
 impl Default for ServerConfig {
@@ -87,6 +94,7 @@ impl Default for ServerConfig {
             write_idle_timeout_ms: default_write_idle_ms(),
             max_concurrent_per_principal: default_per_principal(),
             masking_key: None,
+            recording_retention_days: default_retention_days(),
         }
     }
 }
@@ -203,6 +211,8 @@ pub enum ConnectionKind {
     Postgres,
     Mysql,
     Sqlite,
+    /// Commands on a host over SSH (`exec`), not SQL.
+    Ssh,
 }
 
 impl ConnectionKind {
@@ -211,7 +221,13 @@ impl ConnectionKind {
             ConnectionKind::Postgres => "postgres",
             ConnectionKind::Mysql => "mysql",
             ConnectionKind::Sqlite => "sqlite",
+            ConnectionKind::Ssh => "ssh",
         }
+    }
+
+    /// SQL targets take `query`; the others take `exec`.
+    pub fn is_sql(self) -> bool {
+        !matches!(self, ConnectionKind::Ssh)
     }
 }
 
@@ -227,6 +243,14 @@ pub struct ConnectionConfig {
     pub password: Option<SecretRef>,
     /// SQLite file; relative paths are under the data directory.
     pub path: Option<PathBuf>,
+    /// SSH: private key (OpenSSH PEM) by reference; or `password`.
+    pub private_key: Option<SecretRef>,
+    /// SSH: the pinned host key, as `SHA256:...` fingerprint or a known_hosts line
+    /// (`[host]:port ssh-ed25519 AAAA...` or `ssh-ed25519 AAAA...`). Mandatory.
+    pub host_key: Option<String>,
+    /// SSH: TCP connect plus handshake and authentication must finish within this.
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
     #[serde(default)]
     pub read_only: bool,
     /// Permit a superuser / FILE / SUPER account (refused by default).
@@ -290,6 +314,10 @@ impl Default for LimitsConfig {
             max_bytes_ceiling: default_bytes_ceiling(),
         }
     }
+}
+
+fn default_connect_ms() -> u64 {
+    10_000
 }
 
 fn default_pool_size() -> usize {
@@ -538,6 +566,43 @@ impl Config {
                     check_db_url(url, schemes).map_err(|m| err(at("url"), m))?;
                     if c.path.is_some() {
                         return Err(err(at("path"), "only for sqlite connections"));
+                    }
+                    if c.private_key.is_some() || c.host_key.is_some() {
+                        return Err(err(at("host_key"), "only for ssh connections"));
+                    }
+                }
+                ConnectionKind::Ssh => {
+                    let url = c
+                        .url
+                        .as_deref()
+                        .ok_or_else(|| err(at("url"), "required: ssh://user@host:port"))?;
+                    check_db_url(url, &["ssh"]).map_err(|m| err(at("url"), m))?;
+                    if reqwest::Url::parse(url)
+                        .map(|u| u.username().is_empty())
+                        .unwrap_or(true)
+                    {
+                        return Err(err(at("url"), "name the remote user: ssh://user@host:port"));
+                    }
+                    if c.host_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+                        return Err(err(
+                            at("host_key"),
+                            "pin the host key (SHA256:... fingerprint or a known_hosts line); unknown hosts are refused",
+                        ));
+                    }
+                    if c.private_key.is_none() && c.password.is_none() {
+                        return Err(err(
+                            at("private_key"),
+                            "give a private_key or a password reference",
+                        ));
+                    }
+                    if let Some(k) = &c.private_key {
+                        k.resolve().map_err(|m| err(at("private_key"), m))?;
+                    }
+                    if c.path.is_some() || c.tls.mode != TlsMode::Disable || c.read_only {
+                        return Err(err(
+                            at("kind"),
+                            "path, tls and read_only do not apply to ssh",
+                        ));
                     }
                 }
                 ConnectionKind::Sqlite => {

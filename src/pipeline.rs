@@ -117,6 +117,14 @@ pub fn resolve<'a>(
         .ok_or_else(|| Problem::unknown_connection(name))
 }
 
+/// `query` on a command target or `exec` on a SQL target.
+pub fn wrong_operation(name: &str, what: &str, use_instead: &str) -> Problem {
+    Problem::bad_request(
+        "wrong_operation",
+        format!("connection `{name}` {what}; use POST /v1/connections/{name}/{use_instead}"),
+    )
+}
+
 fn clamp(asked: Option<u64>, default: u64, ceiling: u64, what: &str) -> Result<u64, Problem> {
     match asked {
         None => Ok(default),
@@ -223,6 +231,9 @@ pub async fn query(
 ) -> Result<Answer, Problem> {
     let started = Instant::now();
     let conn = resolve(&state, &ctx.principal, name)?.clone();
+    let Some(backend) = conn.sql().cloned() else {
+        return Err(wrong_operation(name, "runs commands", "exec"));
+    };
     let lc = &conn.config.limits;
     // NDJSON streams in constant memory, so its default row cap is the ceiling.
     let row_default = if ndjson {
@@ -260,7 +271,7 @@ pub async fn query(
     };
 
     // Inspect.
-    let facts: Facts = match inspect::sql::inspect(conn.backend.kind(), &req.sql) {
+    let facts: Facts = match inspect::sql::inspect(backend.kind(), &req.sql) {
         Ok(f) => f,
         Err(e) => {
             begin.decision = Some("deny".into());
@@ -375,8 +386,7 @@ async fn strict_refusal(masking: &RequestMasking, conn: &Connection, sql: &str) 
         return None;
     }
     let schema = conn.schema_info().await;
-    let lineage =
-        crate::inspect::lineage::lineage_before_running(conn.backend.kind(), sql, &schema);
+    let lineage = crate::inspect::lineage::lineage_before_running(conn.config.kind, sql, &schema);
     if let Some(c) = lineage
         .predicate_columns
         .iter()
@@ -520,7 +530,10 @@ async fn run(
     let stream = tokio::select! {
         r = async {
             conn.ensure_verified().await?;
-            conn.backend.query(plan, cancel.clone()).await
+            let backend = conn.sql().ok_or_else(|| {
+                BackendError::Internal("not a SQL connection".into())
+            })?;
+            backend.query(plan, cancel.clone()).await
         } => r,
         _ = out.closed() => Err(BackendError::Cancelled),
     };
@@ -558,7 +571,7 @@ async fn run(
     } else if masking.has_column_rules() {
         let schema = conn.schema_info().await;
         let lineage =
-            crate::inspect::lineage::lineage(conn.backend.kind(), &sql, &schema, columns.len());
+            crate::inspect::lineage::lineage(conn.config.kind, &sql, &schema, columns.len());
         masking.plan(&lineage)
     } else {
         vec![ColumnTreatment::Scan; columns.len()]

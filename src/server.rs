@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::writer::AuditWriter;
 use crate::audit::{AuditEvent, Outcome, Phase};
-use crate::backend::{self, BackendContext, BackendError, SqlBackend};
+use crate::backend::{self, BackendContext, BackendError, ExecBackend, SqlBackend, Target};
 use crate::config::{Config, ConnectionConfig};
 use crate::identity::Authenticator;
 use crate::inspect::lineage::SchemaInfo;
@@ -30,7 +30,7 @@ use crate::store::{self, Store};
 
 pub struct Connection {
     pub config: ConnectionConfig,
-    pub backend: Arc<dyn SqlBackend>,
+    pub target: Target,
     /// Digest of the connection's config: approvals are bound to it.
     pub version: String,
     /// Set once the startup checks (privileges, not the store) have passed. A target that
@@ -53,7 +53,10 @@ impl Connection {
         {
             return info.clone();
         }
-        match self.backend.schema().await {
+        let Target::Sql(backend) = &self.target else {
+            return Arc::new(SchemaInfo::default());
+        };
+        match backend.schema().await {
             Ok(tables) => {
                 let mut info = SchemaInfo::default();
                 for t in tables {
@@ -77,9 +80,25 @@ impl Connection {
         }
     }
 
+    /// The SQL backend, or `None` for a command target.
+    pub fn sql(&self) -> Option<&Arc<dyn SqlBackend>> {
+        match &self.target {
+            Target::Sql(b) => Some(b),
+            Target::Exec(_) => None,
+        }
+    }
+
+    /// The command backend, or `None` for a SQL target.
+    pub fn exec(&self) -> Option<&Arc<dyn ExecBackend>> {
+        match &self.target {
+            Target::Exec(b) => Some(b),
+            Target::Sql(_) => None,
+        }
+    }
+
     pub async fn ensure_verified(&self) -> Result<(), BackendError> {
         self.verified
-            .get_or_try_init(|| self.backend.verify())
+            .get_or_try_init(|| self.target.verify())
             .await
             .map(|_| ())
     }
@@ -177,10 +196,10 @@ pub async fn prepare(
     };
     let mut connections = HashMap::new();
     for c in &config.connections {
-        let backend =
+        let target =
             backend::build(c, &ctx).map_err(|e| format!("connection `{}`: {e}", c.name))?;
         let verified = tokio::sync::OnceCell::new();
-        match backend.verify().await {
+        match target.verify().await {
             Ok(()) => {
                 let _ = verified.set(());
             }
@@ -193,7 +212,7 @@ pub async fn prepare(
             c.name.clone(),
             Arc::new(Connection {
                 config: c.clone(),
-                backend,
+                target,
                 version: crate::review::digest(&[format!("{c:?}").as_bytes()]),
                 verified,
                 schema: tokio::sync::Mutex::new(None),
@@ -238,6 +257,7 @@ pub async fn prepare(
     let masking = Masking::new(&config.masking, masking_key)?;
     store.subscribe_reviews(reviews.clone());
     let run_grace = stale_after(&config);
+    let retention_days = config.server.recording_retention_days;
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
     let state = Arc::new(AppState {
@@ -257,6 +277,7 @@ pub async fn prepare(
         masking,
     });
     crate::review::flow::spawn_sweeper(state.clone(), run_grace);
+    spawn_retention(state.clone(), retention_days);
     Ok(Prepared {
         state,
         listen,
@@ -288,6 +309,24 @@ fn spawn_interrupted_sweeper(store: Arc<dyn Store>, audit: AuditWriter, grace: D
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
             close_interrupted(&store, &audit, grace).await;
+        }
+    });
+}
+
+/// Deletes recordings past their retention, hourly.
+fn spawn_retention(state: Arc<AppState>, days: u64) {
+    tokio::spawn(async move {
+        loop {
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(days.min(365_000) as i64);
+            match state.store.delete_sessions_before(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "deleted recordings past retention"),
+                Err(e) => tracing::warn!(error = %e, "recording retention sweep failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = state.shutdown.cancelled() => return,
+            }
         }
     });
 }

@@ -58,6 +58,7 @@ fn view(c: &Connection) -> ConnectionView {
         placeholder: match c.config.kind {
             ConnectionKind::Postgres => "$1",
             ConnectionKind::Mysql | ConnectionKind::Sqlite => "?",
+            ConnectionKind::Ssh => "",
         }
         .into(),
         limits: ConnectionLimits {
@@ -117,6 +118,13 @@ pub async fn schema(
     Path(name): Path<String>,
 ) -> Result<Json<SchemaView>, Problem> {
     let conn = resolve(&state, &p, &name)?;
+    let Some(backend) = conn.sql() else {
+        return Err(crate::pipeline::wrong_operation(
+            &name,
+            "runs commands and has no schema",
+            "exec",
+        ));
+    };
     let started = Instant::now();
     let execution_id = uuid::Uuid::now_v7().to_string();
     let mut begin = AuditEvent::new(Phase::Begin, &execution_id, "schema");
@@ -129,7 +137,7 @@ pub async fn schema(
         .commit(begin.clone())
         .await
         .map_err(|_| Problem::audit_unavailable())?;
-    let result = conn.backend.schema().await;
+    let result = backend.schema().await;
     let mut end = AuditEvent::new(Phase::End, &execution_id, "schema");
     end.request_id = begin.request_id;
     end.principal = begin.principal;

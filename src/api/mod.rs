@@ -2,11 +2,13 @@
 
 pub mod audit;
 pub mod connections;
+pub mod exec;
 pub mod extract;
 pub mod health;
 pub mod problem;
 pub mod query;
 pub mod reviews;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -38,6 +40,8 @@ use problem::Problem;
         (name = "connections", description = "What the caller may use"),
         (name = "query", description = "Run SQL through the pipeline"),
         (name = "audit", description = "The write-ahead audit log"),
+        (name = "exec", description = "Run commands on hosts through the pipeline"),
+        (name = "sessions", description = "Recorded sessions (asciicast v2)"),
         (name = "reviews", description = "Human approval of held requests, and running them once"),
         (name = "health", description = "Liveness and readiness"),
     )
@@ -76,6 +80,10 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(reviews::reject))
         .routes(routes!(reviews::execution))
         .routes(routes!(reviews::run))
+        .routes(routes!(exec::exec))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::get))
+        .routes(routes!(sessions::recording))
 }
 
 /// The OpenAPI document, exactly as served at `/openapi.json` and committed in the repo.

@@ -144,6 +144,15 @@ pub struct AuditEvent {
     /// Who approved a reviewed run (`issuer/subject`), or who decided a review event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_by: Vec<String>,
+    /// The recorded session of a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Hash-chain head of the recording when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_digest: Option<String>,
+    /// A command's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
     /// How many values were masked, per column and detector (never the values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked: Option<serde_json::Value>,
@@ -181,6 +190,9 @@ impl AuditEvent {
             approved_by: Vec::new(),
             reason: None,
             masked: None,
+            session_id: None,
+            recording_digest: None,
+            exit_code: None,
         }
     }
 }

@@ -20,6 +20,7 @@
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
+pub mod ssh;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,14 +214,30 @@ pub struct BackendContext {
     pub store_identity: crate::store::StoreIdentity,
 }
 
-pub fn build(
-    config: &ConnectionConfig,
-    ctx: &BackendContext,
-) -> Result<Arc<dyn SqlBackend>, String> {
+/// A connection's target: SQL (`query`) or commands (`exec`).
+#[derive(Clone)]
+pub enum Target {
+    Sql(Arc<dyn SqlBackend>),
+    Exec(Arc<dyn ExecBackend>),
+}
+
+impl Target {
+    pub async fn verify(&self) -> Result<(), BackendError> {
+        match self {
+            Target::Sql(b) => b.verify().await,
+            Target::Exec(b) => b.verify().await,
+        }
+    }
+}
+
+pub fn build(config: &ConnectionConfig, ctx: &BackendContext) -> Result<Target, String> {
     Ok(match config.kind {
-        ConnectionKind::Postgres => Arc::new(postgres::PostgresBackend::new(config, ctx)?),
-        ConnectionKind::Mysql => Arc::new(mysql::MysqlBackend::new(config, ctx)?),
-        ConnectionKind::Sqlite => Arc::new(sqlite::SqliteBackend::new(config, ctx)?),
+        ConnectionKind::Postgres => {
+            Target::Sql(Arc::new(postgres::PostgresBackend::new(config, ctx)?))
+        }
+        ConnectionKind::Mysql => Target::Sql(Arc::new(mysql::MysqlBackend::new(config, ctx)?)),
+        ConnectionKind::Sqlite => Target::Sql(Arc::new(sqlite::SqliteBackend::new(config, ctx)?)),
+        ConnectionKind::Ssh => Target::Exec(Arc::new(ssh::SshBackend::new(config)?)),
     })
 }
 
@@ -235,4 +252,86 @@ pub async fn bounded<T>(
         _ = cancel.cancelled() => Err(BackendError::Cancelled),
         _ = tokio::time::sleep_until(deadline) => Err(BackendError::Timeout),
     }
+}
+
+/// A command to run on a host: the argv Airlock inspected, already re-quoted for a POSIX
+/// shell into `command` (the remote login shell parses it; see `inspect::shell`).
+#[derive(Debug, Clone)]
+pub struct ExecPlan {
+    /// What is sent as the SSH `exec` request: argv, each argument quoted.
+    pub command: String,
+    /// Bytes written to the command's stdin, then EOF. `None`: EOF at once.
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub enum ExecEvent {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+    /// Always the last event of a command that ended by itself.
+    Exit {
+        /// `None` when the command died of a signal.
+        code: Option<u32>,
+        signal: Option<String>,
+    },
+}
+
+/// The receiving end of a command's output; dropping it stops the command (signal, then
+/// channel close) — the same contract as [`RowStream`].
+pub struct ExecStream {
+    rx: mpsc::Receiver<Result<ExecEvent, BackendError>>,
+}
+
+impl ExecStream {
+    pub fn channel() -> (ExecSender, ExecStream) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        (ExecSender { tx }, ExecStream { rx })
+    }
+
+    pub async fn next(&mut self) -> Option<Result<ExecEvent, BackendError>> {
+        self.rx.recv().await
+    }
+}
+
+#[derive(Clone)]
+pub struct ExecSender {
+    tx: mpsc::Sender<Result<ExecEvent, BackendError>>,
+}
+
+impl ExecSender {
+    /// `false`: the consumer is gone and the producer must stop the command.
+    pub async fn send(&self, event: Result<ExecEvent, BackendError>) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// A command target (SSH). The contract every implementation keeps:
+/// - `exec` connects (bounded by the connect/handshake timeouts, else `Unavailable` or
+///   `Timeout`), authenticates with credentials only Airlock holds, verifies the pinned host
+///   key (unknown or changed → refused, `Unavailable` with a clear detail), opens one
+///   channel, sends `plan.command` as the exec request, writes stdin, and streams output.
+///   Errors before the command started are returned directly.
+/// - Output is pulled from the remote only as fast as the consumer reads (bounded channel).
+/// - When `plan.timeout` passes, `cancel` fires, or the consumer drops the stream, the remote
+///   process is killed (SSH `signal` KILL, then channel close) and, for a timeout,
+///   `Err(BackendError::Timeout)` is the last event.
+#[async_trait::async_trait]
+pub trait ExecBackend: Send + Sync {
+    /// Startup check: reachable, host key matches, authentication works.
+    async fn verify(&self) -> Result<(), BackendError>;
+
+    async fn exec(
+        &self,
+        plan: ExecPlan,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, BackendError>;
 }

@@ -5,6 +5,7 @@
 
 pub mod functions;
 pub mod lineage;
+pub mod shell;
 pub mod sql;
 
 pub use sql::{Facts, StatementKind};

@@ -200,6 +200,10 @@ pub struct Facts {
     /// not nested.
     #[serde(default)]
     pub nested_write: bool,
+    /// For command requests (`exec`): what the shell lexer found. SQL facts are then empty,
+    /// and only rules with command conditions (or none) apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::inspect::shell::CommandFacts>,
 }
 
 impl Facts {
@@ -229,6 +233,9 @@ pub(crate) fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
         ConnectionKind::Postgres => Box::new(PostgreSqlDialect {}),
         ConnectionKind::Mysql => Box::new(MySqlDialect {}),
         ConnectionKind::Sqlite => Box::new(SQLiteDialect {}),
+        // Never reached with SQL (the pipeline refuses `query` on an ssh connection); the
+        // strictest parse is the safe answer if it ever were.
+        ConnectionKind::Ssh => Box::new(PostgreSqlDialect {}),
     }
 }
 
@@ -405,6 +412,7 @@ impl Walker {
             function_classes: self.classes.into_iter().collect(),
             function_unlisted: self.function_unlisted,
             nested_write: self.nested_write,
+            command: None,
         }
     }
 
@@ -1057,7 +1065,7 @@ pub(crate) fn fold(kind: ConnectionKind, ident: &Ident) -> String {
             s
         }
         ConnectionKind::Mysql => ident.value.to_lowercase(),
-        ConnectionKind::Sqlite => ident.value.to_ascii_lowercase(),
+        ConnectionKind::Sqlite | ConnectionKind::Ssh => ident.value.to_ascii_lowercase(),
     }
 }
 

@@ -16,14 +16,14 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{ColumnStrategy, DetectorSet, DetectorStrategy, MaskCounts, MaskingConfig};
+use super::{ColumnStrategy, DetectorSet, MaskCounts, MaskingConfig};
 use crate::config::PrincipalKind;
 use crate::identity::Principal;
 use crate::inspect::lineage::{Lineage, OutputLineage, SourceColumn};
 
 struct Entry {
     config: MaskingConfig,
-    detectors: DetectorSet,
+    detectors: Arc<DetectorSet>,
 }
 
 /// Every `[[masking]]` entry, compiled once at startup.
@@ -65,7 +65,7 @@ impl Masking {
                 .map_err(|e| format!("masking[{i}]: {e}"))?;
             entries.push(Arc::new(Entry {
                 config: config.clone(),
-                detectors,
+                detectors: Arc::new(detectors),
             }));
         }
         Ok(Masking {
@@ -262,11 +262,11 @@ impl RequestMasking {
         }
     }
 
-    /// The detector strategy of the first entry (for stream masking of terminal output).
-    pub fn detector_strategy(&self) -> DetectorStrategy {
+    /// One streaming masker per applicable entry, to chain over a byte stream.
+    pub fn stream_maskers(&self) -> Vec<super::StreamMasker> {
         self.entries
-            .first()
-            .map(|e| e.config.strategy)
-            .unwrap_or_default()
+            .iter()
+            .map(|e| super::StreamMasker::new(e.detectors.clone(), e.config.strategy))
+            .collect()
     }
 }

@@ -12,6 +12,7 @@
 
 use super::{Action, Match};
 use crate::inspect::StatementKind as K;
+use crate::inspect::shell::ShellFeature as S;
 use crate::inspect::sql::FunctionClass as F;
 
 pub struct Builtin {
@@ -152,6 +153,34 @@ fn catalogue() -> Vec<Builtin> {
                 ..Match::default()
             },
             message: "the statement could not be fully parsed, so it cannot be checked; simplify it",
+        },
+        Builtin {
+            id: "deny-compound-commands",
+            action: Action::Deny,
+            matcher: Match {
+                shell_features: Some(vec![
+                    S::List,
+                    S::Background,
+                    S::Pipeline,
+                    S::Redirection,
+                    S::Heredoc,
+                    S::CommandSubstitution,
+                    S::ProcessSubstitution,
+                    S::VariableExpansion,
+                    S::ArithmeticExpansion,
+                    S::BraceExpansion,
+                    S::AnsiCQuoting,
+                    S::LocaleQuoting,
+                    S::Glob,
+                    S::Tilde,
+                    S::Subshell,
+                    S::Group,
+                    S::Assignment,
+                    S::Comment,
+                ]),
+                ..Match::default()
+            },
+            message: "send one plain command (argv); lists, pipes, redirections, substitutions, expansions and globs are not allowed",
         },
         Builtin {
             id: "review-unlisted-functions",

@@ -15,6 +15,7 @@ pub mod glob;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Principal;
+use crate::inspect::shell::{CommandFacts, ShellFeature, Wrapper};
 use crate::inspect::sql::FunctionClass;
 use crate::inspect::{Facts, StatementKind};
 
@@ -166,6 +167,32 @@ pub struct Match {
     pub unparsed: Option<bool>,
     /// `true`: matches requests with more than one statement.
     pub multi_statement: Option<bool>,
+    /// Commands: globs over the program, argv[0] taken literally (`/tmp/x/systemctl` is not
+    /// `systemctl`).
+    pub programs: Option<Vec<String>>,
+    /// Commands: argv patterns, one glob per word; a last word `*` also matches no more
+    /// words (`systemctl status *`).
+    pub argv: Option<Vec<String>>,
+    /// Commands: shell features (`pipeline`, `redirection`, `command_substitution`, ...).
+    pub shell_features: Option<Vec<ShellFeature>>,
+    /// Commands: programs that run other programs or code (`env`, `privilege`, `shell_c`,
+    /// `interpreter`, ...). An allow rule admits a wrapper only when it lists it here.
+    pub wrappers: Option<Vec<Wrapper>>,
+}
+
+/// Does the argv pattern (one glob per word) match?
+pub fn argv_matches(pattern: &str, argv: &[String]) -> bool {
+    let words: Vec<&str> = pattern.split_whitespace().collect();
+    let open_tail = words.last() == Some(&"*");
+    let fixed = if open_tail {
+        &words[..words.len() - 1]
+    } else {
+        &words[..]
+    };
+    if argv.len() < fixed.len() || (!open_tail && argv.len() != fixed.len()) {
+        return false;
+    }
+    fixed.iter().zip(argv).all(|(p, a)| glob::matches(p, a))
 }
 
 fn table_matches(pattern: &str, table: &str) -> bool {
@@ -191,7 +218,71 @@ fn covers<T>(admit: bool, items: &[T], hit: impl Fn(&T) -> bool) -> bool {
 }
 
 impl Match {
+    fn has_sql_conditions(&self) -> bool {
+        self.statements.is_some()
+            || self.tables.is_some()
+            || self.tables_written.is_some()
+            || self.where_required.is_some()
+            || self.functions.is_some()
+            || self.function_classes.is_some()
+            || self.function_unlisted.is_some()
+            || self.nested_write.is_some()
+            || self.multi_statement.is_some()
+    }
+
+    fn has_command_conditions(&self) -> bool {
+        self.programs.is_some()
+            || self.argv.is_some()
+            || self.shell_features.is_some()
+            || self.wrappers.is_some()
+    }
+
+    /// A command request: only command conditions apply; a rule with SQL conditions does not.
+    fn matches_command(&self, c: &CommandFacts, action: Action) -> bool {
+        if self.has_sql_conditions() {
+            return false;
+        }
+        let admit = action == Action::Allow;
+        if self.unparsed == Some(true) && !c.unparsed && !admit {
+            return false;
+        }
+        let program = c.program.as_deref().unwrap_or("");
+        if let Some(globs) = &self.programs
+            && !(c.program.is_some() && globs.iter().any(|g| glob::matches(g, program)))
+        {
+            return false;
+        }
+        if let Some(patterns) = &self.argv {
+            let hit = c
+                .argv
+                .as_ref()
+                .is_some_and(|argv| patterns.iter().any(|p| argv_matches(p, argv)));
+            if !hit {
+                return false;
+            }
+        }
+        if let Some(features) = &self.shell_features
+            && !covers(admit, &c.features, |f| features.contains(f))
+        {
+            return false;
+        }
+        match (&self.wrappers, c.wrapper) {
+            (Some(listed), Some(w)) if !listed.contains(&w) => return false,
+            (Some(_), None) if !admit => return false,
+            // An allow rule admits a program that runs other programs only by naming it.
+            (None, Some(_)) if admit => return false,
+            _ => {}
+        }
+        true
+    }
+
     fn matches(&self, facts: &Facts, action: Action) -> bool {
+        if let Some(c) = &facts.command {
+            return self.matches_command(c, action);
+        }
+        if self.has_command_conditions() {
+            return false;
+        }
         let admit = action == Action::Allow;
         if let Some(kinds) = &self.statements
             && !covers(admit, &facts.kinds, |k| kinds.contains(k))

@@ -17,6 +17,40 @@ use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::review::{ReviewRecord, ReviewStatus};
 
+/// A recorded session (asciicast v2): metadata; the lines are separate rows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SessionRecord {
+    pub id: String,
+    pub execution_id: String,
+    /// `exec` (later: `shell`).
+    pub kind: String,
+    pub connection: String,
+    pub issuer: String,
+    pub subject: String,
+    /// The command as recorded (masked).
+    pub command: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `running`, `ended`, `failed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Head of the hash chain after the last line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Filters for listing sessions; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    pub connection: Option<String>,
+    pub subject: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
 /// How to find a held request.
 #[derive(Debug, Clone, Copy)]
 pub enum ReviewLookup<'a> {
@@ -83,6 +117,36 @@ pub trait Store: Send + Sync {
         status: Option<ReviewStatus>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError>;
+
+    /// Starts a session with its first line (the asciicast header).
+    async fn create_session(
+        &self,
+        s: &SessionRecord,
+        header: &str,
+        chain: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Appends one event line; `seq` increases by one per line.
+    async fn append_session_line(
+        &self,
+        session_id: &str,
+        seq: i64,
+        line: &str,
+        chain: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Marks a session ended (or failed) with its final chain head.
+    async fn finish_session(&self, s: &SessionRecord) -> Result<(), StoreError>;
+
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    async fn list_sessions(&self, q: &SessionQuery) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// The lines of a session in order, with their chain values.
+    async fn session_lines(&self, id: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Retention: deletes sessions started before `t`; returns how many.
+    async fn delete_sessions_before(&self, t: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Wakes `hub` when another instance changes a review (PostgreSQL LISTEN/NOTIFY). The
     /// embedded store is single-instance: in-process wake-ups are all there is.

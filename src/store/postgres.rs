@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{AuditQuery, ReviewLookup, Store, StoreError, StoreIdentity};
+use super::{
+    AuditQuery, ReviewLookup, SessionQuery, SessionRecord, Store, StoreError, StoreIdentity,
+};
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
 use crate::review::{ReviewRecord, ReviewStatus};
@@ -255,6 +257,131 @@ impl Store for PostgresStore {
 
     fn identity(&self) -> StoreIdentity {
         self.identity.clone()
+    }
+
+    async fn create_session(
+        &self,
+        r: &SessionRecord,
+        header: &str,
+        chain: &str,
+    ) -> Result<(), StoreError> {
+        let record = serde_json::to_value(r).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut client = self.pool.get().await.map_err(unavailable)?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO airlock_sessions (id, execution_id, kind, connection, issuer, subject, started_at, status, record)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[&r.id, &r.execution_id, &r.kind, &r.connection, &r.issuer, &r.subject, &r.started_at, &r.status, &record],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO airlock_session_lines (session_id, seq, line, chain) VALUES ($1, 0, $2, $3)",
+            &[&r.id, &header, &chain],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn append_session_line(
+        &self,
+        session_id: &str,
+        seq: i64,
+        line: &str,
+        chain: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO airlock_session_lines (session_id, seq, line, chain) VALUES ($1, $2, $3, $4)",
+                &[&session_id, &seq, &line, &chain],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn finish_session(&self, r: &SessionRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_value(r).map_err(|e| StoreError::Other(e.to_string()))?;
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "UPDATE airlock_sessions SET ended_at = $2, status = $3, exit_code = $4, digest = $5, record = $6 WHERE id = $1",
+                &[&r.id, &r.ended_at, &r.status, &r.exit_code, &r.digest, &record],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let row = client
+            .query_opt("SELECT record FROM airlock_sessions WHERE id = $1", &[&id])
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            serde_json::from_value::<SessionRecord>(r.get(0))
+                .map_err(|e| StoreError::Other(format!("unreadable session: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn list_sessions(&self, q: &SessionQuery) -> Result<Vec<SessionRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let rows = client
+            .query(
+                "SELECT record FROM airlock_sessions
+                 WHERE ($1::text IS NULL OR connection = $1) AND ($2::text IS NULL OR subject = $2)
+                   AND ($3::timestamptz IS NULL OR started_at >= $3)
+                   AND ($4::timestamptz IS NULL OR started_at < $4)
+                 ORDER BY started_at DESC LIMIT $5",
+                &[
+                    &q.connection,
+                    &q.subject,
+                    &q.since,
+                    &q.before,
+                    &(q.limit as i64),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|r| {
+                serde_json::from_value::<SessionRecord>(r.get(0))
+                    .map_err(|e| StoreError::Other(format!("unreadable session: {e}")))
+            })
+            .collect()
+    }
+
+    async fn session_lines(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let rows = client
+            .query(
+                "SELECT line, chain FROM airlock_session_lines WHERE session_id = $1 ORDER BY seq",
+                &[&id],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn delete_sessions_before(&self, t: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut client = self.pool.get().await.map_err(unavailable)?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.execute(
+            "DELETE FROM airlock_session_lines WHERE session_id IN (SELECT id FROM airlock_sessions WHERE started_at < $1)",
+            &[&t],
+        )
+        .await
+        .map_err(unavailable)?;
+        let n = tx
+            .execute("DELETE FROM airlock_sessions WHERE started_at < $1", &[&t])
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(n)
     }
 
     fn subscribe_reviews(&self, hub: std::sync::Arc<crate::review::hub::ReviewHub>) {

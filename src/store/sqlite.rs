@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditQuery, ReviewLookup, Store, StoreError, StoreIdentity};
+use super::{
+    AuditQuery, ReviewLookup, SessionQuery, SessionRecord, Store, StoreError, StoreIdentity,
+};
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
 use crate::review::{ReviewRecord, ReviewStatus};
@@ -21,6 +23,7 @@ use crate::review::{ReviewRecord, ReviewStatus};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_audit.sql")),
     (2, include_str!("../../migrations/sqlite/0002_reviews.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_sessions.sql")),
 ];
 
 pub struct SqliteStore {
@@ -115,6 +118,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+fn decode_session(record: &str) -> Result<SessionRecord, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Other(format!("unreadable session: {e}")))
 }
 
 fn decode_review(record: &str) -> Result<ReviewRecord, StoreError> {
@@ -358,6 +365,163 @@ impl Store for SqliteStore {
                 )
                 .map_err(classify)?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        r: &SessionRecord,
+        header: &str,
+        chain: &str,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(r).map_err(|e| StoreError::Other(e.to_string()))?;
+        let row = (
+            r.id.clone(),
+            r.execution_id.clone(),
+            r.kind.clone(),
+            r.connection.clone(),
+            r.issuer.clone(),
+            r.subject.clone(),
+            ts(&r.started_at),
+            r.status.clone(),
+        );
+        let (header, chain) = (header.to_string(), chain.to_string());
+        Self::with(&self.writer, move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(classify)?;
+            tx.execute(
+                "INSERT INTO sessions (id, execution_id, kind, connection, issuer, subject, started_at, status, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, json],
+            )
+            .map_err(classify)?;
+            tx.execute(
+                "INSERT INTO session_lines (session_id, seq, line, chain) VALUES (?1, 0, ?2, ?3)",
+                params![row.0, header, chain],
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)
+        })
+        .await
+    }
+
+    async fn append_session_line(
+        &self,
+        session_id: &str,
+        seq: i64,
+        line: &str,
+        chain: &str,
+    ) -> Result<(), StoreError> {
+        let (id, line, chain) = (session_id.to_string(), line.to_string(), chain.to_string());
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "INSERT INTO session_lines (session_id, seq, line, chain) VALUES (?1, ?2, ?3, ?4)",
+                params![id, seq, line, chain],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_session(&self, r: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(r).map_err(|e| StoreError::Other(e.to_string()))?;
+        let row = (
+            r.id.clone(),
+            r.ended_at.as_ref().map(ts),
+            r.status.clone(),
+            r.exit_code,
+            r.digest.clone(),
+        );
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "UPDATE sessions SET ended_at = ?2, status = ?3, exit_code = ?4, digest = ?5, record = ?6 WHERE id = ?1",
+                params![row.0, row.1, row.2, row.3, row.4, json],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_string();
+        Self::with(&self.reader, move |conn| {
+            let record: Option<String> = conn
+                .query_row("SELECT record FROM sessions WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(classify)?;
+            record.as_deref().map(decode_session).transpose()
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, q: &SessionQuery) -> Result<Vec<SessionRecord>, StoreError> {
+        let q = q.clone();
+        Self::with(&self.reader, move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT record FROM sessions
+                     WHERE (?1 IS NULL OR connection = ?1) AND (?2 IS NULL OR subject = ?2)
+                       AND (?3 IS NULL OR started_at >= ?3) AND (?4 IS NULL OR started_at < ?4)
+                     ORDER BY started_at DESC LIMIT ?5",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        q.connection,
+                        q.subject,
+                        q.since.as_ref().map(ts),
+                        q.before.as_ref().map(ts),
+                        q.limit as i64
+                    ],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(decode_session(&row.map_err(classify)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn session_lines(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let id = id.to_string();
+        Self::with(&self.reader, move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT line, chain FROM session_lines WHERE session_id = ?1 ORDER BY seq")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+        .await
+    }
+
+    async fn delete_sessions_before(&self, t: DateTime<Utc>) -> Result<u64, StoreError> {
+        let cutoff = ts(&t);
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction().map_err(classify)?;
+            tx.execute(
+                "DELETE FROM session_lines WHERE session_id IN (SELECT id FROM sessions WHERE started_at < ?1)",
+                [&cutoff],
+            )
+            .map_err(classify)?;
+            let n = tx
+                .execute("DELETE FROM sessions WHERE started_at < ?1", [&cutoff])
+                .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(n as u64)
         })
         .await
     }

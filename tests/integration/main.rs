@@ -12,3 +12,4 @@ mod openapi;
 mod postgres;
 mod quickstart;
 mod reviews;
+mod ssh;

@@ -1,0 +1,974 @@
+//! SSH exec backend: runs one command per request on a host, with credentials only Airlock
+//! holds, against a pinned host key.
+//!
+//! Decisions that must stay true:
+//! - **One TCP connection and one session per request.** Nothing (working directory,
+//!   environment, background jobs, a half-read channel) can pass from one agent's command to
+//!   the next, and a command that must be killed takes its whole connection down with it.
+//!   The cost is one handshake (~1 round trip for TCP plus ~2 for key exchange and
+//!   authentication) per command, which is small next to the human-scale latency of the
+//!   commands agents run. Concurrency per target is capped by `limits.pool_size` slots.
+//! - **The host key is pinned.** [`Handler::check_server_key`] accepts only the configured
+//!   key (by SHA-256 fingerprint or by the key itself); anything else aborts the handshake
+//!   before authentication, so credentials are never offered to an impostor.
+//! - **Killing a command is done by the remote sshd.** See [`kill_and_close`]: an SSH
+//!   `signal` request with `KILL` (OpenSSH: `killpg` of the session, non-root users only),
+//!   then for root a kill of this connection's processes from a second channel. Closing
+//!   the channel alone does *not* stop a non-PTY command on OpenSSH.
+//! - Errors never carry secrets (password, private key text); they name the host, port and
+//!   user only.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle, Msg};
+use russh::keys::{self, Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream};
+use crate::config::ConnectionConfig;
+
+/// Seconds a client is told to wait after the host could not be reached.
+const RETRY_UNREACHABLE_SECS: u64 = 5;
+/// Seconds a client is told to wait when every session slot is busy.
+const RETRY_BUSY_SECS: u64 = 1;
+/// How long the kill sequence (signal, close, disconnect) may take before the connection is
+/// simply dropped. The signal is one packet; this only matters for a dead or stuck peer.
+const KILL_GRACE: Duration = Duration::from_secs(6);
+/// Flow-control window advertised per channel. russh re-opens the window as soon as data
+/// *arrives* (not when it is consumed), so this bounds the bytes in flight on the network,
+/// not what sits in memory; see [`session_config`] for the memory bound.
+const WINDOW_SIZE: u32 = 512 * 1024;
+/// Messages russh may queue for one channel before its session task stops reading the
+/// socket. Each is at most `maximum_packet_size` (32 KiB) of data.
+const CHANNEL_BUFFER: usize = 16;
+
+/// The pinned host key, parsed at startup.
+#[derive(Debug, Clone, PartialEq)]
+enum HostKeyPin {
+    /// `SHA256:<base64>`: the server's key must have this SHA-256 fingerprint.
+    Fingerprint(keys::ssh_key::Fingerprint),
+    /// From a known_hosts line: the server's key must be exactly this key.
+    Key(PublicKey),
+}
+
+impl HostKeyPin {
+    fn matches(&self, key: &PublicKey) -> bool {
+        match self {
+            HostKeyPin::Fingerprint(fp) => key.fingerprint(HashAlg::Sha256) == *fp,
+            // Compare the key material only: the comment is not part of the identity.
+            HostKeyPin::Key(pinned) => pinned.key_data() == key.key_data(),
+        }
+    }
+
+    /// What the operator configured, for error messages.
+    fn describe(&self) -> String {
+        match self {
+            HostKeyPin::Fingerprint(fp) => fp.to_string(),
+            HostKeyPin::Key(k) => format!(
+                "{} {}",
+                k.algorithm().as_str(),
+                k.fingerprint(HashAlg::Sha256)
+            ),
+        }
+    }
+
+    /// Host key algorithms to offer in key exchange. With a pinned key we only offer its
+    /// type, so a server holding several host keys presents the pinned one instead of
+    /// failing the pin with another. A bare fingerprint does not say which type it is, so
+    /// russh's default order applies (ed25519 first); the mismatch error names the type the
+    /// server presented so the operator can pin the right one.
+    fn host_key_algorithms(&self) -> Option<Vec<Algorithm>> {
+        let HostKeyPin::Key(k) = self else {
+            return None;
+        };
+        let pinned = k.algorithm();
+        let algs: Vec<Algorithm> = russh::Preferred::DEFAULT
+            .key
+            .iter()
+            .filter(|a| {
+                if matches!(pinned, Algorithm::Rsa { .. }) {
+                    // One RSA key signs with any of the rsa-sha2-* / ssh-rsa algorithms.
+                    matches!(a, Algorithm::Rsa { .. })
+                } else {
+                    **a == pinned
+                }
+            })
+            .cloned()
+            .collect();
+        if algs.is_empty() { None } else { Some(algs) }
+    }
+}
+
+/// Parses `host_key`: a `SHA256:` fingerprint or a known_hosts line (with or without the
+/// host field). The message names what is wrong; a pin is public, so echoing it is fine.
+fn parse_host_key_pin(raw: &str) -> Result<HostKeyPin, String> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(
+            "host_key is empty; pin the host key (SHA256:... or a known_hosts line)".into(),
+        );
+    }
+    if let Some(b64) = s.strip_prefix("SHA256:") {
+        if b64.is_empty() || b64.contains(char::is_whitespace) {
+            return Err(format!(
+                "host_key `{s}` is not a SHA256:<base64> fingerprint"
+            ));
+        }
+        return keys::ssh_key::Fingerprint::from_str(s)
+            .map(HostKeyPin::Fingerprint)
+            .map_err(|e| format!("host_key `{s}` is not a valid SHA256 fingerprint: {e}"));
+    }
+    if s.starts_with("MD5:") || s.starts_with("SHA1:") || s.starts_with("SHA512:") {
+        return Err(format!(
+            "host_key `{s}`: only SHA256 fingerprints are accepted (ssh-keygen -lf -E sha256)"
+        ));
+    }
+    if s.starts_with('@') {
+        return Err(
+            "host_key: known_hosts markers (@cert-authority, @revoked) are not pins; give the host's own key"
+                .into(),
+        );
+    }
+    let tokens: Vec<&str> = s.split_whitespace().collect();
+    // `type base64 [comment]` or `hosts type base64 [comment]`.
+    let at = tokens
+        .iter()
+        .take(2)
+        .position(|t| Algorithm::new(t).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "host_key `{s}` is neither a SHA256:... fingerprint nor a known_hosts line \
+                 (`[host]:port ssh-ed25519 AAAA...` or `ssh-ed25519 AAAA...`): no key type found"
+            )
+        })?;
+    let type_name = tokens.get(at).copied().unwrap_or_default();
+    let blob = tokens
+        .get(at + 1)
+        .ok_or_else(|| format!("host_key: the known_hosts line has no key after `{type_name}`"))?;
+    let key = keys::parse_public_key_base64(blob).map_err(|e| {
+        format!("host_key: the `{type_name}` key is not valid base64 key data: {e}")
+    })?;
+    let declared = Algorithm::new(type_name)
+        .map_err(|e| format!("host_key: unknown key type `{type_name}`: {e}"))?;
+    if key.algorithm() != declared {
+        return Err(format!(
+            "host_key: the line says `{type_name}` but the key is `{}`",
+            key.algorithm().as_str()
+        ));
+    }
+    Ok(HostKeyPin::Key(key))
+}
+
+/// Where to connect and as whom, from `ssh://user@host:port`.
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    host: String,
+    port: u16,
+    user: String,
+}
+
+impl Target {
+    fn label(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}@[{}]:{}", self.user, self.host, self.port)
+        } else {
+            format!("{}@{}:{}", self.user, self.host, self.port)
+        }
+    }
+}
+
+fn parse_ssh_url(raw: &str) -> Result<Target, String> {
+    let url =
+        reqwest::Url::parse(raw).map_err(|e| format!("url `{raw}` is not a valid URL: {e}"))?;
+    if url.scheme() != "ssh" {
+        return Err(format!(
+            "url must start with ssh://, not {}://",
+            url.scheme()
+        ));
+    }
+    if url.password().is_some() {
+        // Do not echo the URL: it carries a password.
+        return Err("the ssh url carries a password; use `password = \"env:NAME\"`".into());
+    }
+    let user = percent_decode(url.username())
+        .ok_or_else(|| format!("url `{raw}`: the user name is not valid percent-encoded UTF-8"))?;
+    if user.is_empty() {
+        return Err(format!(
+            "url `{raw}`: name the remote user: ssh://user@host:port"
+        ));
+    }
+    // `host_str` keeps the brackets of an IPv6 literal; the socket API wants them off.
+    let host = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("url `{raw}` has no host"));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "url `{raw}`: an ssh url is ssh://user@host:port, without path or query"
+        ));
+    }
+    Ok(Target {
+        host,
+        port: url.port().unwrap_or(22),
+        user,
+    })
+}
+
+/// `%XX` decoding for the user part of the URL (`url` keeps it encoded).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Credentials, resolved once at startup. Never printed.
+struct Credentials {
+    key: Option<Arc<PrivateKey>>,
+    password: Option<String>,
+}
+
+/// The russh handler: checks the host key against the pin and remembers what it saw, so a
+/// refusal can be reported with the fingerprint the server presented.
+struct PinningHandler {
+    pin: Arc<HostKeyPin>,
+    /// Set when the server presented a key that is not the pinned one.
+    rejected: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for PinningHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let seen = match server_public_key {
+            keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                if self.pin.matches(key) {
+                    return Ok(true);
+                }
+                format!(
+                    "{} ({})",
+                    key.fingerprint(HashAlg::Sha256),
+                    key.algorithm().as_str()
+                )
+            }
+            // We never advertise certificate algorithms (russh's default), so a certificate
+            // here is unexpected; refuse rather than trust a CA we were not told about.
+            keys::PublicKeyOrCertificate::Certificate(cert) => format!(
+                "a host certificate for key {} (certificates are not accepted; pin the key)",
+                keys::PublicKey::from(cert.public_key().clone()).fingerprint(HashAlg::Sha256)
+            ),
+        };
+        if let Ok(mut slot) = self.rejected.lock() {
+            *slot = Some(seen);
+        }
+        Ok(false)
+    }
+}
+
+/// An authenticated connection to the target.
+type Session = Handle<PinningHandler>;
+
+/// Runs commands on one host over SSH; see the module docs.
+pub struct SshBackend {
+    target: Target,
+    pin: Arc<HostKeyPin>,
+    credentials: Arc<Credentials>,
+    config: Arc<client::Config>,
+    connect_timeout: Duration,
+    /// One permit per concurrent command (= connection) to this host.
+    slots: Arc<Semaphore>,
+    pool_size: usize,
+    pool_wait: Duration,
+}
+
+impl SshBackend {
+    pub fn new(config: &ConnectionConfig) -> Result<SshBackend, String> {
+        let url = config
+            .url
+            .as_deref()
+            .ok_or("ssh connection needs url = \"ssh://user@host:port\"")?;
+        let target = parse_ssh_url(url)?;
+        let pin = parse_host_key_pin(config.host_key.as_deref().ok_or(
+            "ssh connection needs host_key (SHA256:... fingerprint or a known_hosts line)",
+        )?)?;
+        let key = match &config.private_key {
+            Some(r) => {
+                let text = r.resolve().map_err(|m| format!("private_key: {m}"))?;
+                // The parse error names the format problem, never the key text.
+                let key = keys::decode_secret_key(text.expose(), None).map_err(|e| {
+                    format!(
+                        "private_key: not a usable unencrypted OpenSSH private key ({e}); \
+                         passphrase-protected keys are not supported"
+                    )
+                })?;
+                Some(Arc::new(key))
+            }
+            None => None,
+        };
+        let password = match &config.password {
+            Some(r) => Some(
+                r.resolve()
+                    .map_err(|m| format!("password: {m}"))?
+                    .expose()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        if key.is_none() && password.is_none() {
+            return Err("ssh connection needs a private_key or a password reference".into());
+        }
+        if config.limits.pool_size == 0 {
+            return Err("limits.pool_size must be at least 1".into());
+        }
+        Ok(SshBackend {
+            config: Arc::new(session_config(&pin)),
+            target,
+            pin: Arc::new(pin),
+            credentials: Arc::new(Credentials { key, password }),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms.max(1)),
+            slots: Arc::new(Semaphore::new(config.limits.pool_size)),
+            pool_size: config.limits.pool_size,
+            pool_wait: config.limits.pool_wait(),
+        })
+    }
+
+    /// TCP connect, key exchange (host key check), authentication — all within
+    /// `connect_timeout`, and abandoned when `cancel` fires or `deadline` (the command's
+    /// overall deadline) passes first.
+    async fn connect(
+        &self,
+        cancel: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<Session, BackendError> {
+        let connect_deadline = Instant::now() + self.connect_timeout;
+        let step = async {
+            let tcp = tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port));
+            let socket = match tokio::time::timeout_at(connect_deadline, tcp).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(BackendError::Unavailable {
+                        detail: format!("cannot connect to {}: {e}", self.target.label()),
+                        retry_after_secs: RETRY_UNREACHABLE_SECS,
+                    });
+                }
+                Err(_) => {
+                    return Err(BackendError::Unavailable {
+                        detail: format!(
+                            "TCP connection to {} not established within {} ms",
+                            self.target.label(),
+                            self.connect_timeout.as_millis()
+                        ),
+                        retry_after_secs: RETRY_UNREACHABLE_SECS,
+                    });
+                }
+            };
+            // Commands are interactive-ish (small writes, prompt output): no Nagle delay.
+            let _ = socket.set_nodelay(true);
+            let handshake = self.handshake(socket);
+            match tokio::time::timeout_at(connect_deadline, handshake).await {
+                Ok(r) => r,
+                Err(_) => Err(BackendError::Unavailable {
+                    detail: format!(
+                        "{} did not complete the SSH handshake and authentication within {} ms",
+                        self.target.label(),
+                        self.connect_timeout.as_millis()
+                    ),
+                    retry_after_secs: RETRY_UNREACHABLE_SECS,
+                }),
+            }
+        };
+        // Dropping `step` mid-way drops the socket / russh session task with it.
+        super::bounded(step, cancel, deadline).await?
+    }
+
+    async fn handshake(&self, socket: tokio::net::TcpStream) -> Result<Session, BackendError> {
+        let rejected = Arc::new(Mutex::new(None));
+        let handler = PinningHandler {
+            pin: self.pin.clone(),
+            rejected: rejected.clone(),
+        };
+        let mut session = match client::connect_stream(self.config.clone(), socket, handler).await {
+            Ok(s) => s,
+            Err(e) => {
+                let seen = rejected.lock().ok().and_then(|mut s| s.take());
+                return Err(match seen {
+                    Some(seen) => BackendError::Unavailable {
+                        detail: format!(
+                            "{}: host key does not match the pinned key (expected {}, got {seen}); \
+                             refusing to authenticate",
+                            self.target.label(),
+                            self.pin.describe()
+                        ),
+                        retry_after_secs: RETRY_UNREACHABLE_SECS,
+                    },
+                    None => BackendError::Unavailable {
+                        detail: format!("SSH handshake with {} failed: {e}", self.target.label()),
+                        retry_after_secs: RETRY_UNREACHABLE_SECS,
+                    },
+                });
+            }
+        };
+        self.authenticate(&mut session).await?;
+        Ok(session)
+    }
+
+    async fn authenticate(&self, session: &mut Session) -> Result<(), BackendError> {
+        let user = self.target.user.as_str();
+        let auth_err = |e: russh::Error| {
+            BackendError::Internal(format!(
+                "authentication as {user} on {} failed: {e}",
+                self.target.label()
+            ))
+        };
+        let mut tried = Vec::new();
+        if let Some(key) = &self.credentials.key {
+            // RSA keys sign with the best SHA-2 variant the server announced; other key types
+            // ignore the hash choice.
+            let hash = if matches!(key.algorithm(), Algorithm::Rsa { .. }) {
+                session
+                    .best_supported_rsa_hash()
+                    .await
+                    .map_err(auth_err)?
+                    .flatten()
+            } else {
+                None
+            };
+            let r = session
+                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), hash))
+                .await
+                .map_err(auth_err)?;
+            if r.success() {
+                return Ok(());
+            }
+            tried.push("public key");
+        }
+        if let Some(password) = &self.credentials.password {
+            let r = session
+                .authenticate_password(user, password.as_str())
+                .await
+                .map_err(auth_err)?;
+            if r.success() {
+                return Ok(());
+            }
+            tried.push("password");
+        }
+        Err(BackendError::Internal(format!(
+            "authentication as {user} on {} failed: the server refused the {}",
+            self.target.label(),
+            tried.join(" and the ")
+        )))
+    }
+
+    async fn acquire_slot(
+        &self,
+        cancel: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, BackendError> {
+        let wait = tokio::time::timeout(self.pool_wait, self.slots.clone().acquire_owned());
+        match super::bounded(wait, cancel, deadline).await? {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like exhaustion if it ever is.
+            Ok(Err(_)) | Err(_) => Err(BackendError::Unavailable {
+                detail: format!(
+                    "all {} sessions to {} are busy (waited {} ms)",
+                    self.pool_size,
+                    self.target.label(),
+                    self.pool_wait.as_millis()
+                ),
+                retry_after_secs: RETRY_BUSY_SECS,
+            }),
+        }
+    }
+}
+
+/// russh client settings. What russh buffers for a running command, and why memory stays
+/// bounded: the session task reads the socket, re-opens the SSH window as soon as data
+/// arrives, and pushes each packet into the channel's bounded queue (`CHANNEL_BUFFER`
+/// messages of ≤ 32 KiB). When that queue is full the session task waits, stops reading
+/// the socket, and TCP flow control then stops the server — so per command at most
+/// ~`CHANNEL_BUFFER` × 32 KiB sit in russh, plus `STREAM_BUFFER` events in our channel,
+/// plus kernel socket buffers. Nothing grows with the command's output size.
+fn session_config(pin: &HostKeyPin) -> client::Config {
+    let mut preferred = russh::Preferred::default();
+    if let Some(algs) = pin.host_key_algorithms() {
+        preferred.key = Cow::Owned(algs);
+    }
+    client::Config {
+        window_size: WINDOW_SIZE,
+        channel_buffer_size: CHANNEL_BUFFER,
+        preferred,
+        // Commands may be silent for a long time: no inactivity timeout (the plan's
+        // timeout bounds them). Keepalives detect a host that vanished without a FIN.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..client::Config::default()
+    }
+}
+
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    // An absurd timeout must not overflow the clock; a year is "no deadline" in practice.
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+async fn disconnect(session: &Session) {
+    // Best effort: the peer may already be gone. Dropping the handle closes the socket.
+    let _ = session
+        .disconnect(Disconnect::ByApplication, "", "en")
+        .await;
+}
+
+#[async_trait::async_trait]
+impl ExecBackend for SshBackend {
+    async fn verify(&self) -> Result<(), BackendError> {
+        let cancel = CancellationToken::new();
+        let session = self
+            .connect(&cancel, deadline_after(self.connect_timeout * 2))
+            .await?;
+        disconnect(&session).await;
+        Ok(())
+    }
+
+    async fn exec(
+        &self,
+        plan: ExecPlan,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, BackendError> {
+        let deadline = deadline_after(plan.timeout);
+        let permit = self.acquire_slot(&cancel, deadline).await?;
+        let session = self.connect(&cancel, deadline).await?;
+        let label = self.target.label();
+
+        let start = async {
+            let channel = session.channel_open_session().await.map_err(|e| {
+                BackendError::Internal(format!("{label}: could not open a session channel: {e}"))
+            })?;
+            let (mut read, write) = channel.split();
+            write
+                .exec(true, plan.command.as_bytes())
+                .await
+                .map_err(|e| {
+                    BackendError::Internal(format!("{label}: exec request failed: {e}"))
+                })?;
+            // Wait for the server's answer to the exec request so a refusal is an error
+            // returned here, not an event. Nothing else can arrive on the channel before it.
+            loop {
+                match read.wait().await {
+                    Some(ChannelMsg::Success) => break,
+                    Some(ChannelMsg::Failure) => {
+                        return Err(BackendError::Internal(format!(
+                            "{label} refused to run the command (exec request denied)"
+                        )));
+                    }
+                    Some(ChannelMsg::WindowAdjusted { .. }) => continue,
+                    Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) | None => {
+                        return Err(BackendError::Internal(format!(
+                            "{label} closed the channel before starting the command"
+                        )));
+                    }
+                    Some(_) => continue,
+                }
+            }
+            Ok((read, write))
+        };
+        let started = match super::bounded(start, &cancel, deadline).await {
+            Ok(Ok(halves)) => halves,
+            Ok(Err(e)) | Err(e) => {
+                // The command may already run (timeout/cancel after the request went out):
+                // dropping the connection is all we can do before a channel exists.
+                disconnect(&session).await;
+                return Err(e);
+            }
+        };
+        let (read, write) = started;
+
+        let (tx, stream) = ExecStream::channel();
+        let job = Job {
+            session,
+            read,
+            write,
+            tx,
+            stdin: plan.stdin,
+            cancel,
+            deadline,
+            _permit: permit,
+        };
+        tokio::spawn(job.run());
+        Ok(stream)
+    }
+}
+
+/// Why a running command is stopped early.
+enum Stop {
+    Timeout,
+    Cancelled,
+    ConsumerGone,
+}
+
+/// One running command: the producer side of an [`ExecStream`].
+struct Job {
+    session: Session,
+    read: ChannelReadHalf,
+    write: ChannelWriteHalf<Msg>,
+    tx: ExecSender,
+    stdin: Option<Vec<u8>>,
+    cancel: CancellationToken,
+    deadline: Instant,
+    /// Held until the connection is gone, so `pool_size` bounds live connections.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the read loop ended with.
+enum Outcome {
+    /// The command ended and the channel closed: send this as the last event.
+    Exited(ExecEvent),
+    /// The connection or channel went away without an exit status.
+    Lost,
+    Stopped(Stop),
+}
+
+impl Job {
+    async fn run(mut self) {
+        let outcome = self.pump().await;
+        match outcome {
+            Outcome::Exited(event) => {
+                // The consumer may be gone by now; nothing left to stop either way.
+                let _ = self.tx.send(Ok(event)).await;
+                disconnect(&self.session).await;
+            }
+            Outcome::Lost => {
+                let _ = self
+                    .tx
+                    .send(Err(BackendError::Internal(
+                        "the host closed the connection before the command exited".into(),
+                    )))
+                    .await;
+                disconnect(&self.session).await;
+            }
+            Outcome::Stopped(stop) => {
+                kill_and_close(&self.session, &mut self.read, &self.write).await;
+                let last = match stop {
+                    Stop::Timeout => Some(BackendError::Timeout),
+                    Stop::Cancelled => Some(BackendError::Cancelled),
+                    Stop::ConsumerGone => None,
+                };
+                if let Some(e) = last {
+                    let _ = self.tx.send(Err(e)).await;
+                }
+            }
+        }
+    }
+
+    /// Moves output to the consumer until the command exits or must be stopped. Stdin is
+    /// written concurrently: a command may fill its stdout before it reads all its input,
+    /// and writing stdin first would then deadlock on the SSH window.
+    async fn pump(&mut self) -> Outcome {
+        let stdin = self.stdin.take();
+        let write = &self.write;
+        let feed = async move {
+            if let Some(bytes) = stdin
+                && !bytes.is_empty()
+            {
+                write.data(&bytes[..]).await?;
+            }
+            write.eof().await
+        };
+        tokio::pin!(feed);
+        let mut feeding = true;
+        let mut exit: Option<ExecEvent> = None;
+
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
+                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
+                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
+                // A command that exits without reading stdin makes this fail (channel
+                // closed); that is the command's business, not an error of the run.
+                _ = &mut feed, if feeding => { feeding = false; continue; }
+                msg = self.read.wait() => msg,
+            };
+            let event = match msg {
+                Some(ChannelMsg::Data { data }) => ExecEvent::Stdout(data),
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => ExecEvent::Stderr(data),
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    exit = Some(ExecEvent::Exit {
+                        code: Some(exit_status),
+                        signal: None,
+                    });
+                    continue;
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    exit = Some(ExecEvent::Exit {
+                        code: None,
+                        signal: Some(signal_name_of(&signal_name)),
+                    });
+                    continue;
+                }
+                // Output may still follow the exit status (sshd drains the pipes after the
+                // child exits), so the run ends at Close, not at the exit message.
+                Some(ChannelMsg::Close) | None => {
+                    return match exit.take() {
+                        Some(e) => Outcome::Exited(e),
+                        None => Outcome::Lost,
+                    };
+                }
+                // Eof, window adjustments, other extended streams: nothing to forward.
+                Some(_) => continue,
+            };
+            // Waiting for the consumer is where backpressure happens; keep honouring the
+            // deadline and cancellation meanwhile.
+            let sent = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
+                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
+                ok = self.tx.send(Ok(event)) => ok,
+            };
+            if !sent {
+                return Outcome::Stopped(Stop::ConsumerGone);
+            }
+        }
+    }
+}
+
+/// Stops a running command and tears the connection down.
+///
+/// What the remote sees (OpenSSH sshd, verified against OpenSSH 9.2 here):
+/// 1. The `signal` channel request with `KILL`. For a non-root user sshd answers with
+///    `killpg(<session child pid>, SIGKILL)` as that user; the session child is a
+///    process-group leader (sshd `setsid()`s it), so the login shell and everything in its
+///    group (e.g. `sleep 60` under `sh -c`) die and sshd reports `exit-signal KILL`.
+///    sshd *refuses* the request ("session signalling requires privilege separation") when
+///    the user is root (root sessions run in the privileged monitor), and for
+///    forced-command (`command=` in authorized_keys) and subsystem sessions.
+/// 2. If the channel has not closed within [`SIGNAL_WAIT`], the signal was refused: a
+///    second channel on the same connection runs [`KILL_BY_CONNECTION`], which kills every
+///    process whose environment carries this connection's `SSH_CONNECTION` (unique per TCP
+///    connection: it holds our source port), except the killer's own session. Linux
+///    (`/proc`) and a POSIX shell are needed; elsewhere this step does nothing.
+/// 3. Channel close and disconnect. On their own these do NOT stop a non-PTY command on
+///    OpenSSH: sshd only closes the pipes, and a process that does not touch them (`sleep`)
+///    keeps running. That is why steps 1-2 exist.
+///
+/// Processes that leave the session (`setsid`, daemons that also scrub their environment)
+/// are out of reach of any SSH-level kill.
+///
+/// Throughout, incoming messages are drained: russh's session task may be blocked pushing
+/// output into this channel's full queue and would not process our requests until it is
+/// emptied.
+async fn kill_and_close(
+    session: &Session,
+    read: &mut ChannelReadHalf,
+    write: &ChannelWriteHalf<Msg>,
+) {
+    let _ = tokio::time::timeout(KILL_GRACE, async {
+        let signalled = async {
+            let _ = write.signal(Sig::KILL).await;
+            std::future::pending::<()>().await
+        };
+        let closed = tokio::time::timeout(SIGNAL_WAIT, async {
+            tokio::select! {
+                _ = signalled => {},
+                _ = drain_until_closed(read) => {},
+            }
+        })
+        .await
+        .is_ok();
+        if !closed {
+            tokio::select! {
+                _ = kill_by_connection(session) => {},
+                _ = drain_forever(read) => {},
+            }
+        }
+        tokio::select! {
+            _ = write.close() => {},
+            _ = drain_forever(read) => {},
+        }
+        disconnect(session).await;
+    })
+    .await;
+}
+
+/// How long the channel may stay open after the `signal` request before we conclude that
+/// sshd refused it.
+const SIGNAL_WAIT: Duration = Duration::from_millis(1000);
+
+/// Fallback kill (see [`kill_and_close`]): runs as the same user in a new session of the
+/// same connection. `$$` is the killer's session id (sshd `setsid()`s it), so its own
+/// helpers (`tr`, `grep`, `sed`) are skipped. The session id is read after the `comm)`
+/// field of `/proc/PID/stat` because `comm` may contain spaces.
+const KILL_BY_CONNECTION: &str = r#"c="SSH_CONNECTION=$SSH_CONNECTION"; me=$$; for d in /proc/[0-9]*; do p=${d#/proc/}; tr '\0' '
+' < "$d/environ" 2>/dev/null | grep -qxF "$c" || continue; sid=$(sed 's/.*) //' "$d/stat" 2>/dev/null | cut -d' ' -f4); [ -n "$sid" ] && [ "$sid" != "$me" ] && kill -KILL "$p" 2>/dev/null; done; exit 0"#;
+
+async fn kill_by_connection(session: &Session) {
+    let Ok(channel) = session.channel_open_session().await else {
+        return;
+    };
+    let (mut read, write) = channel.split();
+    if write.exec(false, KILL_BY_CONNECTION).await.is_err() {
+        return;
+    }
+    let _ = write.eof().await;
+    drain_until_closed(&mut read).await;
+}
+
+async fn drain_until_closed(read: &mut ChannelReadHalf) {
+    while let Some(msg) = read.wait().await {
+        if matches!(msg, ChannelMsg::Close) {
+            return;
+        }
+    }
+}
+
+/// Drains until the channel is gone, then stays pending so the other branch of a select
+/// decides when to stop.
+async fn drain_forever(read: &mut ChannelReadHalf) {
+    while read.wait().await.is_some() {}
+    std::future::pending::<()>().await
+}
+
+/// The signal name as RFC 4254 spells it (without `SIG`).
+fn signal_name_of(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name.as_str(),
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJtmxfHZaM1Xoh36ie6nXFjJwXGbmZ47HLy+oAIzyyNy";
+    const ED25519_FP: &str = "SHA256:K0HneSmHup7kXHqw6tpOYTtWo3BntRr7NPLCA/vnMgk";
+
+    fn key() -> PublicKey {
+        keys::parse_public_key_base64(ED25519).unwrap()
+    }
+
+    #[test]
+    fn fingerprint_pin_matches_its_key_only() {
+        let pin = parse_host_key_pin(ED25519_FP).unwrap();
+        assert!(matches!(pin, HostKeyPin::Fingerprint(_)));
+        assert!(pin.matches(&key()));
+        let other =
+            parse_host_key_pin("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        assert!(!other.matches(&key()));
+        assert_eq!(pin.describe(), ED25519_FP);
+    }
+
+    #[test]
+    fn known_hosts_lines_pin_the_key() {
+        for line in [
+            format!("[127.0.0.1]:2222 ssh-ed25519 {ED25519}"),
+            format!("ssh-ed25519 {ED25519}"),
+            format!("  host.example,10.0.0.1 ssh-ed25519 {ED25519} root@vm  "),
+            format!("ssh-ed25519 {ED25519} some comment"),
+        ] {
+            let pin = parse_host_key_pin(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(matches!(pin, HostKeyPin::Key(_)), "{line}");
+            assert!(pin.matches(&key()), "{line}");
+            assert_eq!(
+                pin.host_key_algorithms(),
+                Some(vec![Algorithm::Ed25519]),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_pins_are_refused_with_a_reason() {
+        let cases = [
+            ("", "empty"),
+            ("SHA256:", "not a SHA256"),
+            ("SHA256:!!!notbase64", "not a valid SHA256"),
+            ("MD5:12:34", "only SHA256"),
+            ("@cert-authority * ssh-ed25519 AAAA", "markers"),
+            ("just some text", "no key type"),
+            ("ssh-ed25519", "no key after"),
+            ("ssh-ed25519 not_base64!!", "not valid base64"),
+            (
+                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJtmxfHZaM1Xoh36ie6nXFjJwXGbmZ47HLy+oAIzyyNy",
+                "the line says",
+            ),
+        ];
+        for (raw, want) in cases {
+            let e = parse_host_key_pin(raw).unwrap_err();
+            assert!(e.contains(want), "{raw:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ssh_urls() {
+        assert_eq!(
+            parse_ssh_url("ssh://deploy@db1.example:2222").unwrap(),
+            Target {
+                host: "db1.example".into(),
+                port: 2222,
+                user: "deploy".into()
+            }
+        );
+        let t = parse_ssh_url("ssh://root@127.0.0.1").unwrap();
+        assert_eq!((t.port, t.user.as_str()), (22, "root"));
+        let t = parse_ssh_url("ssh://a%40b@[::1]:22/").unwrap();
+        assert_eq!((t.host.as_str(), t.user.as_str()), ("::1", "a@b"));
+        assert_eq!(t.label(), "a@b@[::1]:22");
+        for bad in [
+            "ssh://host:22",
+            "http://u@host",
+            "ssh://u@host/path",
+            "ssh://u@host?x=1",
+            "not a url",
+        ] {
+            assert!(parse_ssh_url(bad).is_err(), "{bad}");
+        }
+        let e = parse_ssh_url("ssh://u:hunter2@host").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name_of(&Sig::KILL), "KILL");
+        assert_eq!(signal_name_of(&Sig::Custom("WINCH".into())), "WINCH");
+    }
+}

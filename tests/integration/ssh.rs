@@ -1,0 +1,468 @@
+//! SSH exec against a real OpenSSH server started per test on a free loopback port with keys
+//! generated here: exit codes, streams, stdin, timeouts that kill, host keys, password auth,
+//! the command policy with a canary, masking, and recordings replayed by asciinema.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+pub struct Sshd {
+    _dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+    /// `[127.0.0.1]:PORT ssh-ed25519 AAAA...`
+    pub known_host: String,
+    pub client_key: PathBuf,
+    user: Option<String>,
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("command runs");
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sshd {
+    /// Starts sshd; with `password_user`, also creates that user with that password.
+    pub fn start(password_user: Option<(&str, &str)>) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "OpenSSH server missing: apt-get install -y openssh-server (scripts/test does it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_key")));
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("client_key")));
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
+             StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+            hk = d.join("host_key").display(),
+            pid = d.join("sshd.pid").display(),
+            ak = d.join("authorized_keys").display(),
+        );
+        let user = password_user.map(|(u, pw)| {
+            let _ = Command::new("userdel")
+                .arg("-r")
+                .arg(u)
+                .stderr(Stdio::null())
+                .status();
+            run(Command::new("useradd").args(["-m", "-s", "/bin/sh", u]));
+            let mut chpasswd = Command::new("chpasswd")
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            chpasswd
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{u}:{pw}\n").as_bytes())
+                .unwrap();
+            assert!(chpasswd.wait().unwrap().success());
+            u.to_string()
+        });
+        config.push_str(if user.is_some() {
+            "PasswordAuthentication yes\n"
+        } else {
+            "PasswordAuthentication no\n"
+        });
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f"])
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .spawn()
+            .expect("sshd starts");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+        let mut parts = host_pub.split_whitespace();
+        let known_host = format!(
+            "[127.0.0.1]:{port} {} {}",
+            parts.next().unwrap(),
+            parts.next().unwrap()
+        );
+        let client_key = d.join("client_key");
+        Sshd {
+            _dir: dir,
+            port,
+            child,
+            known_host,
+            client_key,
+            user,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(u) = &self.user {
+            let _ = Command::new("pkill").arg("-u").arg(u).status();
+            let _ = Command::new("userdel")
+                .arg("-r")
+                .arg(u)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn whoami() -> String {
+    String::from_utf8(Command::new("whoami").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn config(sshd: &Sshd, extra_conn: &str, rules: &str) -> String {
+    format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "host"
+kind = "ssh"
+url = "ssh://{user}@127.0.0.1:{port}"
+private_key = "file:{key}"
+host_key = "{kh}"
+{extra_conn}
+
+[[connections]]
+name = "demo"
+kind = "sqlite"
+path = "demo.db"
+
+[[rules]]
+builtin = "deny-compound-commands"
+
+[[rules]]
+builtin = "deny-unparsed"
+
+[[rules]]
+id = "agents-demo"
+action = "allow"
+connections = ["demo"]
+principals = ["group:agents"]
+
+{rules}
+
+[[masking]]
+connections = ["host"]
+detectors = ["all"]
+"#,
+        user = whoami(),
+        port = sshd.port,
+        key = sshd.client_key.display(),
+        kh = sshd.known_host,
+    )
+}
+
+const SAFE_PROGRAMS: &str = r#"
+[[rules]]
+id = "agents-safe-programs"
+action = "allow"
+connections = ["host"]
+principals = ["group:agents"]
+match = { programs = ["echo", "cat", "ls", "printf", "sleep", "false", "true", "seq", "head", "id"] }
+"#;
+
+async fn exec(a: &Airlock, body: Value) -> (u16, Value) {
+    let resp = a
+        .http
+        .post(format!("{}/v1/connections/host/exec", a.base))
+        .bearer_auth(a.agent())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn commands_run_with_exit_codes_streams_and_stdin() {
+    let sshd = Sshd::start(None);
+    let a = Airlock::start(&config(&sshd, "", SAFE_PROGRAMS)).await;
+    let (s, b) = exec(&a, json!({"argv": ["echo", "hello", "it's me"]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["stdout"], "hello it's me\n");
+    assert_eq!(b["exit_code"], 0);
+    let (s, b) = exec(&a, json!({"command": "ls /definitely/not/here"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["exit_code"], 0);
+    assert!(
+        b["stderr"].as_str().unwrap().contains("No such file"),
+        "{b}"
+    );
+    let (s, b) = exec(&a, json!({"argv": ["false"]})).await;
+    assert_eq!((s, b["exit_code"].as_u64()), (200, Some(1)), "{b}");
+    let (s, b) = exec(&a, json!({"argv": ["cat"], "stdin": "from stdin\n"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["stdout"], "from stdin\n");
+    // Large output is capped, and says so.
+    let (s, b) = exec(
+        &a,
+        json!({"argv": ["seq", "1", "200000"], "max_bytes": 10000}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["truncated"], true);
+    assert!(b["stdout"].as_str().unwrap().len() <= 10000);
+    // Wrong operation on the wrong kind of connection.
+    let (s, b) = a
+        .query(&a.agent(), "host", json!({"sql": "SELECT 1"}))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    let r = a
+        .http
+        .post(format!("{}/v1/connections/demo/exec", a.base))
+        .bearer_auth(a.agent())
+        .json(&json!({"argv": ["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn timeout_kills_the_remote_process() {
+    let sshd = Sshd::start(None);
+    let a = Airlock::start(&config(&sshd, "", SAFE_PROGRAMS)).await;
+    let (s, b) = exec(&a, json!({"argv": ["sleep", "37.123"], "timeout_ms": 700})).await;
+    assert_eq!(s, 504, "{b}");
+    assert_eq!(b["code"], "timeout");
+    let gone = eventually(Duration::from_secs(5), || async {
+        !Command::new("pgrep")
+            .args(["-f", "sleep 37.123"])
+            .status()
+            .unwrap()
+            .success()
+    })
+    .await;
+    assert!(gone, "the remote sleep is still running");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn host_keys_are_pinned_and_bad_credentials_refused() {
+    let sshd = Sshd::start(None);
+    let other = Sshd::start(None);
+    // Pin the other server's key: refused before anything runs.
+    let wrong = config(&sshd, "", SAFE_PROGRAMS).replace(
+        &sshd.known_host,
+        &other
+            .known_host
+            .replace(&other.port.to_string(), &sshd.port.to_string()),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let parsed = airlock::config::Config::parse(
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n{wrong}"),
+        "t",
+    )
+    .unwrap();
+    // Startup verification refuses a mismatching host key or reports it on use.
+    match airlock::server::prepare(parsed, data.path(), None).await {
+        Err(e) => assert!(e.contains("host key"), "{e}"),
+        Ok(prepared) => {
+            let running = airlock::server::start(prepared, false).await.unwrap();
+            let base = format!("http://{}", running.addr);
+            let token = mint(
+                data.path(),
+                "agent-1",
+                &["agents"],
+                airlock::config::PrincipalKind::Agent,
+                None,
+            );
+            let r = reqwest::Client::new()
+                .post(format!("{base}/v1/connections/host/exec"))
+                .bearer_auth(token)
+                .json(&json!({"argv": ["id"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 503);
+            running.shutdown().await;
+        }
+    }
+    // A key the server does not accept.
+    let bad = config(&sshd, "", SAFE_PROGRAMS).replace(
+        &sshd.client_key.display().to_string(),
+        &other.client_key.display().to_string(),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let parsed =
+        airlock::config::Config::parse(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{bad}"), "t")
+            .unwrap();
+    let err = airlock::server::prepare(parsed, data.path(), None)
+        .await
+        .err();
+    assert!(
+        err.is_some_and(|e| e.contains("authenticat")),
+        "a rejected key refuses startup"
+    );
+}
+
+#[tokio::test]
+async fn password_authentication_with_a_created_user() {
+    let user = format!("al{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let sshd = Sshd::start(Some((&user, "s3cret-pw-for-test")));
+    let var = format!("AIRLOCK_TEST_SSH_PW_{}", std::process::id());
+    // SAFETY: a unique variable set before the server reads it.
+    unsafe { std::env::set_var(&var, "s3cret-pw-for-test") };
+    let cfg = config(&sshd, "", SAFE_PROGRAMS)
+        .replace(&format!("ssh://{}@", whoami()), &format!("ssh://{user}@"))
+        .replace(
+            &format!("private_key = \"file:{}\"", sshd.client_key.display()),
+            &format!("password = \"env:{var}\""),
+        );
+    let a = Airlock::start(&cfg).await;
+    let (s, b) = exec(&a, json!({"argv": ["id", "-un"]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["stdout"].as_str().unwrap().trim(), user);
+    assert!(!b.to_string().contains("s3cret"));
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn command_policy_keeps_the_canary_safe() {
+    let sshd = Sshd::start(None);
+    let a = Airlock::start(&config(&sshd, "", SAFE_PROGRAMS)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("canary");
+    std::fs::write(&canary, "alive").unwrap();
+    let d = dir.path().display().to_string();
+    let refused = [
+        json!({"argv": ["rm", "-rf", d]}),
+        json!({"command": format!("rm -rf {d}")}),
+        json!({"command": format!("echo x > {d}/new")}),
+        json!({"command": format!("ls {d}; rm {d}/canary")}),
+        json!({"command": format!("ls {d} && rm {d}/canary")}),
+        json!({"command": format!("echo $(rm {d}/canary)")}),
+        json!({"command": format!("echo `rm {d}/canary`")}),
+        json!({"command": format!("cat {d}/* | head")}),
+        json!({"command": "echo $HOME"}),
+        json!({"command": format!("echo {{a,b}} > {d}/x")}),
+        json!({"command": "echo $'\\x41'"}),
+        json!({"argv": ["sh", "-c", format!("rm {d}/canary")]}),
+        json!({"argv": ["env", "rm", format!("{d}/canary")]}),
+        json!({"argv": ["xargs", "rm"], "stdin": format!("{d}/canary")}),
+        json!({"argv": ["find", d.clone(), "-exec", "rm", "{}", ";"]}),
+        json!({"argv": ["python3", "-c", "import os; os.remove('x')"]}),
+        json!({"argv": ["/tmp/evil/echo", "hi"]}),
+        json!({"command": "echo 'unterminated"}),
+        json!({"argv": ["echo", "nul\u{0}byte"]}),
+        json!({"command": format!("echo hi &")}),
+    ];
+    for body in refused {
+        let (s, b) = exec(&a, body.clone()).await;
+        assert!(s == 403 || s == 400, "{body} → {s}: {b}");
+    }
+    // Quoting is Airlock's: metacharacters inside one argument are just text remotely.
+    let tricky = format!("; rm -rf {d} $(touch {d}/pwned) `id` | tee {d}/x");
+    let (s, b) = exec(&a, json!({"argv": ["echo", tricky.clone()]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["stdout"].as_str().unwrap(), format!("{tricky}\n"));
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "alive");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "no new file may appear");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn output_is_masked_and_the_recording_replays() {
+    let sshd = Sshd::start(None);
+    let a = Airlock::start(&config(&sshd, "", SAFE_PROGRAMS)).await;
+    let (s, b) = exec(
+        &a,
+        json!({"argv": ["printf", "card 4111-1111-1111-1111 mail bob@corp.example\\nok\\n"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let out = b["stdout"].as_str().unwrap();
+    assert!(
+        !out.contains("4111-1111-1111-1111") && !out.contains("bob@corp.example"),
+        "{out}"
+    );
+    assert!(out.contains("ok"));
+    let session = b["session_id"].as_str().unwrap().to_string();
+    let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
+    let (s, meta) = a.get(&auditor, &format!("/v1/sessions/{session}")).await;
+    assert_eq!(s, 200, "{meta}");
+    assert_eq!(meta["chain_valid"], true);
+    assert_eq!(meta["exit_code"], 0);
+    let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
+    assert_eq!(events[1]["recording_digest"], meta["digest"]);
+    let cast = a
+        .http
+        .get(format!("{}/v1/sessions/{session}/recording", a.base))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cast.headers()["content-type"], "application/x-asciicast");
+    let text = cast.text().await.unwrap();
+    assert!(
+        !text.contains("4111-1111-1111-1111"),
+        "the recording holds only masked output"
+    );
+    let file = a.data.path().join("rec.cast");
+    std::fs::write(&file, &text).unwrap();
+    let play = Command::new("asciinema")
+        .args(["play", "-s", "100"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("asciinema is installed (scripts/test installs it)");
+    assert!(
+        play.status.success(),
+        "{}",
+        String::from_utf8_lossy(&play.stderr)
+    );
+    let cat = Command::new("script")
+        .args([
+            "-qec",
+            &format!("asciinema cat {}", file.display()),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cat.stdout).contains("ok"));
+    let (s, list) = a.get(&auditor, "/v1/sessions?limit=10").await;
+    assert_eq!(s, 200, "{list}");
+    assert!(!list["sessions"].as_array().unwrap().is_empty());
+    a.stop().await;
+}
