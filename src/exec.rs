@@ -128,12 +128,13 @@ pub async fn exec(
     name: &str,
     req: ExecRequest,
     slot: Slot,
-) -> Result<ExecRun, Problem> {
+    options: crate::pipeline::QueryOptions,
+) -> Result<crate::pipeline::Answer, Problem> {
     let started = Instant::now();
     let conn = resolve(&state, &ctx.principal, name)?.clone();
-    let Some(backend) = conn.exec().cloned() else {
+    if conn.exec().is_none() {
         return Err(wrong_operation(name, "runs SQL", "query"));
-    };
+    }
     let execution_id = uuid::Uuid::now_v7().to_string();
     let masking = state.masking.for_request(&ctx.principal, name);
     let record_masking = state.masking.for_record(name);
@@ -209,15 +210,39 @@ pub async fn exec(
             return Err(refusal(&state, begin, started, p).await);
         }
         Decision::Review { rule, message } => {
-            let p = Problem::forbidden(
-                "review_required",
-                format!(
-                    "{message}; commands cannot be held for review yet, so the request is refused"
-                ),
-            )
-            .with("rule", rule)
-            .with("execution_id", execution_id.clone());
-            return Err(refusal(&state, begin, started, p).await);
+            let Some(argv) = facts.argv.clone() else {
+                let p = Problem::forbidden(
+                    "compound_command",
+                    "only one plain command can be approved and run (send `argv`)",
+                )
+                .with("rule", rule)
+                .with("execution_id", execution_id.clone());
+                return Err(refusal(&state, begin, started, p).await);
+            };
+            let held = crate::review::HeldRequest {
+                sql: shell::quote_argv(&argv)
+                    .map_err(|e| Problem::bad_request("invalid_command", e))?,
+                params: Vec::new(),
+                max_rows: 0,
+                max_bytes,
+                timeout_ms,
+                argv: Some(argv),
+                stdin: req.stdin.clone(),
+            };
+            return crate::review::flow::hold(crate::review::flow::Hold {
+                state,
+                ctx,
+                conn,
+                facts: all,
+                begin,
+                started,
+                held,
+                rule,
+                message,
+                slot,
+                options,
+            })
+            .await;
         }
     }
     // Only one plain argv ever runs, quoted by Airlock.
@@ -230,17 +255,77 @@ pub async fn exec(
         .with("execution_id", execution_id.clone());
         return Err(refusal(&state, begin, started, p).await);
     };
+    start(StartExec {
+        state,
+        conn,
+        argv,
+        stdin: req.stdin,
+        timeout_ms,
+        max_bytes,
+        begin,
+        rule,
+        started,
+        masking,
+        slot,
+        review: None,
+    })
+    .await
+    .map(crate::pipeline::Answer::Command)
+}
+
+/// A decided command, ready to start.
+pub struct StartExec {
+    pub state: Arc<AppState>,
+    pub conn: Arc<crate::server::Connection>,
+    pub argv: Vec<String>,
+    pub stdin: Option<String>,
+    pub timeout_ms: u64,
+    pub max_bytes: u64,
+    /// The `begin` event, not yet committed.
+    pub begin: AuditEvent,
+    pub rule: String,
+    pub started: Instant,
+    pub masking: RequestMasking,
+    pub slot: Slot,
+    /// The approved review this run consumes, claimed (`running`) by the caller.
+    pub review: Option<crate::review::ReviewRecord>,
+}
+
+/// Records the session header and the audit begin (both durable), then starts the command.
+pub async fn start(s: StartExec) -> Result<ExecRun, Problem> {
+    let StartExec {
+        state,
+        conn,
+        argv,
+        stdin,
+        timeout_ms,
+        max_bytes,
+        mut begin,
+        rule,
+        started,
+        masking,
+        slot,
+        review,
+    } = s;
+    let execution_id = begin.execution_id.clone();
+    let Some(backend) = conn.exec().cloned() else {
+        return Err(wrong_operation(&conn.config.name, "runs SQL", "query"));
+    };
     let command =
         shell::quote_argv(&argv).map_err(|e| Problem::bad_request("invalid_command", e))?;
-
-    // Recording header, then audit begin: both durable before the command starts.
+    let name = conn.config.name.clone();
+    let (issuer, subject) = begin
+        .principal
+        .as_ref()
+        .map(|p| (p.issuer.clone(), p.subject.clone()))
+        .unwrap_or_default();
     let session = SessionRecord {
         id: uuid::Uuid::now_v7().to_string(),
         execution_id: execution_id.clone(),
         kind: "exec".into(),
-        connection: name.to_string(),
-        issuer: ctx.principal.issuer.clone(),
-        subject: ctx.principal.subject.clone(),
+        connection: name.clone(),
+        issuer,
+        subject,
         command: begin.statement.clone().unwrap_or_default(),
         started_at: chrono::Utc::now(),
         ended_at: None,
@@ -251,6 +336,9 @@ pub async fn exec(
     let recorder = match Recorder::start(state.store.clone(), session).await {
         Ok(r) => r,
         Err(_) => {
+            if let Some(r) = review {
+                crate::review::flow::release_claim(&state, r).await;
+            }
             let p = Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "recording_unavailable",
@@ -265,12 +353,15 @@ pub async fn exec(
     begin.session_id = Some(session_id.clone());
     if state.audit.commit(begin.clone()).await.is_err() {
         let _ = recorder.finish("failed", None).await;
+        if let Some(r) = review {
+            crate::review::flow::release_claim(&state, r).await;
+        }
         return Err(Problem::audit_unavailable().with("execution_id", execution_id));
     }
 
     let plan = ExecPlan {
         command,
-        stdin: req.stdin.map(String::into_bytes),
+        stdin: stdin.map(String::into_bytes),
         timeout: Duration::from_millis(timeout_ms),
     };
     let (started_tx, started_rx) = oneshot::channel();
@@ -286,6 +377,7 @@ pub async fn exec(
         recorder,
         masking,
         _slot: slot,
+        review,
         started_tx,
         out: out_tx,
     }));
@@ -314,6 +406,7 @@ struct Run {
     recorder: Recorder,
     masking: RequestMasking,
     _slot: Slot,
+    review: Option<crate::review::ReviewRecord>,
     started_tx: oneshot::Sender<Result<(), Problem>>,
     out: mpsc::Sender<ExecOutput>,
 }
@@ -365,6 +458,7 @@ async fn run(r: Run) {
         mut recorder,
         masking,
         _slot,
+        review,
         started_tx,
         out,
     } = r;
@@ -396,7 +490,7 @@ async fn run(r: Run) {
             let _ = recorder.marker("not started").await;
             end.recording_digest = recorder.finish("failed", None).await.ok();
             let _ = started_tx.send(Err(e.into()));
-            finish(&state, end, started, 0).await;
+            finish(&state, review, end, started, 0).await;
             return;
         }
     };
@@ -547,7 +641,7 @@ async fn run(r: Run) {
                 .await;
         }
     }
-    finish(&state, end, started, bytes).await;
+    finish(&state, review, end, started, bytes).await;
 }
 
 enum Emitted {
@@ -600,7 +694,16 @@ async fn emit(
     }
 }
 
-async fn finish(state: &AppState, mut end: AuditEvent, started: Instant, bytes: u64) {
+async fn finish(
+    state: &AppState,
+    review: Option<crate::review::ReviewRecord>,
+    mut end: AuditEvent,
+    started: Instant,
+    bytes: u64,
+) {
+    if let Some(review) = review {
+        crate::review::flow::record_run(state, review, &end, 0).await;
+    }
     end.byte_count = Some(bytes);
     end.duration_ms = Some(started.elapsed().as_millis() as u64);
     end.time = chrono::Utc::now();

@@ -206,6 +206,8 @@ async fn refuse(
 pub enum Answer {
     /// Running: the header is known, rows follow.
     Rows(Execution),
+    /// A command is running: its output follows.
+    Command(crate::exec::ExecRun),
     /// Held for human review (202).
     Held(crate::review::flow::HeldView),
 }
@@ -333,6 +335,8 @@ pub async fn query(
                 max_rows: limits.max_rows,
                 max_bytes: limits.max_bytes,
                 timeout_ms: limits.timeout_ms,
+                argv: None,
+                stdin: None,
             };
             return crate::review::flow::hold(crate::review::flow::Hold {
                 state,

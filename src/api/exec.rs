@@ -15,19 +15,23 @@ use futures::StreamExt;
 
 use super::extract::{ApiJson, Auth, RequestId};
 use super::problem::{Problem, ProblemBody};
-use super::query::{NDJSON, wants_ndjson};
+use super::query::{NDJSON, WaitParams, idempotency_key, wait_duration, wants_ndjson};
 use crate::exec::{self, ExecOutput, ExecRequest, ExecResponse, ExecRun};
-use crate::pipeline::{self, RequestContext};
+use crate::pipeline::{self, QueryOptions, RequestContext};
 use crate::server::AppState;
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
 
 /// Run one command (argv, or a command line lexed as POSIX sh).
 #[utoipa::path(post, path = "/v1/connections/{name}/exec", tag = "exec",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name")),
+    params(("name" = String, Path, description = "Connection name"), WaitParams,
+           ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key finds its existing review")),
     request_body = ExecRequest,
     responses(
         (status = 200, description = "The command ran (any exit code); NDJSON stream on request", body = ExecResponse,
          content((ExecResponse = "application/json"), (String = "application/x-ndjson"))),
+        (status = 202, description = "Held for human review", body = crate::review::flow::HeldView),
         (status = 400, description = "Malformed request; exec on a SQL connection", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy (`rule`), compound or unparsable command", body = ProblemBody, content_type = "application/problem+json"),
@@ -42,16 +46,27 @@ pub async fn exec(
     Auth(principal): Auth,
     RequestId(request_id): RequestId,
     Path(name): Path<String>,
+    params: Result<Query<WaitParams>, QueryRejection>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Response, Problem> {
+    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let options = QueryOptions {
+        wait: wait_duration(params.wait)?,
+        idempotency_key: idempotency_key(&headers)?,
+    };
     let ndjson = wants_ndjson(&headers);
     let slot = pipeline::acquire_slot(&state, &principal)?;
     let ctx = RequestContext {
         principal,
         request_id,
     };
-    let run = exec::exec(state, ctx, &name, req, slot).await?;
+    let answer = exec::exec(state, ctx, &name, req, slot, options).await?;
+    super::query::answer_response(answer, ndjson).await
+}
+
+/// Sends a started command as JSON or NDJSON.
+pub async fn respond_command(run: ExecRun, ndjson: bool) -> Result<Response, Problem> {
     if ndjson {
         Ok(stream(run))
     } else {

@@ -107,9 +107,16 @@ pub async fn query(
         principal,
         request_id,
     };
-    match pipeline::query(state, ctx, &name, req, ndjson, slot, options).await? {
+    let answer = pipeline::query(state, ctx, &name, req, ndjson, slot, options).await?;
+    answer_response(answer, ndjson).await
+}
+
+/// Sends whatever a request turned into: a held review (202), rows, or command output.
+pub async fn answer_response(answer: Answer, ndjson: bool) -> Result<Response, Problem> {
+    match answer {
         Answer::Held(view) => Ok((StatusCode::ACCEPTED, Json(view)).into_response()),
         Answer::Rows(exec) => respond(exec, ndjson).await,
+        Answer::Command(run) => super::exec::respond_command(run, ndjson).await,
     }
 }
 
@@ -136,7 +143,7 @@ pub fn wait_duration(wait: Option<u64>) -> Result<Option<std::time::Duration>, P
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {

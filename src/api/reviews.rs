@@ -360,6 +360,6 @@ pub async fn run(
         principal,
         request_id,
     };
-    let exec = flow::run_approved(state, ctx, &id, slot).await?;
-    super::query::respond(exec, ndjson).await
+    let answer = flow::run_approved(state, ctx, &id, slot).await?;
+    super::query::answer_response(answer, ndjson).await
 }

@@ -164,7 +164,7 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
                 .insert_review(&record)
                 .await
                 .map_err(|_| Problem::audit_unavailable())?;
-            let mut end = AuditEvent::new(Phase::End, &begin.execution_id, "query");
+            let mut end = AuditEvent::new(Phase::End, &begin.execution_id, &begin.operation);
             end.principal = begin.principal.clone();
             end.connection = begin.connection.clone();
             end.request_id = begin.request_id.clone();
@@ -203,9 +203,7 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
     };
     let decided = wait_for_decision(&state, &record.execution_id, wait).await?;
     match decided.effective_status(Utc::now()) {
-        ReviewStatus::Approved => run_approved(state, ctx, &decided.execution_id, slot)
-            .await
-            .map(Answer::Rows),
+        ReviewStatus::Approved => run_approved(state, ctx, &decided.execution_id, slot).await,
         ReviewStatus::Pending => Ok(Answer::Held(held_view(&decided))),
         _ => Err(status_problem(&decided)),
     }
@@ -309,7 +307,7 @@ pub async fn run_approved(
     ctx: RequestContext,
     execution_id: &str,
     slot: Slot,
-) -> Result<crate::pipeline::Execution, Problem> {
+) -> Result<Answer, Problem> {
     let started = Instant::now();
     let not_found = || Problem::not_found(format!("no execution `{execution_id}` of yours"));
     let mut record = get(&state, ReviewLookup::Execution(execution_id))
@@ -367,7 +365,12 @@ pub async fn run_approved(
     record.version = expected + 1;
     state.reviews.wake(execution_id);
 
-    let mut begin = AuditEvent::new(Phase::Begin, execution_id, "query");
+    let operation = if record.request.is_command() {
+        "exec"
+    } else {
+        "query"
+    };
+    let mut begin = AuditEvent::new(Phase::Begin, execution_id, operation);
     begin.request_id = ctx.request_id.clone();
     begin.principal = Some(caller);
     begin.connection = Some(record.connection.clone());
@@ -386,6 +389,30 @@ pub async fn run_approved(
         .iter()
         .map(|a| format!("{}/{}", a.issuer, a.subject))
         .collect();
+    let masking = state
+        .masking
+        .for_request(&ctx.principal, &record.connection);
+    if let Some(argv) = record.request.argv.clone() {
+        let stdin = record.request.stdin.clone();
+        let (timeout_ms, max_bytes) = (record.request.timeout_ms, record.request.max_bytes);
+        let rule = record.rule.clone();
+        return crate::exec::start(crate::exec::StartExec {
+            state,
+            conn,
+            argv,
+            stdin,
+            timeout_ms,
+            max_bytes,
+            begin,
+            rule,
+            started,
+            masking,
+            slot,
+            review: Some(record),
+        })
+        .await
+        .map(Answer::Command);
+    }
     let req = &record.request;
     let limits = AppliedLimits {
         max_rows: req.max_rows,
@@ -399,9 +426,6 @@ pub async fn run_approved(
         timeout: Duration::from_millis(req.timeout_ms),
         max_affected_rows: record.max_affected_rows,
     };
-    let masking = state
-        .masking
-        .for_request(&ctx.principal, &record.connection);
     crate::pipeline::start(Run {
         state,
         masking,
@@ -415,6 +439,7 @@ pub async fn run_approved(
         review: Some(record),
     })
     .await
+    .map(Answer::Rows)
 }
 
 /// Gives a claimed run back (running → approved) when nothing was sent to the target.

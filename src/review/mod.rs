@@ -56,12 +56,25 @@ impl ReviewStatus {
 /// The request exactly as it will run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeldRequest {
+    /// The SQL statement; for a command, the quoted command line that will be sent.
     pub sql: String,
     #[serde(default)]
     pub params: Vec<serde_json::Value>,
     pub max_rows: u64,
     pub max_bytes: u64,
     pub timeout_ms: u64,
+    /// Set for commands (`exec`): the inspected argv that will run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// Set for commands: standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+}
+
+impl HeldRequest {
+    pub fn is_command(&self) -> bool {
+        self.argv.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -154,6 +167,8 @@ pub fn binding(
     request: &HeldRequest,
 ) -> String {
     let params = serde_json::to_vec(&request.params).unwrap_or_default();
+    let argv = serde_json::to_vec(&request.argv).unwrap_or_default();
+    let stdin = serde_json::to_vec(&request.stdin).unwrap_or_default();
     let actor = requester.actor.join("\u{1f}");
     digest(&[
         requester.issuer.as_bytes(),
@@ -167,6 +182,8 @@ pub fn binding(
         &request.max_rows.to_be_bytes(),
         &request.max_bytes.to_be_bytes(),
         &request.timeout_ms.to_be_bytes(),
+        &argv,
+        &stdin,
     ])
 }
 

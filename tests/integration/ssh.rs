@@ -466,3 +466,48 @@ async fn output_is_masked_and_the_recording_replays() {
     assert!(!list["sessions"].as_array().unwrap().is_empty());
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_reviewed_command_runs_once_after_approval() {
+    let sshd = Sshd::start(None);
+    let rules = format!(
+        "{SAFE_PROGRAMS}\n[[rules]]\nid = \"touch-needs-review\"\naction = \"review\"\nconnections = [\"host\"]\nprincipals = [\"group:agents\"]\nmatch = {{ programs = [\"touch\"] }}\nreview = {{ approvers = [\"ops\"] }}\n"
+    );
+    let a = Airlock::start(&config(&sshd, "", &rules)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("made-by-review");
+    let (s, held) = exec(&a, json!({"argv": ["touch", target.display().to_string()]})).await;
+    assert_eq!(s, 202, "{held}");
+    assert!(!target.exists());
+    let (exec_id, review) = (
+        held["execution_id"].as_str().unwrap().to_string(),
+        held["review_id"].as_str().unwrap().to_string(),
+    );
+    let ops = a.token("olga", &["ops"], airlock::config::PrincipalKind::Human);
+    let (_, view) = a.get(&ops, &format!("/v1/reviews/{review}")).await;
+    assert!(
+        view["statement"].as_str().unwrap().starts_with("touch "),
+        "{view}"
+    );
+    let r = a
+        .http
+        .post(format!("{}/v1/reviews/{review}/approve", a.base))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let run = |a: &Airlock| {
+        a.http
+            .post(format!("{}/v1/executions/{exec_id}/run", a.base))
+            .bearer_auth(a.agent())
+            .send()
+    };
+    let first = run(&a).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["exit_code"], 0, "{body}");
+    assert!(target.exists());
+    assert_eq!(run(&a).await.unwrap().status(), 409);
+    a.stop().await;
+}
