@@ -41,6 +41,47 @@ pub struct Config {
     /// `[[masking]]`: what agents never see in clear.
     #[serde(default)]
     pub masking: Vec<crate::mask::MaskingConfig>,
+    #[serde(default)]
+    pub shells: ShellsConfig,
+}
+
+/// Interactive shells over WebSocket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellsConfig {
+    /// A shell with no input and no output for this long is closed.
+    #[serde(default = "default_shell_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// No shell lives longer than this.
+    #[serde(default = "default_shell_max_ms")]
+    pub max_duration_ms: u64,
+    /// Record keystrokes too (off: input can hold passwords).
+    #[serde(default)]
+    pub record_input: bool,
+    /// How long a browser shell ticket stays valid (single use).
+    #[serde(default = "default_ticket_ms")]
+    pub ticket_ttl_ms: u64,
+}
+
+impl Default for ShellsConfig {
+    fn default() -> Self {
+        ShellsConfig {
+            idle_timeout_ms: default_shell_idle_ms(),
+            max_duration_ms: default_shell_max_ms(),
+            record_input: false,
+            ticket_ttl_ms: default_ticket_ms(),
+        }
+    }
+}
+
+fn default_shell_idle_ms() -> u64 {
+    15 * 60 * 1000
+}
+fn default_shell_max_ms() -> u64 {
+    8 * 3600 * 1000
+}
+fn default_ticket_ms() -> u64 {
+    30_000
 }
 
 /// Where review notifications go.

@@ -18,4 +18,5 @@ pub mod policy;
 pub mod recording;
 pub mod review;
 pub mod server;
+pub mod shell;
 pub mod store;

@@ -121,6 +121,11 @@ pub struct AppState {
     pub reviews: Arc<crate::review::hub::ReviewHub>,
     pub notifier: Option<crate::review::notify::Notifier>,
     pub masking: Masking,
+    /// Browser shell tickets (single use, short-lived).
+    pub tickets: crate::shell::Tickets,
+    /// Running interactive shells, for admin terminate.
+    pub shells: crate::shell::Running,
+    pub shells_config: crate::config::ShellsConfig,
 }
 
 /// Everything `serve` needs, built and checked before binding.
@@ -258,6 +263,7 @@ pub async fn prepare(
     store.subscribe_reviews(reviews.clone());
     let run_grace = stale_after(&config);
     let retention_days = config.server.recording_retention_days;
+    let shells_config = config.shells.clone();
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
     let state = Arc::new(AppState {
@@ -275,6 +281,9 @@ pub async fn prepare(
         reviews,
         notifier,
         masking,
+        tickets: crate::shell::Tickets::default(),
+        shells: crate::shell::Running::default(),
+        shells_config,
     });
     crate::review::flow::spawn_sweeper(state.clone(), run_grace);
     spawn_retention(state.clone(), retention_days);

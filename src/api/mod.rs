@@ -9,6 +9,7 @@ pub mod problem;
 pub mod query;
 pub mod reviews;
 pub mod sessions;
+pub mod shell;
 
 use std::sync::Arc;
 
@@ -41,6 +42,7 @@ use problem::Problem;
         (name = "query", description = "Run SQL through the pipeline"),
         (name = "audit", description = "The write-ahead audit log"),
         (name = "exec", description = "Run commands on hosts through the pipeline"),
+        (name = "shell", description = "Interactive shells over WebSocket"),
         (name = "sessions", description = "Recorded sessions (asciicast v2)"),
         (name = "reviews", description = "Human approval of held requests, and running them once"),
         (name = "health", description = "Liveness and readiness"),
@@ -84,6 +86,9 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::get))
         .routes(routes!(sessions::recording))
+        .routes(routes!(shell::ticket))
+        .routes(routes!(shell::shell))
+        .routes(routes!(shell::terminate))
 }
 
 /// The OpenAPI document, exactly as served at `/openapi.json` and committed in the repo.

@@ -334,4 +334,41 @@ pub trait ExecBackend: Send + Sync {
         plan: ExecPlan,
         cancel: CancellationToken,
     ) -> Result<ExecStream, BackendError>;
+
+    /// An interactive login shell on a PTY (`pty-req` + `shell`). Same connection contract as
+    /// `exec`. Input goes through `ShellSession::input` (bounded: a client typing faster
+    /// than the host reads is back-pressured, never buffered without bound); output (stdout
+    /// and stderr merged by the PTY) and the final `Exit` come through `output`. Dropping
+    /// the session, sending `ShellInput::Close`, or `cancel` ends it: the remote side is
+    /// killed as for `exec`.
+    async fn shell(
+        &self,
+        plan: ShellPlan,
+        cancel: CancellationToken,
+    ) -> Result<ShellSession, BackendError>;
+}
+
+/// Terminal of an interactive shell.
+#[derive(Debug, Clone)]
+pub struct ShellPlan {
+    pub cols: u32,
+    pub rows: u32,
+    /// `TERM` for the remote PTY.
+    pub term: String,
+}
+
+#[derive(Debug)]
+pub enum ShellInput {
+    /// Keystrokes / bytes for the PTY.
+    Data(bytes::Bytes),
+    /// Window change (already bounded by the caller).
+    Resize { cols: u32, rows: u32 },
+    /// End the session (the client left or an admin terminated it).
+    Close,
+}
+
+/// A running interactive shell.
+pub struct ShellSession {
+    pub input: mpsc::Sender<ShellInput>,
+    pub output: ExecStream,
 }

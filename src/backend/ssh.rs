@@ -26,11 +26,14 @@ use std::time::Duration;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{self, Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream};
+use super::{
+    BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream, ShellInput, ShellPlan,
+    ShellSession,
+};
 use crate::config::ConnectionConfig;
 
 /// Seconds a client is told to wait after the host could not be reached.
@@ -579,24 +582,14 @@ impl ExecBackend for SshBackend {
                     BackendError::Internal(format!("{label}: exec request failed: {e}"))
                 })?;
             // Wait for the server's answer to the exec request so a refusal is an error
-            // returned here, not an event. Nothing else can arrive on the channel before it.
-            loop {
-                match read.wait().await {
-                    Some(ChannelMsg::Success) => break,
-                    Some(ChannelMsg::Failure) => {
-                        return Err(BackendError::Internal(format!(
-                            "{label} refused to run the command (exec request denied)"
-                        )));
-                    }
-                    Some(ChannelMsg::WindowAdjusted { .. }) => continue,
-                    Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) | None => {
-                        return Err(BackendError::Internal(format!(
-                            "{label} closed the channel before starting the command"
-                        )));
-                    }
-                    Some(_) => continue,
-                }
-            }
+            // returned here, not an event.
+            await_reply(
+                &mut read,
+                &label,
+                "refused to run the command (exec request denied)",
+                "the command",
+            )
+            .await?;
             Ok((read, write))
         };
         let started = match super::bounded(start, &cancel, deadline).await {
@@ -624,6 +617,119 @@ impl ExecBackend for SshBackend {
         tokio::spawn(job.run());
         Ok(stream)
     }
+
+    async fn shell(
+        &self,
+        plan: ShellPlan,
+        cancel: CancellationToken,
+    ) -> Result<ShellSession, BackendError> {
+        // A shell has no deadline of its own (the caller cancels on idle or maximum length);
+        // setup is still bounded: the slot by `pool_wait`, the connection by
+        // `connect_timeout`, the pty and shell requests by `connect_timeout` below.
+        let no_deadline = deadline_after(Duration::MAX);
+        let permit = self.acquire_slot(&cancel, no_deadline).await?;
+        let session = self.connect(&cancel, no_deadline).await?;
+        let label = self.target.label();
+
+        let start = async {
+            let channel = session.channel_open_session().await.map_err(|e| {
+                BackendError::Internal(format!("{label}: could not open a session channel: {e}"))
+            })?;
+            let (mut read, write) = channel.split();
+            // No terminal modes: sshd's defaults (echo on, canonical mode) are what an
+            // interactive login expects; the client's own terminal stays raw on its side.
+            write
+                .request_pty(
+                    true,
+                    &plan.term,
+                    plan.cols,
+                    plan.rows,
+                    0,
+                    0,
+                    &[],
+                )
+                .await
+                .map_err(|e| BackendError::Internal(format!("{label}: pty request failed: {e}")))?;
+            await_reply(
+                &mut read,
+                &label,
+                "refused to allocate a terminal (pty request denied)",
+                "the shell",
+            )
+            .await?;
+            write.request_shell(true).await.map_err(|e| {
+                BackendError::Internal(format!("{label}: shell request failed: {e}"))
+            })?;
+            await_reply(
+                &mut read,
+                &label,
+                "refused to start a shell (shell request denied)",
+                "the shell",
+            )
+            .await?;
+            Ok((read, write))
+        };
+        let started =
+            match super::bounded(start, &cancel, deadline_after(self.connect_timeout)).await {
+                Ok(Ok(halves)) => Ok(halves),
+                Ok(Err(e)) | Err(e @ BackendError::Cancelled) => Err(e),
+                Err(_) => Err(BackendError::Unavailable {
+                    detail: format!(
+                        "{label} did not start a shell within {} ms",
+                        self.connect_timeout.as_millis()
+                    ),
+                    retry_after_secs: RETRY_UNREACHABLE_SECS,
+                }),
+            };
+        let (read, write) = match started {
+            Ok(halves) => halves,
+            Err(e) => {
+                // The shell may already run (cancel after the request went out): dropping
+                // the connection makes sshd hang up its terminal.
+                disconnect(&session).await;
+                return Err(e);
+            }
+        };
+
+        let (tx, output) = ExecStream::channel();
+        let (input, input_rx) = mpsc::channel(SHELL_INPUT_BUFFER);
+        let job = ShellJob {
+            session,
+            read,
+            write,
+            tx,
+            input: input_rx,
+            cancel,
+            _permit: permit,
+        };
+        tokio::spawn(job.run());
+        Ok(ShellSession { input, output })
+    }
+}
+
+/// Waits for the server's answer to a channel request sent with `want_reply`, so a refusal
+/// is an error returned to the caller rather than an event. Nothing but window adjustments
+/// can arrive on the channel before the answer (the program has not started yet).
+async fn await_reply(
+    read: &mut ChannelReadHalf,
+    label: &str,
+    refused: &str,
+    what: &str,
+) -> Result<(), BackendError> {
+    loop {
+        match read.wait().await {
+            Some(ChannelMsg::Success) => return Ok(()),
+            Some(ChannelMsg::Failure) => {
+                return Err(BackendError::Internal(format!("{label} {refused}")));
+            }
+            Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) | None => {
+                return Err(BackendError::Internal(format!(
+                    "{label} closed the channel before starting {what}"
+                )));
+            }
+            Some(_) => continue,
+        }
+    }
 }
 
 /// Why a running command is stopped early.
@@ -631,6 +737,8 @@ enum Stop {
     Timeout,
     Cancelled,
     ConsumerGone,
+    /// Shell only: the client sent [`ShellInput::Close`] or dropped every input sender.
+    InputClosed,
 }
 
 /// One running command: the producer side of an [`ExecStream`].
@@ -674,11 +782,17 @@ impl Job {
                 disconnect(&self.session).await;
             }
             Outcome::Stopped(stop) => {
-                kill_and_close(&self.session, &mut self.read, &self.write).await;
+                kill_and_close(
+                    &self.session,
+                    &mut self.read,
+                    &self.write,
+                    Sweep::IfSignalRefused,
+                )
+                .await;
                 let last = match stop {
                     Stop::Timeout => Some(BackendError::Timeout),
                     Stop::Cancelled => Some(BackendError::Cancelled),
-                    Stop::ConsumerGone => None,
+                    Stop::ConsumerGone | Stop::InputClosed => None,
                 };
                 if let Some(e) = last {
                     let _ = self.tx.send(Err(e)).await;
@@ -759,6 +873,161 @@ impl Job {
     }
 }
 
+/// Input messages that may wait between the caller and the channel writer. Small: writes
+/// wait for the SSH window, so a full queue is how a stalled host pushes back on the client.
+const SHELL_INPUT_BUFFER: usize = 16;
+
+/// One interactive shell: drains the client's input into the channel and its output into an
+/// [`ExecStream`]. Both directions run in this one task so that stopping is a single
+/// decision and nothing outlives it: when [`ShellJob::run`] returns, the connection, the
+/// input receiver (further sends fail) and the output sender (the stream ends) are dropped.
+struct ShellJob {
+    session: Session,
+    read: ChannelReadHalf,
+    write: ChannelWriteHalf<Msg>,
+    tx: ExecSender,
+    input: mpsc::Receiver<ShellInput>,
+    cancel: CancellationToken,
+    /// Held until the connection is gone, so `pool_size` bounds live connections.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ShellJob {
+    async fn run(mut self) {
+        match self.pump().await {
+            Outcome::Exited(event) => {
+                let _ = self.tx.send(Ok(event)).await;
+                disconnect(&self.session).await;
+            }
+            Outcome::Lost => {
+                let _ = self
+                    .tx
+                    .send(Err(BackendError::Internal(
+                        "the host closed the connection before the shell exited".into(),
+                    )))
+                    .await;
+                disconnect(&self.session).await;
+            }
+            Outcome::Stopped(stop) => {
+                kill_and_close(&self.session, &mut self.read, &self.write, Sweep::Always).await;
+                // A client that closed or dropped its side asked for the end; a cancelled
+                // session says so, as `exec` does.
+                if matches!(stop, Stop::Cancelled) {
+                    let _ = self.tx.send(Err(BackendError::Cancelled)).await;
+                }
+            }
+        }
+    }
+
+    /// Moves input to the channel and output to the consumer until the shell exits or must
+    /// be stopped. Input is written concurrently with reading output: a write waits for the
+    /// SSH window, which the server only re-opens while we keep reading what it sends.
+    async fn pump(&mut self) -> Outcome {
+        let write = &self.write;
+        let input = &mut self.input;
+        // `Some(stop)`: the client ended the session. `None`: the channel can no longer be
+        // written (it is closing); the output side will see the close and the exit status.
+        let feed = async move {
+            while let Some(msg) = input.recv().await {
+                let written = match msg {
+                    ShellInput::Data(bytes) => write.data_bytes(bytes).await,
+                    ShellInput::Resize { cols, rows } => {
+                        write
+                            .window_change(cols, rows, 0, 0)
+                            .await
+                    }
+                    ShellInput::Close => return Some(Stop::InputClosed),
+                };
+                if written.is_err() {
+                    return None;
+                }
+            }
+            // Every sender was dropped: the client is gone.
+            Some(Stop::InputClosed)
+        };
+        tokio::pin!(feed);
+        let mut feeding = true;
+        let mut exit: Option<ExecEvent> = None;
+
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
+                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
+                end = &mut feed, if feeding => match end {
+                    Some(stop) => return Outcome::Stopped(stop),
+                    None => { feeding = false; continue; }
+                },
+                msg = self.read.wait() => msg,
+            };
+            let event = match msg {
+                // A terminal merges stdout and stderr; sshd sends everything as data. Extended
+                // data, should a server send any, is terminal output all the same.
+                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    ExecEvent::Stdout(data)
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    exit = Some(ExecEvent::Exit {
+                        code: Some(exit_status),
+                        signal: None,
+                    });
+                    continue;
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    exit = Some(ExecEvent::Exit {
+                        code: None,
+                        signal: Some(signal_name_of(&signal_name)),
+                    });
+                    continue;
+                }
+                // Output may still follow the exit status (sshd drains the terminal after the
+                // shell exits), so the session ends at Close.
+                Some(ChannelMsg::Close) | None => {
+                    return match exit.take() {
+                        Some(e) => Outcome::Exited(e),
+                        None => Outcome::Lost,
+                    };
+                }
+                Some(_) => continue,
+            };
+            // Backpressure: wait for the consumer, but keep taking input meanwhile (a Close
+            // must not wait for the consumer to catch up) and keep honouring cancellation.
+            // The send future is kept across input steps so the event is never lost.
+            let send = self.tx.send(Ok(event));
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
+                    end = &mut feed, if feeding => match end {
+                        Some(stop) => return Outcome::Stopped(stop),
+                        None => feeding = false,
+                    },
+                    sent = &mut send => {
+                        if !sent {
+                            return Outcome::Stopped(Stop::ConsumerGone);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which processes a stop must reach besides the session's process group.
+#[derive(Clone, Copy)]
+enum Sweep {
+    /// Exec: the command runs in the session's process group, which `signal KILL` reaches;
+    /// sweep the connection only when sshd refused the signal (root).
+    IfSignalRefused,
+    /// Shell: an interactive shell puts each job in its own process group, out of reach of
+    /// `killpg` of the session, and a job running in the background survives the shell's
+    /// death (the terminal hang-up only signals the foreground group). So the connection's
+    /// processes are always swept, right after the signal.
+    Always,
+}
+
 /// Stops a running command and tears the connection down.
 ///
 /// What the remote sees (OpenSSH sshd, verified against OpenSSH 9.2 here):
@@ -788,20 +1057,32 @@ async fn kill_and_close(
     session: &Session,
     read: &mut ChannelReadHalf,
     write: &ChannelWriteHalf<Msg>,
+    sweep: Sweep,
 ) {
     let _ = tokio::time::timeout(KILL_GRACE, async {
-        let signalled = async {
-            let _ = write.signal(Sig::KILL).await;
-            std::future::pending::<()>().await
-        };
-        let closed = tokio::time::timeout(SIGNAL_WAIT, async {
-            tokio::select! {
-                _ = signalled => {},
-                _ = drain_until_closed(read) => {},
+        let closed = match sweep {
+            Sweep::IfSignalRefused => {
+                let signalled = async {
+                    let _ = write.signal(Sig::KILL).await;
+                    std::future::pending::<()>().await
+                };
+                tokio::time::timeout(SIGNAL_WAIT, async {
+                    tokio::select! {
+                        _ = signalled => {},
+                        _ = drain_until_closed(read) => {},
+                    }
+                })
+                .await
+                .is_ok()
             }
-        })
-        .await
-        .is_ok();
+            Sweep::Always => {
+                tokio::select! {
+                    _ = write.signal(Sig::KILL) => {},
+                    _ = drain_forever(read) => {},
+                }
+                false
+            }
+        };
         if !closed {
             tokio::select! {
                 _ = kill_by_connection(session) => {},

@@ -204,6 +204,9 @@ pub struct Facts {
     /// and only rules with command conditions (or none) apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<crate::inspect::shell::CommandFacts>,
+    /// An interactive shell as a whole (it cannot be inspected line by line with certainty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shell: bool,
 }
 
 impl Facts {
@@ -413,6 +416,7 @@ impl Walker {
             function_unlisted: self.function_unlisted,
             nested_write: self.nested_write,
             command: None,
+            shell: false,
         }
     }
 

@@ -178,6 +178,9 @@ pub struct Match {
     /// Commands: programs that run other programs or code (`env`, `privilege`, `shell_c`,
     /// `interpreter`, ...). An allow rule admits a wrapper only when it lists it here.
     pub wrappers: Option<Vec<Wrapper>>,
+    /// `true`: the rule is about interactive shells. An allow rule admits a shell only when
+    /// it says so; a deny or review rule without conditions also catches shells.
+    pub shell: Option<bool>,
 }
 
 /// Does the argv pattern (one glob per word) match?
@@ -277,6 +280,20 @@ impl Match {
     }
 
     fn matches(&self, facts: &Facts, action: Action) -> bool {
+        if facts.shell {
+            return match self.shell {
+                Some(true) => !self.has_sql_conditions() && !self.has_command_conditions(),
+                Some(false) => false,
+                None => {
+                    action != Action::Allow
+                        && !self.has_sql_conditions()
+                        && !self.has_command_conditions()
+                }
+            };
+        }
+        if self.shell == Some(true) {
+            return false;
+        }
         if let Some(c) = &facts.command {
             return self.matches_command(c, action);
         }

@@ -10,7 +10,8 @@
 //!   missing or reordered line is detectable (`verify`).
 //! - Only masked output is recorded: callers pass what the streaming masker emitted.
 //! - stdout and stderr are merged into `"o"` events, as a terminal would show them; the exit
-//!   is a `"m"` (marker) event `exit N` (or `signal NAME`, `timeout`, `cancelled`).
+//!   is a `"m"` (marker) event `exit N` (or `signal NAME`, `timeout`, `cancelled`); shells add
+//!   `"r"` resize events and, only when configured, `"i"` input events.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,10 +57,20 @@ impl Recorder {
         store: Arc<dyn Store>,
         record: SessionRecord,
     ) -> Result<Recorder, StoreError> {
+        Self::start_sized(store, record, DEFAULT_WIDTH, DEFAULT_HEIGHT).await
+    }
+
+    /// The same for a terminal of a given size.
+    pub async fn start_sized(
+        store: Arc<dyn Store>,
+        record: SessionRecord,
+        width: u32,
+        height: u32,
+    ) -> Result<Recorder, StoreError> {
         let header = json!({
             "version": 2,
-            "width": DEFAULT_WIDTH,
-            "height": DEFAULT_HEIGHT,
+            "width": width,
+            "height": height,
             "timestamp": record.started_at.timestamp(),
             "command": record.command,
             "title": format!("{} on {}", record.kind, record.connection),
@@ -107,6 +118,19 @@ impl Recorder {
             return Ok(());
         }
         self.line("o", data).await
+    }
+
+    /// Records keystrokes (only when the operator turned input recording on).
+    pub async fn input(&mut self, data: &str) -> Result<(), StoreError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.line("i", data).await
+    }
+
+    /// Records a terminal resize (`"r"`, `COLSxROWS`).
+    pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), StoreError> {
+        self.line("r", &format!("{cols}x{rows}")).await
     }
 
     pub async fn marker(&mut self, label: &str) -> Result<(), StoreError> {

@@ -12,4 +12,5 @@ mod openapi;
 mod postgres;
 mod quickstart;
 mod reviews;
+mod shells;
 mod ssh;
