@@ -639,15 +639,7 @@ impl ExecBackend for SshBackend {
             // No terminal modes: sshd's defaults (echo on, canonical mode) are what an
             // interactive login expects; the client's own terminal stays raw on its side.
             write
-                .request_pty(
-                    true,
-                    &plan.term,
-                    plan.cols,
-                    plan.rows,
-                    0,
-                    0,
-                    &[],
-                )
+                .request_pty(true, &plan.term, plan.cols, plan.rows, 0, 0, &[])
                 .await
                 .map_err(|e| BackendError::Internal(format!("{label}: pty request failed: {e}")))?;
             await_reply(
@@ -894,7 +886,11 @@ struct ShellJob {
 
 impl ShellJob {
     async fn run(mut self) {
-        match self.pump().await {
+        let outcome = self.pump().await;
+        // Refuse input from here on, before the output stream can end: a client that sees
+        // the end must find its sends failing, not silently buffered.
+        self.input.close();
+        match outcome {
             Outcome::Exited(event) => {
                 let _ = self.tx.send(Ok(event)).await;
                 disconnect(&self.session).await;
@@ -932,9 +928,7 @@ impl ShellJob {
                 let written = match msg {
                     ShellInput::Data(bytes) => write.data_bytes(bytes).await,
                     ShellInput::Resize { cols, rows } => {
-                        write
-                            .window_change(cols, rows, 0, 0)
-                            .await
+                        write.window_change(cols, rows, 0, 0).await
                     }
                     ShellInput::Close => return Some(Stop::InputClosed),
                 };
