@@ -254,6 +254,8 @@ pub enum ConnectionKind {
     Sqlite,
     /// Commands on a host over SSH (`exec`), not SQL.
     Ssh,
+    /// Commands in pods (Kubernetes pod exec).
+    Kubernetes,
 }
 
 impl ConnectionKind {
@@ -263,12 +265,13 @@ impl ConnectionKind {
             ConnectionKind::Mysql => "mysql",
             ConnectionKind::Sqlite => "sqlite",
             ConnectionKind::Ssh => "ssh",
+            ConnectionKind::Kubernetes => "kubernetes",
         }
     }
 
     /// SQL targets take `query`; the others take `exec`.
     pub fn is_sql(self) -> bool {
-        !matches!(self, ConnectionKind::Ssh)
+        !matches!(self, ConnectionKind::Ssh | ConnectionKind::Kubernetes)
     }
 }
 
@@ -289,6 +292,23 @@ pub struct ConnectionConfig {
     /// SSH: the pinned host key, as `SHA256:...` fingerprint or a known_hosts line
     /// (`[host]:port ssh-ed25519 AAAA...` or `ssh-ed25519 AAAA...`). Mandatory.
     pub host_key: Option<String>,
+    /// Kubernetes: credentials from a kubeconfig file (its current context)...
+    pub kubeconfig: Option<PathBuf>,
+    /// ...or the in-cluster service account...
+    #[serde(default)]
+    pub in_cluster: bool,
+    /// ...or `url` (the API server) plus this bearer token (and `tls.ca` for its CA).
+    pub token: Option<SecretRef>,
+    /// Kubernetes: globs of the namespaces agents may reach. `kube-system`, `kube-public` and
+    /// `kube-node-lease` are refused unless named exactly here.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Kubernetes: globs of the pod names agents may reach (default: any in an allowed
+    /// namespace).
+    #[serde(default)]
+    pub pods: Vec<String>,
+    /// Kubernetes: only pods matching this label selector (needs get/list on pods).
+    pub label_selector: Option<String>,
     /// SSH: TCP connect plus handshake and authentication must finish within this.
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,
@@ -610,6 +630,38 @@ impl Config {
                     }
                     if c.private_key.is_some() || c.host_key.is_some() {
                         return Err(err(at("host_key"), "only for ssh connections"));
+                    }
+                }
+                ConnectionKind::Kubernetes => {
+                    let sources = usize::from(c.kubeconfig.is_some())
+                        + usize::from(c.in_cluster)
+                        + usize::from(c.url.is_some());
+                    if sources != 1 {
+                        return Err(err(
+                            at("url"),
+                            "give exactly one of kubeconfig, in_cluster = true, or url (+ token)",
+                        ));
+                    }
+                    if let Some(url) = &c.url {
+                        check_http_url(url, true).map_err(|m| err(at("url"), m))?;
+                        if c.token.is_none() {
+                            return Err(err(at("token"), "a url needs a token reference"));
+                        }
+                    }
+                    if let Some(t) = &c.token {
+                        t.resolve().map_err(|m| err(at("token"), m))?;
+                    }
+                    if c.namespaces.is_empty() {
+                        return Err(err(
+                            at("namespaces"),
+                            "name the namespaces agents may reach (globs)",
+                        ));
+                    }
+                    if c.path.is_some() || c.read_only || c.host_key.is_some() {
+                        return Err(err(
+                            at("kind"),
+                            "path, read_only and host_key do not apply to kubernetes",
+                        ));
                     }
                 }
                 ConnectionKind::Ssh => {

@@ -48,6 +48,8 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
     /// Cap on stdout + stderr bytes, up to the connection's ceiling.
     pub max_bytes: Option<u64>,
+    /// Kubernetes connections: the pod (and container) to run in. Not for SSH.
+    pub target: Option<crate::backend::PodTarget>,
 }
 
 /// The result of a command.
@@ -135,6 +137,21 @@ pub async fn exec(
     if conn.exec().is_none() {
         return Err(wrong_operation(name, "runs SQL", "query"));
     }
+    match (conn.config.kind, &req.target) {
+        (crate::config::ConnectionKind::Kubernetes, None) => {
+            return Err(Problem::bad_request(
+                "invalid_command",
+                "a kubernetes connection needs `target`: {namespace, pod, container?}",
+            ));
+        }
+        (crate::config::ConnectionKind::Ssh, Some(_)) => {
+            return Err(Problem::bad_request(
+                "invalid_command",
+                "`target` is for kubernetes connections; an ssh connection is one host",
+            ));
+        }
+        _ => {}
+    }
     let execution_id = uuid::Uuid::now_v7().to_string();
     let masking = state.masking.for_request(&ctx.principal, name);
     let record_masking = state.masking.for_record(name);
@@ -154,6 +171,18 @@ pub async fn exec(
         (Some(argv), _) => shell::quote_argv(argv).unwrap_or_default(),
         (None, Some(c)) => c.clone(),
         (None, None) => String::new(),
+    };
+    let shown = match &req.target {
+        Some(t) => format!(
+            "[{}/{}{}] {shown}",
+            t.namespace,
+            t.pod,
+            t.container
+                .as_deref()
+                .map(|c| format!("/{c}"))
+                .unwrap_or_default()
+        ),
+        None => shown,
     };
     let mut counts = crate::mask::MaskCounts::default();
     let mut begin = AuditEvent::new(Phase::Begin, &execution_id, "exec");
@@ -228,6 +257,7 @@ pub async fn exec(
                 timeout_ms,
                 argv: Some(argv),
                 stdin: req.stdin.clone(),
+                target: req.target.clone(),
             };
             return crate::review::flow::hold(crate::review::flow::Hold {
                 state,
@@ -259,6 +289,7 @@ pub async fn exec(
         state,
         conn,
         argv,
+        target: req.target,
         stdin: req.stdin,
         timeout_ms,
         max_bytes,
@@ -278,6 +309,7 @@ pub struct StartExec {
     pub state: Arc<AppState>,
     pub conn: Arc<crate::server::Connection>,
     pub argv: Vec<String>,
+    pub target: Option<crate::backend::PodTarget>,
     pub stdin: Option<String>,
     pub timeout_ms: u64,
     pub max_bytes: u64,
@@ -297,6 +329,7 @@ pub async fn start(s: StartExec) -> Result<ExecRun, Problem> {
         state,
         conn,
         argv,
+        target,
         stdin,
         timeout_ms,
         max_bytes,
@@ -361,6 +394,8 @@ pub async fn start(s: StartExec) -> Result<ExecRun, Problem> {
 
     let plan = ExecPlan {
         command,
+        argv,
+        target,
         stdin: stdin.map(String::into_bytes),
         timeout: Duration::from_millis(timeout_ms),
     };

@@ -337,6 +337,7 @@ pub async fn query(
                 timeout_ms: limits.timeout_ms,
                 argv: None,
                 stdin: None,
+                target: None,
             };
             return crate::review::flow::hold(crate::review::flow::Hold {
                 state,

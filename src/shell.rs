@@ -132,6 +132,8 @@ pub struct Admitted {
     pub recorder: Recorder,
     pub cols: u32,
     pub rows: u32,
+    /// Kubernetes: the pod to open the shell in.
+    pub target: Option<crate::backend::PodTarget>,
 }
 
 fn text(v: serde_json::Value) -> Message {
@@ -157,6 +159,7 @@ pub async fn run(mut ws: WebSocket, a: Admitted) {
         mut recorder,
         cols,
         rows,
+        target,
     } = a;
     let started = Instant::now();
     let session_id = recorder.session_id().to_string();
@@ -176,6 +179,7 @@ pub async fn run(mut ws: WebSocket, a: Admitted) {
 
     let backend = conn.exec().cloned();
     let plan = ShellPlan {
+        target,
         cols,
         rows,
         term: "xterm-256color".into(),

@@ -58,7 +58,7 @@ fn view(c: &Connection) -> ConnectionView {
         placeholder: match c.config.kind {
             ConnectionKind::Postgres => "$1",
             ConnectionKind::Mysql | ConnectionKind::Sqlite => "?",
-            ConnectionKind::Ssh => "",
+            ConnectionKind::Ssh | ConnectionKind::Kubernetes => "",
         }
         .into(),
         limits: ConnectionLimits {

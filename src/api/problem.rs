@@ -217,6 +217,7 @@ impl From<BackendError> for Problem {
                 "the statement ran past its timeout and was cancelled on the server; narrow it or raise timeout_ms (up to the connection's ceiling)",
             ),
             BackendError::Params(m) => Problem::bad_request("invalid_params", m),
+            BackendError::NotFound(m) => Problem::not_found(m),
             e @ BackendError::AffectedRowsExceeded { .. } => Problem::new(
                 StatusCode::CONFLICT,
                 "affected_rows_exceeded",

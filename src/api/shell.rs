@@ -73,6 +73,12 @@ pub struct ShellParams {
     pub cols: Option<u32>,
     /// Initial terminal height (1..=500), default 24.
     pub rows: Option<u32>,
+    /// Kubernetes connections: the pod's namespace.
+    pub namespace: Option<String>,
+    /// Kubernetes connections: the pod.
+    pub pod: Option<String>,
+    /// Kubernetes connections: the container (default: the pod's default container).
+    pub container: Option<String>,
 }
 
 /// An interactive shell (PTY) over WebSocket, recorded.
@@ -132,6 +138,28 @@ pub async fn shell(
     if conn.exec().is_none() {
         return Err(wrong_operation(&name, "runs SQL", "query"));
     }
+    let target = match (conn.config.kind, params.namespace, params.pod) {
+        (crate::config::ConnectionKind::Kubernetes, Some(namespace), Some(pod)) => {
+            Some(crate::backend::PodTarget {
+                namespace,
+                pod,
+                container: params.container,
+            })
+        }
+        (crate::config::ConnectionKind::Kubernetes, _, _) => {
+            return Err(Problem::bad_request(
+                "invalid_query",
+                "a kubernetes shell needs ?namespace=&pod= (and optionally &container=)",
+            ));
+        }
+        (_, None, None) => None,
+        _ => {
+            return Err(Problem::bad_request(
+                "invalid_query",
+                "namespace and pod are for kubernetes connections",
+            ));
+        }
+    };
     let started = Instant::now();
     let execution_id = uuid::Uuid::now_v7().to_string();
     let mut begin = AuditEvent::new(Phase::Begin, &execution_id, "shell");
@@ -219,6 +247,7 @@ pub async fn shell(
         recorder,
         cols,
         rows,
+        target,
     };
     Ok(ws
         .max_message_size(MAX_MESSAGE_BYTES)

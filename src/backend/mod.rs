@@ -17,6 +17,7 @@
 //! - Every value has a JSON form (see `docs/types.md`); an unknown type falls back to its
 //!   text form, never to an error or a silent null.
 
+pub mod kube;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
@@ -157,6 +158,9 @@ pub enum BackendError {
     Params(String),
     #[error("cancelled")]
     Cancelled,
+    /// The target (pod, container) does not exist or is not allowed: nothing ran.
+    #[error("{0}")]
+    NotFound(String),
     /// The write affected more rows than its reviewer allowed; it was rolled back.
     #[error(
         "the statement affected {affected} rows, more than the {max} its approval allows; rolled back"
@@ -238,6 +242,7 @@ pub fn build(config: &ConnectionConfig, ctx: &BackendContext) -> Result<Target, 
         ConnectionKind::Mysql => Target::Sql(Arc::new(mysql::MysqlBackend::new(config, ctx)?)),
         ConnectionKind::Sqlite => Target::Sql(Arc::new(sqlite::SqliteBackend::new(config, ctx)?)),
         ConnectionKind::Ssh => Target::Exec(Arc::new(ssh::SshBackend::new(config)?)),
+        ConnectionKind::Kubernetes => Target::Exec(Arc::new(kube::KubeBackend::new(config)?)),
     })
 }
 
@@ -260,6 +265,10 @@ pub async fn bounded<T>(
 pub struct ExecPlan {
     /// What is sent as the SSH `exec` request: argv, each argument quoted.
     pub command: String,
+    /// The argv itself (Kubernetes runs it directly, with no shell).
+    pub argv: Vec<String>,
+    /// Kubernetes: the pod (and container) to run in. `None` for SSH.
+    pub target: Option<PodTarget>,
     /// Bytes written to the command's stdin, then EOF. `None`: EOF at once.
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
@@ -348,9 +357,22 @@ pub trait ExecBackend: Send + Sync {
     ) -> Result<ShellSession, BackendError>;
 }
 
+/// Where a command runs in a Kubernetes cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodTarget {
+    pub namespace: String,
+    pub pod: String,
+    /// Default: the pod's only (or default) container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
 /// Terminal of an interactive shell.
 #[derive(Debug, Clone)]
 pub struct ShellPlan {
+    /// Kubernetes: the pod (and container). `None` for SSH.
+    pub target: Option<PodTarget>,
     pub cols: u32,
     pub rows: u32,
     /// `TERM` for the remote PTY.

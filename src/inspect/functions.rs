@@ -50,7 +50,7 @@ fn lists(kind: ConnectionKind) -> Lists {
         ConnectionKind::Mysql => (MYSQL_SAFE, MYSQL_DANGEROUS),
         ConnectionKind::Sqlite => (SQLITE_SAFE, SQLITE_DANGEROUS),
         // No SQL runs on an ssh connection; the PostgreSQL lists are the broadest.
-        ConnectionKind::Ssh => (POSTGRES_SAFE, POSTGRES_DANGEROUS),
+        ConnectionKind::Ssh | ConnectionKind::Kubernetes => (POSTGRES_SAFE, POSTGRES_DANGEROUS),
     }
 }
 

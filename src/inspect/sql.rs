@@ -238,7 +238,7 @@ pub(crate) fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
         ConnectionKind::Sqlite => Box::new(SQLiteDialect {}),
         // Never reached with SQL (the pipeline refuses `query` on an ssh connection); the
         // strictest parse is the safe answer if it ever were.
-        ConnectionKind::Ssh => Box::new(PostgreSqlDialect {}),
+        ConnectionKind::Ssh | ConnectionKind::Kubernetes => Box::new(PostgreSqlDialect {}),
     }
 }
 
@@ -1069,7 +1069,9 @@ pub(crate) fn fold(kind: ConnectionKind, ident: &Ident) -> String {
             s
         }
         ConnectionKind::Mysql => ident.value.to_lowercase(),
-        ConnectionKind::Sqlite | ConnectionKind::Ssh => ident.value.to_ascii_lowercase(),
+        ConnectionKind::Sqlite | ConnectionKind::Ssh | ConnectionKind::Kubernetes => {
+            ident.value.to_ascii_lowercase()
+        }
     }
 }
 

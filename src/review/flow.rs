@@ -394,12 +394,14 @@ pub async fn run_approved(
         .for_request(&ctx.principal, &record.connection);
     if let Some(argv) = record.request.argv.clone() {
         let stdin = record.request.stdin.clone();
+        let target = record.request.target.clone();
         let (timeout_ms, max_bytes) = (record.request.timeout_ms, record.request.max_bytes);
         let rule = record.rule.clone();
         return crate::exec::start(crate::exec::StartExec {
             state,
             conn,
             argv,
+            target,
             stdin,
             timeout_ms,
             max_bytes,

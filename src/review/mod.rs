@@ -69,6 +69,9 @@ pub struct HeldRequest {
     /// Set for commands: standard input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Kubernetes commands: the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::backend::PodTarget>,
 }
 
 impl HeldRequest {
@@ -168,7 +171,7 @@ pub fn binding(
 ) -> String {
     let params = serde_json::to_vec(&request.params).unwrap_or_default();
     let argv = serde_json::to_vec(&request.argv).unwrap_or_default();
-    let stdin = serde_json::to_vec(&request.stdin).unwrap_or_default();
+    let stdin = serde_json::to_vec(&(&request.stdin, &request.target)).unwrap_or_default();
     let actor = requester.actor.join("\u{1f}");
     digest(&[
         requester.issuer.as_bytes(),

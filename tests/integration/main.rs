@@ -6,6 +6,8 @@ mod common;
 mod auth;
 mod bad_input;
 mod guardrails;
+mod kube;
+mod kube_double;
 mod masking;
 mod mysql;
 mod openapi;
