@@ -52,9 +52,10 @@ struct Ticket {
 }
 
 impl Tickets {
-    pub fn issue(&self, principal: &Principal, connection: &str, ttl: Duration) -> String {
+    /// `None` when the system random generator fails: no guessable ticket is ever issued.
+    pub fn issue(&self, principal: &Principal, connection: &str, ttl: Duration) -> Option<String> {
         let mut bytes = [0u8; 24];
-        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        aws_lc_rs::rand::fill(&mut bytes).ok()?;
         let id = hex::encode(bytes);
         let mut map = match self.inner.lock() {
             Ok(m) => m,
@@ -70,7 +71,7 @@ impl Tickets {
                 expires: now + ttl,
             },
         );
-        id
+        Some(id)
     }
 
     /// Takes a ticket (once) for `connection`.

@@ -56,7 +56,14 @@ pub async fn ticket(
         return Err(wrong_operation(&name, "runs SQL", "query"));
     }
     let ttl = Duration::from_millis(state.shells_config.ticket_ttl_ms);
-    let ticket = state.tickets.issue(&p, &name, ttl);
+    let ticket = state.tickets.issue(&p, &name, ttl).ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "random_unavailable",
+            "Cannot issue a ticket",
+            "the system random generator failed; retry",
+        )
+    })?;
     Ok(Json(ShellTicket {
         ticket,
         expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default(),

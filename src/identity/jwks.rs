@@ -83,12 +83,20 @@ impl JwksCache {
         match hit {
             Some(key) if !stale => Ok(key),
             Some(key) => {
-                // Old but usable: refresh opportunistically, keep serving on failure.
-                if let Err(e) = self.refresh_rate_limited().await {
-                    tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; serving cached keys");
+                // Old but usable: refresh opportunistically; keep serving the cached key only
+                // when the issuer could not be reached. A key a fresh JWKS no longer holds
+                // was revoked and stops verifying at once.
+                match self.refresh_rate_limited().await {
+                    Ok(true) => {
+                        let c = self.cached.read().await;
+                        lookup(&c.keys, kid, alg).ok_or(AuthError::UnknownKey)
+                    }
+                    Ok(false) => Ok(key),
+                    Err(e) => {
+                        tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; serving cached keys");
+                        Ok(key)
+                    }
                 }
-                let c = self.cached.read().await;
-                Ok(lookup(&c.keys, kid, alg).unwrap_or(key))
             }
             None => {
                 let fetched = self.refresh_rate_limited().await;
@@ -104,13 +112,14 @@ impl JwksCache {
         }
     }
 
-    async fn refresh_rate_limited(&self) -> Result<(), String> {
+    /// `Ok(true)`: fetched now; `Ok(false)`: skipped (fetched less than 30 s ago).
+    async fn refresh_rate_limited(&self) -> Result<bool, String> {
         let mut last = self.last_attempt.lock().await;
         if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
-            return Ok(());
+            return Ok(false);
         }
         *last = Some(Instant::now());
-        self.fetch_and_store().await
+        self.fetch_and_store().await.map(|()| true)
     }
 
     /// Unconditional fetch (startup warm-up).

@@ -250,16 +250,28 @@ impl Match {
             return false;
         }
         let program = c.program.as_deref().unwrap_or("");
+        // An allow rule matches argv[0] literally (`/tmp/x/systemctl` is not `systemctl`);
+        // a deny or review rule also catches it by its basename (`/bin/rm` is `rm`).
+        let base = program.rsplit('/').next().unwrap_or(program);
+        let names: &[&str] = if admit { &[program] } else { &[program, base] };
         if let Some(globs) = &self.programs
-            && !(c.program.is_some() && globs.iter().any(|g| glob::matches(g, program)))
+            && !(c.program.is_some()
+                && globs
+                    .iter()
+                    .any(|g| names.iter().any(|n| glob::matches(g, n))))
         {
             return false;
         }
         if let Some(patterns) = &self.argv {
-            let hit = c
-                .argv
-                .as_ref()
-                .is_some_and(|argv| patterns.iter().any(|p| argv_matches(p, argv)));
+            let hit = c.argv.as_ref().is_some_and(|argv| {
+                let mut by_base = argv.clone();
+                if let Some(first) = by_base.first_mut() {
+                    *first = base.to_string();
+                }
+                patterns
+                    .iter()
+                    .any(|p| argv_matches(p, argv) || (!admit && argv_matches(p, &by_base)))
+            });
             if !hit {
                 return false;
             }
@@ -335,6 +347,11 @@ impl Match {
         if let Some(classes) = &self.function_classes
             && !covers(admit, &facts.function_classes, |c| classes.contains(c))
         {
+            return false;
+        }
+        // Like wrappers for commands: an allow rule admits a dangerous function (file access,
+        // programs, network, admin, session state, locks, sleep, ...) only by naming its class.
+        if admit && self.function_classes.is_none() && !facts.function_classes.is_empty() {
             return false;
         }
         let flag = |want: Option<bool>, fact: bool| want.is_none_or(|w| w == fact);
@@ -628,6 +645,62 @@ mod tests {
         let mut f = facts();
         f.tables_read = vec!["public.orders".into(), "public.secrets".into()];
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "no-secrets");
+    }
+
+    #[test]
+    fn deny_catches_programs_by_basename_and_allow_needs_dangerous_classes_named() {
+        let p = principal(&["agents"]);
+        let cmd = |argv: &[&str]| Facts {
+            statement_count: 1,
+            command: Some(CommandFacts {
+                argv: Some(argv.iter().map(|s| s.to_string()).collect()),
+                program: argv.first().map(|s| s.to_string()),
+                ..CommandFacts::default()
+            }),
+            ..Facts::default()
+        };
+        let no_rm = with_match(
+            "no-rm",
+            Action::Deny,
+            Match {
+                programs: Some(vec!["rm".into()]),
+                ..Match::default()
+            },
+        );
+        let ls_only = with_match(
+            "ls",
+            Action::Allow,
+            Match {
+                programs: Some(vec!["ls".into()]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![no_rm, ls_only]);
+        assert_eq!(
+            pol.decide(&p, "demo", &cmd(&["/bin/rm", "-rf", "/"]))
+                .rule(),
+            "no-rm"
+        );
+        assert_eq!(pol.decide(&p, "demo", &cmd(&["./rm"])).rule(), "no-rm");
+        assert_eq!(
+            pol.decide(&p, "demo", &cmd(&["/usr/bin/ls"])).rule(),
+            DEFAULT_DENY
+        );
+        assert_eq!(pol.decide(&p, "demo", &cmd(&["ls", "-la"])).rule(), "ls");
+
+        let reads = with_match(
+            "reads",
+            Action::Allow,
+            Match {
+                statements: Some(vec![StatementKind::Select]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![reads]);
+        let mut f = facts();
+        f.functions = vec!["pg_read_file".into()];
+        f.function_classes = vec![FunctionClass::FileAccess];
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), DEFAULT_DENY);
     }
 
     #[test]

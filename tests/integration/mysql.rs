@@ -22,6 +22,7 @@ id = "agents-my"
 action = "allow"
 connections = ["my"]
 principals = ["group:agents"]
+match = {{ function_classes = ["sleep"] }}
 "#,
         url = db.url()
     )

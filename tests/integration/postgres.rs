@@ -22,6 +22,8 @@ id = "agents-pg"
 action = "allow"
 connections = ["pg"]
 principals = ["group:agents"]
+# Allow rules admit dangerous functions only by class; these tests sleep and set settings.
+match = {{ function_classes = ["sleep", "session_state", "side_effect"] }}
 "#,
         url = db.url()
     )
