@@ -248,9 +248,15 @@ pub async fn exec(
                 .with("execution_id", execution_id.clone());
                 return Err(refusal(&state, begin, started, p).await);
             };
+            let quoted = match shell::quote_argv(&argv) {
+                Ok(q) => q,
+                Err(e) => {
+                    let p = Problem::bad_request("invalid_command", e);
+                    return Err(refusal(&state, begin, started, p).await);
+                }
+            };
             let held = crate::review::HeldRequest {
-                sql: shell::quote_argv(&argv)
-                    .map_err(|e| Problem::bad_request("invalid_command", e))?,
+                sql: quoted,
                 params: Vec::new(),
                 max_rows: 0,
                 max_bytes,
@@ -341,11 +347,21 @@ pub async fn start(s: StartExec) -> Result<ExecRun, Problem> {
         review,
     } = s;
     let execution_id = begin.execution_id.clone();
-    let Some(backend) = conn.exec().cloned() else {
-        return Err(wrong_operation(&conn.config.name, "runs SQL", "query"));
+    // Refusals before the recording starts are audited, and give back a claimed approval.
+    let early = match (conn.exec().cloned(), shell::quote_argv(&argv)) {
+        (Some(backend), Ok(command)) => Ok((backend, command)),
+        (None, _) => Err(wrong_operation(&conn.config.name, "runs SQL", "query")),
+        (_, Err(e)) => Err(Problem::bad_request("invalid_command", e)),
     };
-    let command =
-        shell::quote_argv(&argv).map_err(|e| Problem::bad_request("invalid_command", e))?;
+    let (backend, command) = match early {
+        Ok(v) => v,
+        Err(p) => {
+            if let Some(r) = review {
+                crate::review::flow::release_claim(&state, r).await;
+            }
+            return Err(refusal(&state, begin, started, p).await);
+        }
+    };
     let name = conn.config.name.clone();
     let (issuer, subject) = begin
         .principal

@@ -175,7 +175,7 @@ fn end_event(begin: &AuditEvent, outcome: Outcome, started: Instant) -> AuditEve
 
 /// Records a request refused before execution (begin + end), then returns the problem.
 /// If the store cannot take the record, the refusal still stands but becomes a 503.
-async fn refuse(
+pub(crate) async fn refuse(
     state: &AppState,
     begin: AuditEvent,
     started: Instant,

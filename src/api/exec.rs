@@ -15,9 +15,9 @@ use futures::StreamExt;
 
 use super::extract::{ApiJson, Auth, RequestId};
 use super::problem::{Problem, ProblemBody};
-use super::query::{NDJSON, WaitParams, idempotency_key, wait_duration, wants_ndjson};
+use super::query::{NDJSON, WaitParams, wants_ndjson};
 use crate::exec::{self, ExecOutput, ExecRequest, ExecResponse, ExecRun};
-use crate::pipeline::{self, QueryOptions, RequestContext};
+use crate::pipeline::{self, RequestContext};
 use crate::server::AppState;
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
@@ -50,11 +50,7 @@ pub async fn exec(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Response, Problem> {
-    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
-    let options = QueryOptions {
-        wait: wait_duration(params.wait)?,
-        idempotency_key: idempotency_key(&headers)?,
-    };
+    let options = super::query::query_options(params, &headers)?;
     let ndjson = wants_ndjson(&headers);
     let slot = pipeline::acquire_slot(&state, &principal)?;
     let ctx = RequestContext {

@@ -96,11 +96,7 @@ pub async fn query(
     headers: HeaderMap,
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, Problem> {
-    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
-    let options = QueryOptions {
-        wait: wait_duration(params.wait)?,
-        idempotency_key: idempotency_key(&headers)?,
-    };
+    let options = query_options(params, &headers)?;
     let ndjson = wants_ndjson(&headers);
     let slot = pipeline::acquire_slot(&state, &principal)?;
     let ctx = RequestContext {
@@ -130,7 +126,19 @@ pub struct WaitParams {
     pub wait: Option<u64>,
 }
 
-pub fn wait_duration(wait: Option<u64>) -> Result<Option<std::time::Duration>, Problem> {
+/// `?wait=` and `Idempotency-Key`, for requests that may be held for review.
+pub fn query_options(
+    params: Result<Query<WaitParams>, QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<QueryOptions, Problem> {
+    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    Ok(QueryOptions {
+        wait: wait_duration(params.wait)?,
+        idempotency_key: idempotency_key(headers)?,
+    })
+}
+
+fn wait_duration(wait: Option<u64>) -> Result<Option<std::time::Duration>, Problem> {
     match wait {
         Some(w) if w > crate::review::flow::MAX_WAIT.as_secs() => Err(Problem::bad_request(
             "invalid_query",
@@ -143,7 +151,7 @@ pub fn wait_duration(wait: Option<u64>) -> Result<Option<std::time::Duration>, P
     }
 }
 
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {

@@ -85,11 +85,10 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
         slot,
         options,
     } = h;
-    let settings = state
-        .policy
-        .rule(&rule)
-        .and_then(|r| r.review.clone())
-        .ok_or_else(|| Problem::internal(format!("review rule `{rule}` has no review settings")))?;
+    let Some(settings) = state.policy.rule(&rule).and_then(|r| r.review.clone()) else {
+        let p = Problem::internal(format!("review rule `{rule}` has no review settings"));
+        return Err(crate::pipeline::refuse(&state, begin, started, Outcome::Error, p).await);
+    };
     let requester = AuditPrincipal::from(&ctx.principal);
     let bound = binding(
         &requester,
@@ -142,13 +141,14 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
     };
     let record = match existing {
         Some(found) if found.binding != record.binding => {
-            return Err(Problem::new(
+            let p = Problem::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_reused",
                 "Idempotency key reused",
                 "this Idempotency-Key was used for a different request; use a new key",
             )
-            .with("execution_id", found.execution_id));
+            .with("execution_id", found.execution_id);
+            return Err(crate::pipeline::refuse(&state, begin, started, Outcome::Denied, p).await);
         }
         Some(found) => found,
         None => {
