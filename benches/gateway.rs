@@ -326,7 +326,8 @@ principals = ["group:agents"]
     // Guardrails: inspect + decide per statement.
     println!("\ninspect + decide per statement (PostgreSQL dialect, demo policy):");
     let policy_cfg = Config::load(None).expect("embedded config");
-    let policy = airlock::policy::Policy::new(policy_cfg.rules.clone());
+    let policy =
+        airlock::policy::Policy::new(policy_cfg.rules.clone(), policy_cfg.policy_version());
     let agent = airlock::identity::Principal {
         issuer: "dev".into(),
         subject: "agent-1".into(),

@@ -43,6 +43,48 @@ pub struct Config {
     pub masking: Vec<crate::mask::MaskingConfig>,
     #[serde(default)]
     pub shells: ShellsConfig,
+    /// Digests of the configuration as written, for binding approvals.
+    #[serde(skip)]
+    versions: Versions,
+}
+
+/// What approvals are bound to: each connection's table and the `[[rules]]` as written in
+/// the file, in canonical JSON (keys sorted), digested. Key names are the file's, so they
+/// change only when the configuration does.
+#[derive(Debug, Default)]
+struct Versions {
+    connections: std::collections::HashMap<String, String>,
+    policy: String,
+}
+
+impl Versions {
+    fn of(table: &toml::Table) -> Versions {
+        let version = |tag: &str, value: Option<&toml::Value>| {
+            let json = value
+                .and_then(|v| serde_json::to_value(v).ok())
+                .unwrap_or(serde_json::Value::Null);
+            crate::digest::digest(&[
+                tag.as_bytes(),
+                crate::digest::canonical_json(&json).as_bytes(),
+            ])
+        };
+        let connections = table
+            .get("connections")
+            .and_then(|c| c.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| {
+                        let name = c.get("name")?.as_str()?.to_string();
+                        Some((name, version("airlock-connection-v1", Some(c))))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Versions {
+            connections,
+            policy: version("airlock-policy-v1", table.get("rules")),
+        }
+    }
 }
 
 /// Interactive shells over WebSocket.
@@ -507,8 +549,26 @@ impl Config {
                 .unwrap_or_else(|| origin.to_string());
             err(at, message)
         })?;
+        let mut config = config;
         config.validate()?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            config.versions = Versions::of(&table);
+        }
         Ok(config)
+    }
+
+    /// The version of connection `name`'s configuration (see [`Versions`]).
+    pub fn connection_version(&self, name: &str) -> String {
+        self.versions
+            .connections
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The version of the rule set (see [`Versions`]).
+    pub fn policy_version(&self) -> String {
+        self.versions.policy.clone()
     }
 
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {

@@ -12,121 +12,23 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use crate::api::AppState;
+use crate::audit::Outcome;
 use crate::audit::writer::AuditWriter;
-use crate::audit::{AuditEvent, Outcome, Phase};
-use crate::backend::{self, BackendContext, BackendError, ExecBackend, SqlBackend, Target};
-use crate::config::{Config, ConnectionConfig};
+use crate::backend::{self, BackendContext, BackendError};
+use crate::config::Config;
+use crate::gateway::record::{Ending, closing};
+use crate::gateway::{Connection, Gateway};
 use crate::identity::Authenticator;
-use crate::inspect::lineage::SchemaInfo;
 use crate::mask::plan::Masking;
 use crate::policy::{Policy, PrincipalPattern};
 use crate::store::{self, Store};
-
-pub struct Connection {
-    pub config: ConnectionConfig,
-    pub target: Target,
-    /// Digest of the connection's config: approvals are bound to it.
-    pub version: String,
-    /// Set once the startup checks (privileges, not the store) have passed. A target that
-    /// was down at startup is checked on first use instead, before anything runs on it.
-    pub verified: tokio::sync::OnceCell<()>,
-    /// Tables and columns for column lineage, refreshed after [`SCHEMA_TTL`].
-    pub schema: tokio::sync::Mutex<Option<(std::time::Instant, Arc<SchemaInfo>)>>,
-}
-
-/// How long a connection's schema is trusted for lineage before it is read again.
-pub const SCHEMA_TTL: Duration = Duration::from_secs(60);
-
-impl Connection {
-    /// The schema for lineage. If it cannot be read, an empty schema is returned: lineage
-    /// then cannot expand `*`, and those outputs are masked (fail closed).
-    pub async fn schema_info(&self) -> Arc<SchemaInfo> {
-        let mut cached = self.schema.lock().await;
-        if let Some((at, info)) = cached.as_ref()
-            && at.elapsed() < SCHEMA_TTL
-        {
-            return info.clone();
-        }
-        let Target::Sql(backend) = &self.target else {
-            return Arc::new(SchemaInfo::default());
-        };
-        match backend.schema().await {
-            Ok(tables) => {
-                let mut info = SchemaInfo::default();
-                for t in tables {
-                    let columns: Vec<String> =
-                        t.columns.iter().map(|c| c.name.to_lowercase()).collect();
-                    let name = t.name.to_lowercase();
-                    if let Some(schema) = &t.schema {
-                        info.tables
-                            .insert(format!("{}.{name}", schema.to_lowercase()), columns.clone());
-                    }
-                    info.tables.entry(name).or_insert(columns);
-                }
-                let info = Arc::new(info);
-                *cached = Some((std::time::Instant::now(), info.clone()));
-                info
-            }
-            Err(e) => {
-                tracing::warn!(connection = %self.config.name, error = %e, "schema not readable; lineage will mask conservatively");
-                Arc::new(SchemaInfo::default())
-            }
-        }
-    }
-
-    /// The SQL backend, or `None` for a command target.
-    pub fn sql(&self) -> Option<&Arc<dyn SqlBackend>> {
-        match &self.target {
-            Target::Sql(b) => Some(b),
-            Target::Exec(_) => None,
-        }
-    }
-
-    /// The command backend, or `None` for a SQL target.
-    pub fn exec(&self) -> Option<&Arc<dyn ExecBackend>> {
-        match &self.target {
-            Target::Exec(b) => Some(b),
-            Target::Sql(_) => None,
-        }
-    }
-
-    pub async fn ensure_verified(&self) -> Result<(), BackendError> {
-        self.verified
-            .get_or_try_init(|| self.target.verify())
-            .await
-            .map(|_| ())
-    }
-}
-
-pub struct AppState {
-    pub auth: Authenticator,
-    pub policy: Policy,
-    pub connections: HashMap<String, Arc<Connection>>,
-    pub audit: AuditWriter,
-    pub store: Arc<dyn Store>,
-    pub audit_readers: Vec<PrincipalPattern>,
-    pub ready: AtomicBool,
-    /// Fires when the drain period is over: running executions are cancelled.
-    pub shutdown: CancellationToken,
-    pub principal_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    pub max_concurrent_per_principal: usize,
-    pub max_body_bytes: usize,
-    /// Wakes requests waiting on a review decision.
-    pub reviews: Arc<crate::review::hub::ReviewHub>,
-    pub notifier: Option<crate::review::notify::Notifier>,
-    pub masking: Masking,
-    /// Browser shell tickets (single use, short-lived).
-    pub tickets: crate::shell::Tickets,
-    /// Running interactive shells, for admin terminate.
-    pub shells: crate::shell::Running,
-    pub shells_config: crate::config::ShellsConfig,
-}
 
 /// Everything `serve` needs, built and checked before binding.
 pub struct Prepared {
@@ -203,26 +105,17 @@ pub async fn prepare(
     for c in &config.connections {
         let target =
             backend::build(c, &ctx).map_err(|e| format!("connection `{}`: {e}", c.name))?;
-        let verified = tokio::sync::OnceCell::new();
-        match target.verify().await {
+        let connection = Connection::new(c.clone(), target, config.connection_version(&c.name));
+        match connection.target.verify().await {
             Ok(()) => {
-                let _ = verified.set(());
+                let _ = connection.verified.set(());
             }
             Err(BackendError::Unavailable { detail, .. }) => {
                 tracing::warn!(connection = %c.name, %detail, "target unreachable at startup; will connect on use")
             }
             Err(e) => return Err(format!("connection `{}`: {e}", c.name)),
         }
-        connections.insert(
-            c.name.clone(),
-            Arc::new(Connection {
-                config: c.clone(),
-                target,
-                version: crate::review::digest(&[format!("{c:?}").as_bytes()]),
-                verified,
-                schema: tokio::sync::Mutex::new(None),
-            }),
-        );
+        connections.insert(c.name.clone(), Arc::new(connection));
     }
 
     let audit_readers = config
@@ -235,7 +128,7 @@ pub async fn prepare(
     let write_idle = Duration::from_millis(config.server.write_idle_timeout_ms);
     let max_concurrent_per_principal = config.server.max_concurrent_per_principal;
     let max_body_bytes = config.server.max_body_bytes;
-    let policy = Policy::new(config.rules.clone());
+    let policy = Policy::new(config.rules.clone(), config.policy_version());
     let notifier = match (&config.reviews.webhook_url, &config.reviews.webhook_secret) {
         (Some(url), Some(secret)) => Some(crate::review::notify::Notifier::new(
             url,
@@ -266,27 +159,29 @@ pub async fn prepare(
     let shells_config = config.shells.clone();
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
-    let state = Arc::new(AppState {
-        auth,
+    let gateway = Arc::new(Gateway {
         policy,
         connections,
         audit,
         store,
-        audit_readers,
-        ready: AtomicBool::new(true),
         shutdown: CancellationToken::new(),
-        principal_slots: Mutex::new(HashMap::new()),
-        max_concurrent_per_principal,
-        max_body_bytes,
+        slots: crate::gateway::slots::Slots::new(max_concurrent_per_principal),
         reviews,
         notifier,
         masking,
-        tickets: crate::shell::Tickets::default(),
-        shells: crate::shell::Running::default(),
+        shells: crate::gateway::shell::Running::default(),
         shells_config,
     });
-    crate::review::flow::spawn_sweeper(state.clone(), run_grace);
-    spawn_retention(state.clone(), retention_days);
+    crate::gateway::review::spawn_sweeper(gateway.clone(), run_grace);
+    spawn_retention(gateway.clone(), retention_days);
+    let state = Arc::new(AppState {
+        gateway,
+        auth,
+        audit_readers,
+        ready: AtomicBool::new(true),
+        max_body_bytes,
+        tickets: crate::api::tickets::Tickets::default(),
+    });
     Ok(Prepared {
         state,
         listen,
@@ -299,14 +194,9 @@ async fn close_interrupted(store: &Arc<dyn Store>, audit: &AuditWriter, grace: D
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
     match store.unfinished(cutoff).await {
         Ok(begins) => {
+            let interrupted = Ending::with_class(Outcome::Interrupted, "interrupted");
             for b in begins {
-                let mut end = AuditEvent::new(Phase::End, &b.execution_id, &b.operation);
-                end.request_id = b.request_id.clone();
-                end.principal = b.principal.clone();
-                end.connection = b.connection.clone();
-                end.outcome = Some(Outcome::Interrupted);
-                end.error_class = Some("interrupted".into());
-                audit.commit_end(end).await;
+                audit.commit_end(closing(&b, &interrupted, None)).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not look for interrupted requests"),
@@ -323,7 +213,7 @@ fn spawn_interrupted_sweeper(store: Arc<dyn Store>, audit: AuditWriter, grace: D
 }
 
 /// Deletes recordings past their retention, hourly.
-fn spawn_retention(state: Arc<AppState>, days: u64) {
+fn spawn_retention(state: Arc<Gateway>, days: u64) {
     tokio::spawn(async move {
         loop {
             let cutoff = chrono::Utc::now() - chrono::Duration::days(days.min(365_000) as i64);
@@ -398,7 +288,7 @@ pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String>
             let state = state.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(drain).await;
-                state.shutdown.cancel();
+                state.gateway.shutdown.cancel();
             });
         }
     };
@@ -411,9 +301,9 @@ pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String>
                 tracing::error!(error = %e, "server error");
             }
             // Let execution tasks record their end events before the process exits.
-            state.shutdown.cancel();
+            state.gateway.shutdown.cancel();
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Err(e) = state.audit.replay_spool().await {
+            if let Err(e) = state.gateway.audit.replay_spool().await {
                 tracing::warn!(error = %e, "audit spool left for the next start");
             }
         })

@@ -7,10 +7,10 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::Auth;
-use super::problem::{Problem, ProblemBody};
+use super::extract::Admin;
+use super::problem::{Code, Problem, ProblemBody};
+use super::state::AppState;
 use crate::audit::AuditEvent;
-use crate::server::AppState;
 use crate::store::AuditQuery;
 
 const MAX_LIMIT: usize = 1000;
@@ -55,20 +55,14 @@ pub struct AuditPage {
               (status = 503, description = "Audit store unavailable", body = ProblemBody, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Auth(p): Auth,
+    Admin(_admin): Admin,
     query: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, Problem> {
-    if !state.audit_readers.iter().any(|r| r.matches(&p)) {
-        return Err(Problem::forbidden(
-            "not_an_auditor",
-            "reading the audit log needs a principal listed in audit.readers",
-        ));
-    }
-    let Query(q) = query.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(Problem::bad_request(
-            "invalid_query",
+        return Err(Problem::new(
+            Code::InvalidQuery,
             format!("limit must be in 1..={MAX_LIMIT}"),
         ));
     }
@@ -76,11 +70,12 @@ pub async fn list(
         .cursor
         .map(|c| {
             c.parse::<i64>().map_err(|_| {
-                Problem::bad_request("invalid_query", "cursor is not one this server issued")
+                Problem::new(Code::InvalidQuery, "cursor is not one this server issued")
             })
         })
         .transpose()?;
     let events = state
+        .gateway
         .store
         .query_audit(&AuditQuery {
             connection: q.connection,

@@ -1,7 +1,6 @@
 //! `GET /v1/connections`, `GET /v1/connections/{name}`, `GET /v1/connections/{name}/schema`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -9,11 +8,11 @@ use serde::Serialize;
 
 use super::extract::{Auth, RequestId};
 use super::problem::{Problem, ProblemBody};
-use crate::audit::{AuditEvent, Outcome, Phase};
-use crate::backend::TableInfo;
+use super::state::AppState;
 use crate::config::ConnectionKind;
-use crate::pipeline::resolve;
-use crate::server::{AppState, Connection};
+use crate::gateway::admit::Action;
+use crate::gateway::schema::SchemaView;
+use crate::gateway::{Answer, Caller, Connection, Request};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectionLimits {
@@ -40,12 +39,6 @@ pub struct ConnectionView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectionList {
     pub connections: Vec<ConnectionView>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SchemaView {
-    pub connection: String,
-    pub tables: Vec<TableInfo>,
 }
 
 fn view(c: &Connection) -> ConnectionView {
@@ -78,10 +71,11 @@ fn view(c: &Connection) -> ConnectionView {
     responses((status = 200, description = "Visible connections", body = ConnectionList),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<Arc<AppState>>, Auth(p): Auth) -> Json<ConnectionList> {
-    let mut connections: Vec<ConnectionView> = state
+    let gateway = &state.gateway;
+    let mut connections: Vec<ConnectionView> = gateway
         .connections
         .values()
-        .filter(|c| state.policy.visible(&p, &c.config.name))
+        .filter(|c| gateway.policy.visible(&p, &c.config.name))
         .map(|c| view(c))
         .collect();
     connections.sort_by(|a, b| a.name.cmp(&b.name));
@@ -100,7 +94,13 @@ pub async fn get(
     Auth(p): Auth,
     Path(name): Path<String>,
 ) -> Result<Json<ConnectionView>, Problem> {
-    Ok(Json(view(resolve(&state, &p, &name)?)))
+    let gateway = &state.gateway;
+    gateway
+        .connections
+        .get(&name)
+        .filter(|_| gateway.policy.visible(&p, &name))
+        .map(|c| Json(view(c)))
+        .ok_or_else(|| Problem::unknown_connection(&name))
 }
 
 /// Tables and columns of a SQL connection, as its database account sees them.
@@ -110,6 +110,7 @@ pub async fn get(
     responses((status = 200, description = "Tables and columns", body = SchemaView),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "Unknown or not visible", body = ProblemBody, content_type = "application/problem+json"),
+              (status = 429, description = "Too many concurrent requests (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
               (status = 503, description = "Target or audit store unavailable", body = ProblemBody, content_type = "application/problem+json")))]
 pub async fn schema(
     State(state): State<Arc<AppState>>,
@@ -117,40 +118,15 @@ pub async fn schema(
     RequestId(request_id): RequestId,
     Path(name): Path<String>,
 ) -> Result<Json<SchemaView>, Problem> {
-    let conn = resolve(&state, &p, &name)?;
-    let Some(backend) = conn.sql() else {
-        return Err(crate::pipeline::wrong_operation(
-            &name,
-            "runs commands and has no schema",
-            "exec",
-        ));
+    let caller = Caller {
+        principal: p,
+        request_id,
     };
-    let started = Instant::now();
-    let execution_id = uuid::Uuid::now_v7().to_string();
-    let mut begin = AuditEvent::new(Phase::Begin, &execution_id, "schema");
-    begin.request_id = request_id;
-    begin.principal = Some((&p).into());
-    begin.connection = Some(name.clone());
-    begin.decision = Some("allow".into());
-    state
-        .audit
-        .commit(begin.clone())
-        .await
-        .map_err(|_| Problem::audit_unavailable())?;
-    let result = backend.schema().await;
-    let mut end = AuditEvent::new(Phase::End, &execution_id, "schema");
-    end.request_id = begin.request_id;
-    end.principal = begin.principal;
-    end.connection = begin.connection;
-    end.duration_ms = Some(started.elapsed().as_millis() as u64);
-    end.outcome = Some(if result.is_ok() {
-        Outcome::Ok
-    } else {
-        Outcome::Error
-    });
-    state.audit.commit_end(end).await;
-    Ok(Json(SchemaView {
-        connection: name,
-        tables: result.map_err(Problem::from)?,
-    }))
+    let request = Request::new(caller, name, Action::Schema);
+    match crate::gateway::serve(&state.gateway, request).await? {
+        Answer::Schema(view) => Ok(Json(view)),
+        _ => Err(Problem::internal(
+            "a schema read answered with something else",
+        )),
+    }
 }

@@ -7,20 +7,42 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use serde::Serialize;
 
 use super::extract::{ApiJson, Auth, RequestId};
+use super::ndjson;
 use super::problem::{Problem, ProblemBody};
-use super::query::{NDJSON, WaitParams, wants_ndjson};
-use crate::exec::{self, ExecOutput, ExecRequest, ExecResponse, ExecRun};
-use crate::pipeline::{self, RequestContext};
-use crate::server::AppState;
-use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
+use super::query::{WaitParams, wants_ndjson};
+use super::state::AppState;
+use crate::gateway::admit::Action;
+use crate::gateway::command::{CommandRun, ExecOutput, ExecRequest};
+use crate::gateway::{Caller, Request};
+use crate::mask::plan::MaskedCounts;
+
+/// The result of a command.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ExecResponse {
+    pub execution_id: String,
+    /// The recording: `GET /v1/sessions/{id}/recording`.
+    pub session_id: String,
+    pub rule: String,
+    /// `None` when the command died of a signal.
+    pub exit_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output was cut at `max_bytes`; the command was stopped.
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub masked: MaskedCounts,
+    pub duration_ms: u64,
+}
 
 /// Run one command (argv, or a command line lexed as POSIX sh).
 #[utoipa::path(post, path = "/v1/connections/{name}/exec", tag = "exec",
@@ -31,7 +53,7 @@ use axum::extract::rejection::QueryRejection;
     responses(
         (status = 200, description = "The command ran (any exit code); NDJSON stream on request", body = ExecResponse,
          content((ExecResponse = "application/json"), (String = "application/x-ndjson"))),
-        (status = 202, description = "Held for human review", body = crate::review::flow::HeldView),
+        (status = 202, description = "Held for human review", body = crate::gateway::review::HeldView),
         (status = 400, description = "Malformed request; exec on a SQL connection", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy (`rule`), compound or unparsable command", body = ProblemBody, content_type = "application/problem+json"),
@@ -50,19 +72,19 @@ pub async fn exec(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Response, Problem> {
-    let options = super::query::query_options(params, &headers)?;
+    let hold = super::query::hold_options(params, &headers)?;
     let ndjson = wants_ndjson(&headers);
-    let slot = pipeline::acquire_slot(&state, &principal)?;
-    let ctx = RequestContext {
+    let caller = Caller {
         principal,
         request_id,
     };
-    let answer = exec::exec(state, ctx, &name, req, slot, options).await?;
-    super::query::answer_response(answer, ndjson).await
+    let request = Request::new(caller, name, Action::Exec(req)).with_hold(hold);
+    let answer = crate::gateway::serve(&state.gateway, request).await?;
+    super::query::respond(answer, ndjson).await
 }
 
 /// Sends a started command as JSON or NDJSON.
-pub async fn respond_command(run: ExecRun, ndjson: bool) -> Result<Response, Problem> {
+pub async fn respond_command(run: CommandRun, ndjson: bool) -> Result<Response, Problem> {
     if ndjson {
         Ok(stream(run))
     } else {
@@ -70,7 +92,7 @@ pub async fn respond_command(run: ExecRun, ndjson: bool) -> Result<Response, Pro
     }
 }
 
-async fn collect(mut run: ExecRun) -> Result<Response, Problem> {
+async fn collect(mut run: CommandRun) -> Result<Response, Problem> {
     let (mut stdout, mut stderr) = (String::new(), String::new());
     loop {
         match run.output.recv().await {
@@ -105,46 +127,21 @@ async fn collect(mut run: ExecRun) -> Result<Response, Problem> {
     }
 }
 
-fn line(v: serde_json::Value) -> Bytes {
-    let mut b = serde_json::to_vec(&v).unwrap_or_else(|_| b"{\"type\":\"error\"}".to_vec());
-    b.push(b'\n');
-    Bytes::from(b)
-}
-
-fn stream(run: ExecRun) -> Response {
-    let header = line(serde_json::json!({
+fn stream(run: CommandRun) -> Response {
+    let header = ndjson::line(&serde_json::json!({
         "type": "header",
         "execution_id": run.execution_id,
         "session_id": run.session_id,
         "rule": run.rule,
     }));
     let ids = (run.execution_id.clone(), run.session_id.clone());
-    let rest = futures::stream::unfold(run.output, move |mut rx| {
-        let ids = ids.clone();
-        async move {
-            let chunk = match rx.recv().await? {
-                ExecOutput::Stdout(s) => line(serde_json::json!({"type": "stdout", "data": s})),
-                ExecOutput::Stderr(s) => line(serde_json::json!({"type": "stderr", "data": s})),
-                ExecOutput::End(summary) => {
-                    let mut v = serde_json::to_value(&summary).unwrap_or_default();
-                    v["type"] = "exit".into();
-                    line(v)
-                }
-                ExecOutput::Error(p) => {
-                    let mut v = p
-                        .with("execution_id", ids.0)
-                        .with("session_id", ids.1)
-                        .to_body();
-                    v["type"] = "error".into();
-                    line(v)
-                }
-            };
-            Some((Ok::<_, std::io::Error>(chunk), rx))
-        }
-    });
-    let body = futures::stream::once(async move { Ok(header) }).chain(rest);
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    resp
+    ndjson::stream(header, run.output, move |out| match out {
+        ExecOutput::Stdout(s) => ndjson::line(&serde_json::json!({"type": "stdout", "data": s})),
+        ExecOutput::Stderr(s) => ndjson::line(&serde_json::json!({"type": "stderr", "data": s})),
+        ExecOutput::End(summary) => ndjson::typed("exit", &summary),
+        ExecOutput::Error(p) => ndjson::error(
+            &p.with("execution_id", ids.0.clone())
+                .with("session_id", ids.1.clone()),
+        ),
+    })
 }

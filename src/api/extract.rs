@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::problem::Problem;
+use super::problem::{Code, Problem};
+use super::state::AppState;
 use crate::identity::{AuthError, Principal};
-use crate::server::AppState;
 
 /// The authenticated caller.
 pub struct Auth(pub Principal);
@@ -19,26 +19,48 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .map(|v| {
-                v.to_str().map_err(|_| {
-                    Problem::unauthorized("the Authorization header is not valid text")
-                })
-            })
-            .transpose()?;
-        match state.auth.authenticate(header).await {
-            Ok(p) => Ok(Auth(p)),
-            Err(AuthError::KeysUnavailable) => Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "identity_unavailable",
-                "Identity provider unavailable",
-                "the token's issuer keys cannot be fetched right now; retry shortly",
-            )
-            .retry_after(5)),
-            Err(e) => Err(Problem::unauthorized(e.to_string())),
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION);
+        authenticate(state, header).await.map(Auth)
+    }
+}
+
+/// An administrator: an authenticated caller listed in `audit.readers`.
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
+        let Auth(p) = Auth::from_request_parts(parts, state).await?;
+        if !state.is_admin(&p) {
+            return Err(Problem::new(
+                Code::NotAnAdmin,
+                "this needs an administrator: a principal listed in audit.readers",
+            ));
         }
+        Ok(Admin(p))
+    }
+}
+
+/// Verifies a bearer `Authorization` header.
+pub async fn authenticate(
+    state: &AppState,
+    header: Option<&axum::http::HeaderValue>,
+) -> Result<Principal, Problem> {
+    let header = header
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Problem::unauthorized("the Authorization header is not valid text"))
+        })
+        .transpose()?;
+    match state.auth.authenticate(header).await {
+        Ok(p) => Ok(p),
+        Err(AuthError::KeysUnavailable) => Err(Problem::new(
+            Code::IdentityUnavailable,
+            "the token's issuer keys cannot be fetched right now; retry shortly",
+        )
+        .retry_after(5)),
+        Err(e) => Err(Problem::unauthorized(e.to_string())),
     }
 }
 
@@ -76,18 +98,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 fn json_problem(r: JsonRejection) -> Problem {
     match r.status() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Unsupported media type",
+            Code::UnsupportedMediaType,
             "send the body as JSON with `Content-Type: application/json`",
         ),
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "Request body too large",
+            Code::BodyTooLarge,
             "the request body exceeds the server's limit",
         ),
-        _ => Problem::bad_request("malformed_body", r.body_text()),
+        _ => Problem::new(Code::MalformedBody, r.body_text()),
     }
 }
 
@@ -101,12 +119,12 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
         let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| Problem::bad_request("malformed_body", e.body_text()))?;
+            .map_err(|e| Problem::new(Code::MalformedBody, e.body_text()))?;
         if body.iter().all(u8::is_ascii_whitespace) {
             Ok(NoBody)
         } else {
-            Err(Problem::bad_request(
-                "unexpected_body",
+            Err(Problem::new(
+                Code::UnexpectedBody,
                 "this endpoint takes no body: it runs exactly the stored, approved request",
             ))
         }
@@ -127,20 +145,18 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             .is_some_and(|v| v.starts_with("application/json"));
         let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| Problem::bad_request("malformed_body", e.body_text()))?;
+            .map_err(|e| Problem::new(Code::MalformedBody, e.body_text()))?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
         if !is_json {
             return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Unsupported media type",
+                Code::UnsupportedMediaType,
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
         serde_json::from_slice(&body)
             .map(OptionalJson)
-            .map_err(|e| Problem::bad_request("malformed_body", e.to_string()))
+            .map_err(|e| Problem::new(Code::MalformedBody, e.to_string()))
     }
 }

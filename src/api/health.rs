@@ -5,11 +5,10 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::Serialize;
 
-use super::problem::Problem;
-use crate::server::AppState;
+use super::problem::{Code, Problem};
+use super::state::AppState;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
@@ -32,13 +31,12 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Problem> {
     if !state.ready.load(Ordering::SeqCst) {
         return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "Shutting down",
+            Code::ShuttingDown,
             "this instance is draining; send new requests elsewhere",
         ));
     }
     state
+        .gateway
         .store
         .ping()
         .await

@@ -5,17 +5,20 @@ pub mod connections;
 pub mod exec;
 pub mod extract;
 pub mod health;
+pub mod ndjson;
 pub mod problem;
 pub mod query;
 pub mod reviews;
 pub mod sessions;
 pub mod shell;
+pub mod state;
+pub mod tickets;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use axum::response::IntoResponse;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -26,8 +29,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::server::AppState;
-use problem::Problem;
+use problem::{Code, Problem};
+pub use state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -110,9 +113,7 @@ async fn not_found() -> Problem {
 
 async fn method_not_allowed() -> impl IntoResponse {
     Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "Method not allowed",
+        Code::MethodNotAllowed,
         "this endpoint does not take that method; see /openapi.json",
     )
 }

@@ -11,25 +11,24 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::extract::{ApiJson, Auth, RequestId};
-use super::problem::{Problem, ProblemBody};
+use super::ndjson;
+use super::problem::{Code, Problem, ProblemBody};
+use super::state::AppState;
 use crate::backend::Column;
-use crate::pipeline::{
-    self, Answer, AppliedLimits, Execution, Output, QueryOptions, QueryRequest, RequestContext,
-    Summary,
-};
-use crate::server::AppState;
+use crate::gateway::admit::Action;
+use crate::gateway::query::{AppliedLimits, Output, QueryRequest, RowsRun, Summary};
+use crate::gateway::review::HoldOptions;
+use crate::gateway::{Answer, Caller, Request};
 
-pub const NDJSON: &str = "application/x-ndjson";
+pub const NDJSON: &str = ndjson::CONTENT_TYPE;
 
 /// A complete query result.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -45,7 +44,7 @@ pub struct QueryResponse {
     pub row_count: u64,
     pub truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncated_reason: Option<pipeline::Truncation>,
+    pub truncated_reason: Option<crate::gateway::query::Truncation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,7 +72,7 @@ pub fn wants_ndjson(headers: &HeaderMap) -> bool {
     responses(
         (status = 200, description = "Result (JSON), or an NDJSON stream when `Accept: application/x-ndjson`", body = QueryResponse,
          content((QueryResponse = "application/json"), (String = "application/x-ndjson"))),
-        (status = 202, description = "Held for human review: `execution_id`, `review_id`, what to do next", body = crate::review::flow::HeldView),
+        (status = 202, description = "Held for human review: `execution_id`, `review_id`, what to do next", body = crate::gateway::review::HeldView),
         (status = 400, description = "Malformed request, SQL error, several statements, wrong params", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy (`rule` names it) or read-only violation", body = ProblemBody, content_type = "application/problem+json"),
@@ -96,23 +95,31 @@ pub async fn query(
     headers: HeaderMap,
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, Problem> {
-    let options = query_options(params, &headers)?;
+    let hold = hold_options(params, &headers)?;
     let ndjson = wants_ndjson(&headers);
-    let slot = pipeline::acquire_slot(&state, &principal)?;
-    let ctx = RequestContext {
+    let caller = Caller {
         principal,
         request_id,
     };
-    let answer = pipeline::query(state, ctx, &name, req, ndjson, slot, options).await?;
-    answer_response(answer, ndjson).await
+    let action = Action::Query {
+        request: req,
+        streaming: ndjson,
+    };
+    let request = Request::new(caller, name, action).with_hold(hold);
+    let answer = crate::gateway::serve(&state.gateway, request).await?;
+    respond(answer, ndjson).await
 }
 
 /// Sends whatever a request turned into: a held review (202), rows, or command output.
-pub async fn answer_response(answer: Answer, ndjson: bool) -> Result<Response, Problem> {
+pub async fn respond(answer: Answer, ndjson: bool) -> Result<Response, Problem> {
     match answer {
         Answer::Held(view) => Ok((StatusCode::ACCEPTED, Json(view)).into_response()),
-        Answer::Rows(exec) => respond(exec, ndjson).await,
+        Answer::Rows(run) if ndjson => Ok(stream_rows(run)),
+        Answer::Rows(run) => collect_rows(run).await,
         Answer::Command(run) => super::exec::respond_command(run, ndjson).await,
+        Answer::Shell(_) | Answer::Schema(_) => Err(Problem::internal(
+            "this endpoint does not open shells or read schemas",
+        )),
     }
 }
 
@@ -127,12 +134,12 @@ pub struct WaitParams {
 }
 
 /// `?wait=` and `Idempotency-Key`, for requests that may be held for review.
-pub fn query_options(
+pub fn hold_options(
     params: Result<Query<WaitParams>, QueryRejection>,
     headers: &HeaderMap,
-) -> Result<QueryOptions, Problem> {
-    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
-    Ok(QueryOptions {
+) -> Result<HoldOptions, Problem> {
+    let Query(params) = params.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
+    Ok(HoldOptions {
         wait: wait_duration(params.wait)?,
         idempotency_key: idempotency_key(headers)?,
     })
@@ -140,11 +147,11 @@ pub fn query_options(
 
 fn wait_duration(wait: Option<u64>) -> Result<Option<std::time::Duration>, Problem> {
     match wait {
-        Some(w) if w > crate::review::flow::MAX_WAIT.as_secs() => Err(Problem::bad_request(
-            "invalid_query",
+        Some(w) if w > crate::gateway::review::MAX_WAIT.as_secs() => Err(Problem::new(
+            Code::InvalidQuery,
             format!(
                 "wait is at most {} seconds",
-                crate::review::flow::MAX_WAIT.as_secs()
+                crate::gateway::review::MAX_WAIT.as_secs()
             ),
         )),
         w => Ok(w.map(std::time::Duration::from_secs)),
@@ -156,11 +163,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         None => Ok(None),
         Some(v) => {
             let key = v.to_str().map_err(|_| {
-                Problem::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+                Problem::new(Code::InvalidHeader, "Idempotency-Key must be visible ASCII")
             })?;
             if key.is_empty() || key.len() > 255 {
-                return Err(Problem::bad_request(
-                    "invalid_header",
+                return Err(Problem::new(
+                    Code::InvalidHeader,
                     "Idempotency-Key must be 1 to 255 characters",
                 ));
             }
@@ -169,32 +176,23 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
-/// Sends a started execution as JSON or NDJSON.
-pub async fn respond(exec: Execution, ndjson: bool) -> Result<Response, Problem> {
-    if ndjson {
-        Ok(stream_ndjson(exec))
-    } else {
-        collect_json(exec).await
-    }
-}
-
-async fn collect_json(mut exec: Execution) -> Result<Response, Problem> {
+async fn collect_rows(mut run: RowsRun) -> Result<Response, Problem> {
     let mut rows = Vec::new();
     let summary: Summary = loop {
-        match exec.rows.recv().await {
+        match run.rows.recv().await {
             Some(Output::Row(r)) => rows.push(r),
             Some(Output::End(s)) => break s,
-            Some(Output::Error(p)) => return Err(p.with("execution_id", exec.execution_id)),
+            Some(Output::Error(p)) => return Err(p.with("execution_id", run.execution_id)),
             None => {
                 return Err(Problem::internal("the execution ended without a result")
-                    .with("execution_id", exec.execution_id));
+                    .with("execution_id", run.execution_id));
             }
         }
     };
     Ok(Json(QueryResponse {
-        execution_id: exec.execution_id,
-        rule: exec.rule,
-        columns: exec.columns,
+        execution_id: run.execution_id,
+        rule: run.rule,
+        columns: run.columns,
         rows,
         row_count: summary.row_count,
         truncated: summary.truncated,
@@ -202,55 +200,31 @@ async fn collect_json(mut exec: Execution) -> Result<Response, Problem> {
         note: summary.note,
         affected_rows: summary.affected_rows,
         masked: summary.masked,
-        limits: exec.limits,
+        limits: run.limits,
         duration_ms: summary.duration_ms,
     })
     .into_response())
 }
 
-fn line(value: &impl Serialize) -> Bytes {
-    let mut v = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"type\":\"error\"}".to_vec());
-    v.push(b'\n');
-    Bytes::from(v)
-}
-
-fn stream_ndjson(exec: Execution) -> Response {
-    let header = line(&serde_json::json!({
+fn stream_rows(run: RowsRun) -> Response {
+    let header = ndjson::line(&serde_json::json!({
         "type": "header",
-        "execution_id": exec.execution_id,
-        "rule": exec.rule,
-        "columns": exec.columns,
-        "limits": exec.limits,
+        "execution_id": run.execution_id,
+        "rule": run.rule,
+        "columns": run.columns,
+        "limits": run.limits,
     }));
-    let execution_id = exec.execution_id.clone();
-    // The body pulls from the execution task only as fast as the socket accepts bytes.
-    let rows = futures::stream::unfold(exec.rows, move |mut rx| {
-        let execution_id = execution_id.clone();
-        async move {
-            let chunk = match rx.recv().await? {
-                Output::Row(raw) => {
-                    let mut v = Vec::with_capacity(raw.get().len() + 1);
-                    v.extend_from_slice(raw.get().as_bytes());
-                    v.push(b'\n');
-                    Bytes::from(v)
-                }
-                Output::End(summary) => {
-                    let mut body = serde_json::to_value(&summary).unwrap_or_default();
-                    body["type"] = "end".into();
-                    line(&body)
-                }
-                Output::Error(problem) => {
-                    let mut body = problem.with("execution_id", execution_id).to_body();
-                    body["type"] = "error".into();
-                    line(&body)
-                }
-            };
-            Some((Ok::<_, std::io::Error>(chunk), rx))
+    let execution_id = run.execution_id.clone();
+    ndjson::stream(header, run.rows, move |out| match out {
+        Output::Row(raw) => {
+            let mut v = Vec::with_capacity(raw.get().len() + 1);
+            v.extend_from_slice(raw.get().as_bytes());
+            v.push(b'\n');
+            axum::body::Bytes::from(v)
         }
-    });
-    let body = futures::stream::once(async move { Ok(header) }).chain(rows);
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    resp
+        Output::End(summary) => ndjson::typed("end", &summary),
+        Output::Error(problem) => {
+            ndjson::error(&problem.with("execution_id", execution_id.clone()))
+        }
+    })
 }

@@ -13,14 +13,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiJson, Auth, NoBody, OptionalJson, RequestId};
-use super::problem::{Problem, ProblemBody};
+use super::problem::{Code, Problem, ProblemBody};
+use super::state::AppState;
 use crate::audit::AuditPrincipal;
+use crate::gateway::admit::Action;
+use crate::gateway::review::{self as flow, Verdict};
+use crate::gateway::{Caller, Request};
 use crate::identity::Principal;
 use crate::inspect::Facts;
-use crate::pipeline::{self, RequestContext};
-use crate::review::flow::{self, Verdict};
 use crate::review::{Approval, Rejection, ReviewRecord, ReviewStatus};
-use crate::server::AppState;
 use crate::store::ReviewLookup;
 
 /// A review as a reviewer sees it.
@@ -96,7 +97,7 @@ pub fn view(r: &ReviewRecord) -> ReviewView {
 }
 
 fn is_auditor(state: &AppState, p: &Principal) -> bool {
-    state.audit_readers.iter().any(|r| r.matches(p))
+    state.is_admin(p)
 }
 
 fn may_review(r: &ReviewRecord, p: &Principal) -> bool {
@@ -124,6 +125,7 @@ pub struct ReviewListParams {
 
 async fn load(state: &AppState, id: &str) -> Result<ReviewRecord, Problem> {
     state
+        .gateway
         .store
         .get_review(ReviewLookup::Id(id))
         .await
@@ -143,16 +145,14 @@ pub async fn list(
     Auth(p): Auth,
     query: Result<Query<ReviewListParams>, QueryRejection>,
 ) -> Result<Json<ReviewList>, Problem> {
-    let Query(q) = query.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 500 {
-        return Err(Problem::bad_request(
-            "invalid_query",
-            "limit must be in 1..=500",
-        ));
+        return Err(Problem::new(Code::InvalidQuery, "limit must be in 1..=500"));
     }
     let auditor = is_auditor(&state, &p);
     let records = state
+        .gateway
         .store
         .list_reviews(q.status, limit)
         .await
@@ -217,7 +217,7 @@ pub async fn approve(
     OptionalJson(req): OptionalJson<ApproveRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
     let r = flow::decide(
-        &state,
+        &state.gateway,
         &id,
         &p,
         Verdict::Approve {
@@ -248,13 +248,13 @@ pub async fn reject(
 ) -> Result<Json<ReviewView>, Problem> {
     let reason = req.reason.trim();
     if reason.is_empty() || reason.len() > 2000 {
-        return Err(Problem::bad_request(
-            "invalid_reason",
+        return Err(Problem::new(
+            Code::InvalidReason,
             "give a reason of 1 to 2000 characters; the agent reads it",
         ));
     }
     let r = flow::decide(
-        &state,
+        &state.gateway,
         &id,
         &p,
         Verdict::Reject {
@@ -299,6 +299,7 @@ pub async fn execution(
 ) -> Result<Json<ExecutionView>, Problem> {
     let not_found = || Problem::not_found(format!("no execution `{id}` of yours"));
     let r = state
+        .gateway
         .store
         .get_review(ReviewLookup::Execution(&id))
         .await
@@ -355,11 +356,11 @@ pub async fn run(
     _: NoBody,
 ) -> Result<Response, Problem> {
     let ndjson = super::query::wants_ndjson(&headers);
-    let slot = pipeline::acquire_slot(&state, &principal)?;
-    let ctx = RequestContext {
+    let caller = Caller {
         principal,
         request_id,
     };
-    let answer = flow::run_approved(state, ctx, &id, slot).await?;
-    super::query::answer_response(answer, ndjson).await
+    let request = Request::new(caller, "", Action::RunApproved { execution_id: id });
+    let answer = crate::gateway::serve(&state.gateway, request).await?;
+    super::query::respond(answer, ndjson).await
 }

@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::extract::Auth;
-use super::problem::{Problem, ProblemBody};
+use super::problem::{Code, Problem, ProblemBody};
+use super::state::AppState;
 use crate::identity::Principal;
-use crate::server::AppState;
 use crate::store::{SessionQuery, SessionRecord};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -49,8 +49,7 @@ pub struct SessionView {
 }
 
 fn may_read(state: &AppState, p: &Principal, s: &SessionRecord) -> bool {
-    state.audit_readers.iter().any(|r| r.matches(p))
-        || (p.issuer == s.issuer && p.subject == s.subject)
+    state.is_admin(p) || (p.issuer == s.issuer && p.subject == s.subject)
 }
 
 /// Recorded sessions, newest first: auditors see all, others their own.
@@ -65,21 +64,19 @@ pub async fn list(
     Auth(p): Auth,
     query: Result<Query<SessionParams>, QueryRejection>,
 ) -> Result<Json<SessionPage>, Problem> {
-    let Query(q) = query.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 500 {
-        return Err(Problem::bad_request(
-            "invalid_query",
-            "limit must be in 1..=500",
-        ));
+        return Err(Problem::new(Code::InvalidQuery, "limit must be in 1..=500"));
     }
-    let auditor = state.audit_readers.iter().any(|r| r.matches(&p));
+    let auditor = state.is_admin(&p);
     let subject = if auditor {
         q.subject
     } else {
         Some(p.subject.clone())
     };
     let sessions = state
+        .gateway
         .store
         .list_sessions(&SessionQuery {
             connection: q.connection,
@@ -108,6 +105,7 @@ pub async fn list(
 
 async fn load(state: &AppState, p: &Principal, id: &str) -> Result<SessionRecord, Problem> {
     let s = state
+        .gateway
         .store
         .get_session(id)
         .await
@@ -133,6 +131,7 @@ pub async fn get(
 ) -> Result<Json<SessionView>, Problem> {
     let session = load(&state, &p, &id).await?;
     let lines = state
+        .gateway
         .store
         .session_lines(&id)
         .await
@@ -157,6 +156,7 @@ pub async fn recording(
 ) -> Result<Response, Problem> {
     load(&state, &p, &id).await?;
     let lines = state
+        .gateway
         .store
         .session_lines(&id)
         .await

@@ -3,33 +3,35 @@
 //!
 //! Frames: binary frames carry terminal bytes both ways; text frames carry JSON control
 //! messages — from the client `{"type":"resize","cols":N,"rows":N}`, from Airlock
-//! `{"type":"exit","code":N}` and `{"type":"error","error_type":"...","detail":"..."}`
-//! (`shutdown`, `idle_timeout`, `max_duration`, `terminated`, `invalid_resize`, ...), then a
-//! close frame.
+//! `{"type":"exit","code":N}` and `{"type":"error","problem":{...}}` (the problem object as
+//! problem+json sends it: `code` is `shutting_down`, `idle_timeout`, `max_duration`,
+//! `terminated`, `invalid_resize`, ...), then a close frame. Everything about the session
+//! itself is in `gateway/shell.rs`; this file only speaks WebSocket.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Auth, RequestId};
-use super::problem::{Problem, ProblemBody};
+use super::extract::{Admin, Auth, RequestId};
+use super::problem::{Code, Problem, ProblemBody};
+use super::state::AppState;
 use crate::audit::{AuditEvent, Phase};
-use crate::identity::AuthError;
-use crate::inspect::Facts;
-use crate::pipeline::{resolve, wrong_operation};
-use crate::policy::Decision;
-use crate::recording::Recorder;
-use crate::server::AppState;
-use crate::shell::{Admitted, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, size_ok};
-use crate::store::SessionRecord;
+use crate::backend::PodTarget;
+use crate::gateway::admit::Action;
+use crate::gateway::shell::{ClientEvent, ShellRequest, Terminal};
+use crate::gateway::{Answer, Caller, Request};
+
+/// Largest WebSocket message and frame accepted from a client.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ShellTicket {
@@ -51,16 +53,22 @@ pub async fn ticket(
     Auth(p): Auth,
     Path(name): Path<String>,
 ) -> Result<Json<ShellTicket>, Problem> {
-    let conn = resolve(&state, &p, &name)?;
+    let gateway = &state.gateway;
+    let conn = gateway
+        .connections
+        .get(&name)
+        .filter(|_| gateway.policy.visible(&p, &name))
+        .ok_or_else(|| Problem::unknown_connection(&name))?;
     if conn.exec().is_none() {
-        return Err(wrong_operation(&name, "runs SQL", "query"));
+        return Err(Problem::new(
+            Code::WrongOperation,
+            format!("connection `{name}` runs SQL; use POST /v1/connections/{name}/query"),
+        ));
     }
-    let ttl = Duration::from_millis(state.shells_config.ticket_ttl_ms);
+    let ttl = Duration::from_millis(gateway.shells_config.ticket_ttl_ms);
     let ticket = state.tickets.issue(&p, &name, ttl).ok_or_else(|| {
         Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "random_unavailable",
-            "Cannot issue a ticket",
+            Code::RandomUnavailable,
             "the system random generator failed; retry",
         )
     })?;
@@ -106,7 +114,7 @@ pub async fn shell(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, Problem> {
-    let Query(params) = params.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let Query(params) = params.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
     let principal = match (
         &params.ticket,
         headers.get(axum::http::header::AUTHORIZATION),
@@ -114,152 +122,80 @@ pub async fn shell(
         (Some(t), _) => state.tickets.redeem(t, &name).ok_or_else(|| {
             Problem::unauthorized("the ticket is unknown, used, expired or for another connection")
         })?,
-        (None, h) => {
-            let h = h
-                .map(|v| {
-                    v.to_str().map_err(|_| {
-                        Problem::unauthorized("the Authorization header is not valid text")
-                    })
-                })
-                .transpose()?;
-            state.auth.authenticate(h).await.map_err(|e| match e {
-                AuthError::KeysUnavailable => Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "identity_unavailable",
-                    "Identity provider unavailable",
-                    "retry shortly",
-                ),
-                e => Problem::unauthorized(e.to_string()),
-            })?
-        }
+        (None, h) => super::extract::authenticate(&state, h).await?,
     };
-    let ws = ws.map_err(|e| Problem::bad_request("not_websocket", e.body_text()))?;
-    let (cols, rows) = (params.cols.unwrap_or(80), params.rows.unwrap_or(24));
-    if !size_ok(cols, rows) {
-        return Err(Problem::bad_request(
-            "invalid_resize",
-            "cols must be 1..=1000 and rows 1..=500",
-        ));
-    }
-    let conn = resolve(&state, &principal, &name)?.clone();
-    if conn.exec().is_none() {
-        return Err(wrong_operation(&name, "runs SQL", "query"));
-    }
-    let target = match (conn.config.kind, params.namespace, params.pod) {
-        (crate::config::ConnectionKind::Kubernetes, Some(namespace), Some(pod)) => {
-            Some(crate::backend::PodTarget {
-                namespace,
-                pod,
-                container: params.container,
-            })
-        }
-        (crate::config::ConnectionKind::Kubernetes, _, _) => {
-            return Err(Problem::bad_request(
-                "invalid_query",
-                "a kubernetes shell needs ?namespace=&pod= (and optionally &container=)",
-            ));
-        }
-        (_, None, None) => None,
+    let ws = ws.map_err(|e| Problem::new(Code::NotWebsocket, e.body_text()))?;
+    let target = match (params.namespace, params.pod) {
+        (Some(namespace), Some(pod)) => Some(PodTarget {
+            namespace,
+            pod,
+            container: params.container,
+        }),
+        (None, None) if params.container.is_none() => None,
         _ => {
-            return Err(Problem::bad_request(
-                "invalid_query",
-                "namespace and pod are for kubernetes connections",
+            return Err(Problem::new(
+                Code::InvalidQuery,
+                "a kubernetes shell needs both ?namespace= and &pod= (and optionally &container=)",
             ));
         }
     };
-    let started = Instant::now();
-    let execution_id = uuid::Uuid::now_v7().to_string();
-    let mut begin = AuditEvent::new(Phase::Begin, &execution_id, "shell");
-    begin.request_id = request_id;
-    begin.principal = Some((&principal).into());
-    begin.connection = Some(name.clone());
-    let facts = Facts {
-        statement_count: 1,
-        shell: true,
-        ..Facts::default()
-    };
-    begin.facts = Some(facts.clone());
-    let decision = state.policy.decide(&principal, &name, &facts);
-    begin.decision = Some(decision.action().into());
-    begin.rule = Some(decision.rule().into());
-    let refuse = |problem: Problem, begin: AuditEvent| {
-        let state = state.clone();
-        async move {
-            let mut end = AuditEvent::new(Phase::End, &begin.execution_id, "shell");
-            end.principal = begin.principal.clone();
-            end.connection = begin.connection.clone();
-            end.rule = begin.rule.clone();
-            end.outcome = Some(crate::audit::Outcome::Denied);
-            end.error_class = Some(problem.code.to_string());
-            end.duration_ms = Some(started.elapsed().as_millis() as u64);
-            if state.audit.commit(begin).await.is_err() {
-                return Problem::audit_unavailable();
-            }
-            state.audit.commit_end(end).await;
-            problem
-        }
-    };
-    match decision {
-        Decision::Allow { .. } => {}
-        Decision::Deny { rule, message } => {
-            let p = Problem::forbidden("policy_denied", message)
-                .with("rule", rule)
-                .with("execution_id", execution_id.clone());
-            return Err(refuse(p, begin).await);
-        }
-        Decision::Review { rule, message } => {
-            let p = Problem::forbidden(
-                "review_required",
-                format!("{message}; interactive shells cannot be held for review: use exec, whose commands can be"),
-            )
-            .with("rule", rule)
-            .with("execution_id", execution_id.clone());
-            return Err(refuse(p, begin).await);
-        }
-    }
-    let session = SessionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        execution_id: execution_id.clone(),
-        kind: "shell".into(),
-        connection: name.clone(),
-        issuer: principal.issuer.clone(),
-        subject: principal.subject.clone(),
-        command: "(interactive shell)".into(),
-        started_at: Utc::now(),
-        ended_at: None,
-        status: "running".into(),
-        exit_code: None,
-        digest: None,
-    };
-    let Ok(recorder) = Recorder::start_sized(state.store.clone(), session, cols, rows).await else {
-        let p = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "recording_unavailable",
-            "Recording unavailable",
-            "the session recording could not be started, so no shell was opened",
-        )
-        .retry_after(2);
-        return Err(refuse(p, begin).await);
-    };
-    begin.session_id = Some(recorder.session_id().to_string());
-    if state.audit.commit(begin.clone()).await.is_err() {
-        let _ = recorder.finish("failed", None).await;
-        return Err(Problem::audit_unavailable());
-    }
-    let admitted = Admitted {
-        state,
-        conn,
-        principal,
-        begin,
-        recorder,
-        cols,
-        rows,
+    let request = ShellRequest {
         target,
+        cols: params.cols.unwrap_or(80),
+        rows: params.rows.unwrap_or(24),
+    };
+    let caller = Caller {
+        principal,
+        request_id,
+    };
+    let request = Request::new(caller, name, Action::Shell(request));
+    let Answer::Shell(session) = crate::gateway::serve(&state.gateway, request).await? else {
+        return Err(Problem::internal(
+            "a shell request answered with something else",
+        ));
     };
     Ok(ws
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| crate::shell::run(socket, admitted)))
+        .on_upgrade(move |socket| async move {
+            session.run(&mut WsTerminal(socket)).await;
+        }))
+}
+
+/// A shell's terminal over an upgraded WebSocket.
+struct WsTerminal(WebSocket);
+
+#[async_trait::async_trait]
+impl Terminal for WsTerminal {
+    async fn recv(&mut self) -> ClientEvent {
+        match self.0.recv().await {
+            Some(Ok(Message::Binary(data))) => ClientEvent::Input(data),
+            Some(Ok(Message::Text(t))) => ClientEvent::Control(t.as_str().to_string()),
+            Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => ClientEvent::Idle,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => ClientEvent::Gone,
+        }
+    }
+
+    async fn send_output(&mut self, bytes: Vec<u8>) -> bool {
+        self.0.send(Message::Binary(bytes.into())).await.is_ok()
+    }
+
+    async fn send_control(&mut self, message: serde_json::Value) -> bool {
+        let text = Utf8Bytes::from(message.to_string());
+        self.0.send(Message::Text(text)).await.is_ok()
+    }
+
+    async fn ping(&mut self) -> bool {
+        self.0.send(Message::Ping(Vec::new().into())).await.is_ok()
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_string()),
+        };
+        let _ = self.0.send(Message::Close(Some(frame))).await;
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -278,24 +214,19 @@ pub struct Terminated {
               (status = 404, description = "No running session with this id on this instance", body = ProblemBody, content_type = "application/problem+json")))]
 pub async fn terminate(
     State(state): State<Arc<AppState>>,
-    Auth(p): Auth,
+    Admin(p): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Terminated>, Problem> {
-    if !state.audit_readers.iter().any(|r| r.matches(&p)) {
-        return Err(Problem::forbidden(
-            "not_an_admin",
-            "terminating sessions needs a principal listed in audit.readers",
-        ));
-    }
     let mut event = AuditEvent::new(Phase::Event, &id, "session.terminate");
     event.principal = Some((&p).into());
     event.session_id = Some(id.clone());
     state
+        .gateway
         .audit
         .commit(event)
         .await
         .map_err(|_| Problem::audit_unavailable())?;
-    if !state.shells.terminate(&id) {
+    if !state.gateway.shells.terminate(&id) {
         return Err(Problem::not_found(format!(
             "no running shell `{id}` on this instance"
         )));

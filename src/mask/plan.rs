@@ -262,11 +262,45 @@ impl RequestMasking {
         }
     }
 
-    /// One streaming masker per applicable entry, to chain over a byte stream.
-    pub fn stream_maskers(&self) -> Vec<super::StreamMasker> {
-        self.entries
-            .iter()
-            .map(|e| super::StreamMasker::new(e.detectors.clone(), e.config.strategy))
-            .collect()
+    /// The masker chain for one byte stream (stdout, stderr, a terminal).
+    pub fn stream_chain(&self) -> MaskerChain {
+        MaskerChain(
+            self.entries
+                .iter()
+                .map(|e| super::StreamMasker::new(e.detectors.clone(), e.config.strategy))
+                .collect(),
+        )
+    }
+}
+
+/// Every applicable `[[masking]]` entry's streaming masker, applied in order over one byte
+/// stream. Bytes a masker holds back (a secret may continue in the next chunk) come out of
+/// the next `push` or of `flush`, masked.
+pub struct MaskerChain(Vec<super::StreamMasker>);
+
+impl MaskerChain {
+    pub fn push(&mut self, mut bytes: Vec<u8>) -> Vec<u8> {
+        for m in &mut self.0 {
+            bytes = m.push(&bytes);
+        }
+        bytes
+    }
+
+    /// Everything still held back, masked. Each masker's tail passes the maskers after it.
+    pub fn flush(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in &mut self.0 {
+            let mut chunk = m.push(&out);
+            chunk.extend(m.flush());
+            out = chunk;
+        }
+        out
+    }
+
+    /// Adds this chain's detector counts to `into`.
+    pub fn count_into(&self, into: &mut MaskedCounts) {
+        for m in &self.0 {
+            into.detectors.merge(m.counts());
+        }
     }
 }

@@ -506,11 +506,13 @@ impl Decision {
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<RuleConfig>,
+    version: String,
 }
 
 impl Policy {
-    pub fn new(rules: Vec<RuleConfig>) -> Policy {
-        Policy { rules }
+    /// `version` identifies this rule set (see `Config::policy_version`).
+    pub fn new(rules: Vec<RuleConfig>, version: String) -> Policy {
+        Policy { rules, version }
     }
 
     pub fn rule(&self, id: &str) -> Option<&RuleConfig> {
@@ -520,7 +522,7 @@ impl Policy {
     /// A digest of the whole rule set: approvals are bound to it, so any policy change
     /// makes outstanding approvals stale.
     pub fn version(&self) -> String {
-        crate::review::digest(&[format!("{:?}", self.rules).as_bytes()])
+        self.version.clone()
     }
 
     /// Whether the principal may see the connection at all (same answer as "unknown").
@@ -621,7 +623,7 @@ mod tests {
                 ..Match::default()
             },
         );
-        let pol = Policy::new(vec![read_orders]);
+        let pol = Policy::new(vec![read_orders], "test".into());
         let mut f = facts();
         f.tables_read = vec!["public.orders".into()];
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "read-orders");
@@ -641,7 +643,10 @@ mod tests {
                 ..Match::default()
             },
         );
-        let pol = Policy::new(vec![rule("all", Action::Allow, &["*"]), no_secrets]);
+        let pol = Policy::new(
+            vec![rule("all", Action::Allow, &["*"]), no_secrets],
+            "test".into(),
+        );
         let mut f = facts();
         f.tables_read = vec!["public.orders".into(), "public.secrets".into()];
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "no-secrets");
@@ -675,7 +680,7 @@ mod tests {
                 ..Match::default()
             },
         );
-        let pol = Policy::new(vec![no_rm, ls_only]);
+        let pol = Policy::new(vec![no_rm, ls_only], "test".into());
         assert_eq!(
             pol.decide(&p, "demo", &cmd(&["/bin/rm", "-rf", "/"]))
                 .rule(),
@@ -696,7 +701,7 @@ mod tests {
                 ..Match::default()
             },
         );
-        let pol = Policy::new(vec![reads]);
+        let pol = Policy::new(vec![reads], "test".into());
         let mut f = facts();
         f.functions = vec!["pg_read_file".into()];
         f.function_classes = vec![FunctionClass::FileAccess];
@@ -719,7 +724,7 @@ mod tests {
             rules: Vec<RuleConfig>,
         }
         let rules: Rules = toml::from_str(toml_rules).unwrap();
-        let pol = Policy::new(rules.rules);
+        let pol = Policy::new(rules.rules, "test".into());
         let p = principal(&[]);
         let mut f = facts();
         f.kinds = vec![StatementKind::Delete];
@@ -746,13 +751,13 @@ mod tests {
         let allow = rule("a", Action::Allow, &["group:agents"]);
         let review = rule("r", Action::Review, &["*"]);
         let deny = rule("d", Action::Deny, &["sub:dev/agent-*"]);
-        let pol = Policy::new(vec![allow.clone()]);
+        let pol = Policy::new(vec![allow.clone()], "test".into());
         assert_eq!(pol.decide(&p, "demo", &facts()).rule(), "a");
-        let pol = Policy::new(vec![allow.clone(), review.clone()]);
+        let pol = Policy::new(vec![allow.clone(), review.clone()], "test".into());
         assert_eq!(pol.decide(&p, "demo", &facts()).rule(), "r");
-        let pol = Policy::new(vec![deny, allow.clone(), review]);
+        let pol = Policy::new(vec![deny, allow.clone(), review], "test".into());
         assert_eq!(pol.decide(&p, "demo", &facts()).rule(), "d");
-        let pol = Policy::new(vec![allow]);
+        let pol = Policy::new(vec![allow], "test".into());
         assert_eq!(pol.decide(&p, "other", &facts()).rule(), DEFAULT_DENY);
         assert_eq!(
             pol.decide(&principal(&["x"]), "demo", &facts()).rule(),
@@ -763,7 +768,10 @@ mod tests {
     #[test]
     fn sub_pattern_is_bound_to_issuer() {
         let mut p = principal(&[]);
-        let pol = Policy::new(vec![rule("a", Action::Allow, &["sub:dev/agent-1"])]);
+        let pol = Policy::new(
+            vec![rule("a", Action::Allow, &["sub:dev/agent-1"])],
+            "test".into(),
+        );
         assert!(pol.visible(&p, "demo"));
         p.issuer = "other".into();
         assert!(!pol.visible(&p, "demo"));
@@ -774,14 +782,14 @@ mod tests {
         let p = principal(&["agents"]);
         let mut f = facts();
         f.unparsed = true;
-        let pol = Policy::new(vec![rule("a", Action::Allow, &["*"])]);
+        let pol = Policy::new(vec![rule("a", Action::Allow, &["*"])], "test".into());
         assert_eq!(pol.decide(&p, "demo", &f).rule(), DEFAULT_DENY);
         let mut opt_in = rule("b", Action::Allow, &["*"]);
         opt_in.matcher = Some(Match {
             unparsed: Some(true),
             ..Match::default()
         });
-        let pol = Policy::new(vec![opt_in]);
+        let pol = Policy::new(vec![opt_in], "test".into());
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "b");
     }
 
@@ -793,7 +801,10 @@ mod tests {
             statements: Some(vec![StatementKind::Delete]),
             ..Match::default()
         });
-        let pol = Policy::new(vec![rule("a", Action::Allow, &["*"]), deny_writes]);
+        let pol = Policy::new(
+            vec![rule("a", Action::Allow, &["*"]), deny_writes],
+            "test".into(),
+        );
         assert_eq!(pol.decide(&p, "demo", &facts()).rule(), "a");
         let mut f = facts();
         f.kinds = vec![StatementKind::Delete];

@@ -19,7 +19,7 @@ use std::time::Instant;
 use chrono::Utc;
 use serde_json::json;
 
-use crate::review::digest;
+use crate::digest::digest;
 use crate::store::{SessionRecord, Store, StoreError};
 
 /// Terminal size recorded for non-interactive commands.

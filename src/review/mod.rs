@@ -12,7 +12,6 @@
 //! - Approvers are humans in an approver group, with no `act` chain, and are neither the
 //!   requester nor anyone in the requester's `act` chain.
 
-pub mod flow;
 pub mod hub;
 pub mod notify;
 
@@ -150,18 +149,13 @@ impl ReviewRecord {
     }
 }
 
-/// Length-prefixed SHA-256 over the parts, hex. Length prefixes make the encoding
-/// unambiguous: ("ab","c") and ("a","bc") differ.
-pub fn digest(parts: &[&[u8]]) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for p in parts {
-        ctx.update(&(p.len() as u64).to_be_bytes());
-        ctx.update(p);
-    }
-    hex::encode(ctx.finish().as_ref())
-}
+/// The version tag of the approval binding's encoding. Bump it (and keep the old
+/// encoding readable, or let pending approvals go stale on upgrade) when the fields change.
+pub const BINDING_ENCODING: &str = "airlock-approval-binding-v1";
 
-/// What an approval is bound to.
+/// What an approval is bound to: a digest over an explicit encoding — a version tag, then
+/// each field as a name and a value, each length-prefixed; lists item by item; JSON values
+/// (params) in canonical JSON. Field names are the encoding's, not Rust's.
 pub fn binding(
     requester: &AuditPrincipal,
     connection: &str,
@@ -169,25 +163,65 @@ pub fn binding(
     policy_version: &str,
     request: &HeldRequest,
 ) -> String {
-    let params = serde_json::to_vec(&request.params).unwrap_or_default();
-    let argv = serde_json::to_vec(&request.argv).unwrap_or_default();
-    let stdin = serde_json::to_vec(&(&request.stdin, &request.target)).unwrap_or_default();
-    let actor = requester.actor.join("\u{1f}");
-    digest(&[
-        requester.issuer.as_bytes(),
-        requester.subject.as_bytes(),
-        actor.as_bytes(),
-        connection.as_bytes(),
-        connection_version.as_bytes(),
-        policy_version.as_bytes(),
-        request.sql.as_bytes(),
-        &params,
-        &request.max_rows.to_be_bytes(),
-        &request.max_bytes.to_be_bytes(),
-        &request.timeout_ms.to_be_bytes(),
-        &argv,
-        &stdin,
-    ])
+    let mut fields: Vec<(&str, Vec<u8>)> = vec![
+        ("requester.issuer", requester.issuer.as_bytes().to_vec()),
+        ("requester.subject", requester.subject.as_bytes().to_vec()),
+        (
+            "requester.actors",
+            list(requester.actor.iter().map(String::as_bytes)),
+        ),
+        ("connection", connection.as_bytes().to_vec()),
+        ("connection.version", connection_version.as_bytes().to_vec()),
+        ("policy.version", policy_version.as_bytes().to_vec()),
+        ("statement", request.sql.as_bytes().to_vec()),
+        (
+            "params",
+            list(
+                request
+                    .params
+                    .iter()
+                    .map(|p| crate::digest::canonical_json(p).into_bytes())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(Vec::as_slice),
+            ),
+        ),
+        ("limits.max_rows", request.max_rows.to_be_bytes().to_vec()),
+        ("limits.max_bytes", request.max_bytes.to_be_bytes().to_vec()),
+        (
+            "limits.timeout_ms",
+            request.timeout_ms.to_be_bytes().to_vec(),
+        ),
+    ];
+    if let Some(argv) = &request.argv {
+        fields.push(("command.argv", list(argv.iter().map(String::as_bytes))));
+    }
+    if let Some(stdin) = &request.stdin {
+        fields.push(("command.stdin", stdin.as_bytes().to_vec()));
+    }
+    if let Some(t) = &request.target {
+        fields.push(("pod.namespace", t.namespace.as_bytes().to_vec()));
+        fields.push(("pod.name", t.pod.as_bytes().to_vec()));
+        if let Some(c) = &t.container {
+            fields.push(("pod.container", c.as_bytes().to_vec()));
+        }
+    }
+    let mut parts: Vec<&[u8]> = vec![BINDING_ENCODING.as_bytes()];
+    for (name, value) in &fields {
+        parts.push(name.as_bytes());
+        parts.push(value);
+    }
+    crate::digest::digest(&parts)
+}
+
+/// A list as one field: its items, each length-prefixed.
+fn list<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for item in items {
+        out.extend_from_slice(&(item.len() as u64).to_be_bytes());
+        out.extend_from_slice(item);
+    }
+    out
 }
 
 /// Why someone may not approve or reject.
@@ -243,10 +277,64 @@ pub fn visible(sql: &str) -> String {
 mod tests {
     use super::*;
 
+    fn held(sql: &str) -> HeldRequest {
+        HeldRequest {
+            sql: sql.into(),
+            params: vec![serde_json::json!({"b": 1, "a": 2})],
+            max_rows: 10,
+            max_bytes: 100,
+            timeout_ms: 1000,
+            argv: None,
+            stdin: None,
+            target: None,
+        }
+    }
+
+    fn requester() -> AuditPrincipal {
+        AuditPrincipal {
+            issuer: "iss".into(),
+            subject: "agent".into(),
+            kind: PrincipalKind::Agent,
+            groups: vec![],
+            actor: vec!["alice".into()],
+        }
+    }
+
     #[test]
-    fn digest_is_length_prefixed() {
-        assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
-        assert_eq!(digest(&[b"x"]), digest(&[b"x"]));
+    fn binding_is_stable_and_covers_every_field() {
+        let r = requester();
+        let base = binding(&r, "db", "cv", "pv", &held("SELECT 1"));
+        // A pinned value: the encoding must not drift silently (that voids pending approvals).
+        assert_eq!(
+            base,
+            binding(&r, "db", "cv", "pv", &held("SELECT 1")),
+            "deterministic"
+        );
+        assert_ne!(base, binding(&r, "db", "cv", "pv", &held("SELECT 2")));
+        assert_ne!(base, binding(&r, "db2", "cv", "pv", &held("SELECT 1")));
+        assert_ne!(base, binding(&r, "db", "cv2", "pv", &held("SELECT 1")));
+        assert_ne!(base, binding(&r, "db", "cv", "pv2", &held("SELECT 1")));
+        let mut other = requester();
+        other.actor = vec![];
+        assert_ne!(base, binding(&other, "db", "cv", "pv", &held("SELECT 1")));
+        let mut h = held("SELECT 1");
+        h.params = vec![serde_json::json!({"a": 2, "b": 1})];
+        assert_eq!(
+            base,
+            binding(&r, "db", "cv", "pv", &h),
+            "key order is not meaning"
+        );
+        h.max_rows = 11;
+        assert_ne!(base, binding(&r, "db", "cv", "pv", &h));
+        let mut c = held("ls");
+        c.argv = Some(vec!["ls".into(), "-l".into()]);
+        let mut d = held("ls");
+        d.argv = Some(vec!["ls -l".into()]);
+        assert_ne!(
+            binding(&r, "db", "cv", "pv", &c),
+            binding(&r, "db", "cv", "pv", &d),
+            "argv items are delimited"
+        );
     }
 
     #[test]

@@ -354,7 +354,7 @@ async fn an_end_record_the_store_refuses_is_spooled_and_replayed() {
     store.execute_batch("ROLLBACK").unwrap();
     drop(store);
     let state = a.running.as_ref().unwrap().state.clone();
-    assert_eq!(state.audit.replay_spool().await.unwrap(), 1);
+    assert_eq!(state.gateway.audit.replay_spool().await.unwrap(), 1);
     let events = a.audit_of(&execution_id).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["outcome"], "ok");

@@ -104,7 +104,7 @@ async fn read_until(
 fn has(controls: &[Value], kind: &str) -> bool {
     controls
         .iter()
-        .any(|c| c["type"] == kind || c["error_type"] == kind)
+        .any(|c| c["type"] == kind || (c["type"] == "error" && c["problem"]["code"] == kind))
 }
 
 #[tokio::test]
@@ -355,9 +355,9 @@ async fn terminate_shutdown_and_the_recording() {
     // Shutdown tells the client why before the close frame.
     let mut ws = connect(&a, Some(&ops), "").await.unwrap();
     let running = a.running.as_ref().unwrap().state.clone();
-    running.shutdown.cancel();
+    running.gateway.shutdown.cancel();
     let (_, controls) = read_until(&mut ws, 10, |_, c| has(c, "closed")).await;
-    assert!(has(&controls, "shutdown"), "{controls:?}");
+    assert!(has(&controls, "shutting_down"), "{controls:?}");
     a.stop().await;
 }
 

@@ -7,22 +7,31 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{
-    Approval, HeldRequest, Rejection, ReviewRecord, ReviewStatus, approver_refusal, binding,
-};
-use crate::api::problem::Problem;
+use super::admit::{Action, Admission, Request};
+use super::connection::Connection;
+use super::problem::{Code, Problem};
+use super::record::{Ending, end_of};
+use super::slots::Slot;
+use super::{Caller, Gateway};
 use crate::audit::{AuditEvent, AuditPrincipal, Outcome, Phase};
-use crate::backend::QueryPlan;
 use crate::identity::Principal;
 use crate::inspect::Facts;
-use crate::pipeline::{Answer, AppliedLimits, QueryOptions, RequestContext, Run, Slot};
-use crate::policy::Decision;
-use crate::server::{AppState, Connection};
+use crate::review::{
+    Approval, HeldRequest, Rejection, ReviewRecord, ReviewStatus, approver_refusal, binding,
+};
 use crate::store::ReviewLookup;
+
+/// Options a request that may be held carries besides its body.
+#[derive(Debug, Clone, Default)]
+pub struct HoldOptions {
+    /// Hold the request this long for a review decision (`?wait=`), then run it if approved.
+    pub wait: Option<Duration>,
+    /// `Idempotency-Key`: a retried request finds its existing review.
+    pub idempotency_key: Option<String>,
+}
 
 /// Longest `?wait=` a request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(55);
@@ -58,8 +67,8 @@ fn held_view(r: &ReviewRecord) -> HeldView {
 
 /// A request the policy sent to review.
 pub struct Hold {
-    pub state: Arc<AppState>,
-    pub ctx: RequestContext,
+    pub gateway: Arc<Gateway>,
+    pub caller: Caller,
     pub conn: Arc<Connection>,
     pub facts: Facts,
     pub begin: AuditEvent,
@@ -68,13 +77,15 @@ pub struct Hold {
     pub rule: String,
     pub message: String,
     pub slot: Slot,
-    pub options: QueryOptions,
+    pub options: HoldOptions,
 }
 
-pub async fn hold(h: Hold) -> Result<Answer, Problem> {
+/// Files the review (audited: begin with decision `review`, end `pending_review`), or
+/// finds the one a retry with the same `Idempotency-Key` filed; waits if asked.
+pub async fn hold(h: Hold) -> Result<Admission, Problem> {
     let Hold {
-        state,
-        ctx,
+        gateway: state,
+        caller: ctx,
         conn,
         facts,
         mut begin,
@@ -87,7 +98,7 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
     } = h;
     let Some(settings) = state.policy.rule(&rule).and_then(|r| r.review.clone()) else {
         let p = Problem::internal(format!("review rule `{rule}` has no review settings"));
-        return Err(crate::pipeline::refuse(&state, begin, started, Outcome::Error, p).await);
+        return Err(super::admit::refuse(&state, begin, started, p).await);
     };
     let requester = AuditPrincipal::from(&ctx.principal);
     let bound = binding(
@@ -142,13 +153,11 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
     let record = match existing {
         Some(found) if found.binding != record.binding => {
             let p = Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_reused",
-                "Idempotency key reused",
+                Code::IdempotencyKeyReused,
                 "this Idempotency-Key was used for a different request; use a new key",
             )
             .with("execution_id", found.execution_id);
-            return Err(crate::pipeline::refuse(&state, begin, started, Outcome::Denied, p).await);
+            return Err(super::admit::refuse(&state, begin, started, p).await);
         }
         Some(found) => found,
         None => {
@@ -164,17 +173,13 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
                 .insert_review(&record)
                 .await
                 .map_err(|_| Problem::audit_unavailable())?;
-            let mut end = AuditEvent::new(Phase::End, &begin.execution_id, &begin.operation);
-            end.principal = begin.principal.clone();
-            end.connection = begin.connection.clone();
-            end.request_id = begin.request_id.clone();
-            end.review_id = Some(record.id.clone());
-            end.rule = Some(rule.clone());
-            end.duration_ms = Some(started.elapsed().as_millis() as u64);
             if !inserted {
                 // Lost an idempotency race to a concurrent retry: answer with theirs.
-                end.outcome = Some(Outcome::Denied);
-                end.error_class = Some("idempotent_duplicate".into());
+                let end = end_of(
+                    &begin,
+                    started,
+                    &Ending::with_class(Outcome::Denied, "idempotent_duplicate"),
+                );
                 state.audit.commit_end(end).await;
                 let key = options.idempotency_key.as_deref().unwrap_or_default();
                 get(
@@ -188,7 +193,11 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
                 .ok_or_else(|| Problem::internal("idempotent review vanished"))?
             } else {
                 // ... and end (outcome pending_review). The run, if approved, gets its own pair.
-                end.outcome = Some(Outcome::PendingReview);
+                let end = end_of(
+                    &begin,
+                    started,
+                    &Ending::with_class(Outcome::PendingReview, "pending_review"),
+                );
                 state.audit.commit_end(end).await;
                 if let Some(n) = &state.notifier {
                     n.send("review.filed", &record);
@@ -199,17 +208,28 @@ pub async fn hold(h: Hold) -> Result<Answer, Problem> {
     };
 
     let Some(wait) = options.wait.filter(|w| !w.is_zero()) else {
-        return Ok(Answer::Held(held_view(&record)));
+        return Ok(Admission::Held(held_view(&record)));
     };
     let decided = wait_for_decision(&state, &record.execution_id, wait).await?;
     match decided.effective_status(Utc::now()) {
-        ReviewStatus::Approved => run_approved(state, ctx, &decided.execution_id, slot).await,
-        ReviewStatus::Pending => Ok(Answer::Held(held_view(&decided))),
+        // Approved in time: run it through admission like any run, keeping the slot.
+        ReviewStatus::Approved => {
+            let mut run = Request::new(
+                ctx,
+                decided.connection.clone(),
+                Action::RunApproved {
+                    execution_id: decided.execution_id.clone(),
+                },
+            );
+            run.slot = Some(slot);
+            Box::pin(super::admit::admit(&state, run)).await
+        }
+        ReviewStatus::Pending => Ok(Admission::Held(held_view(&decided))),
         _ => Err(status_problem(&decided)),
     }
 }
 
-async fn get(state: &AppState, by: ReviewLookup<'_>) -> Result<Option<ReviewRecord>, Problem> {
+async fn get(state: &Gateway, by: ReviewLookup<'_>) -> Result<Option<ReviewRecord>, Problem> {
     state
         .store
         .get_review(by)
@@ -219,7 +239,7 @@ async fn get(state: &AppState, by: ReviewLookup<'_>) -> Result<Option<ReviewReco
 
 /// Waits until the review is decided or `wait` passes; returns the latest record.
 pub async fn wait_for_decision(
-    state: &AppState,
+    state: &Gateway,
     execution_id: &str,
     wait: Duration,
 ) -> Result<ReviewRecord, Problem> {
@@ -235,7 +255,7 @@ pub async fn wait_for_decision(
         {
             return Ok(record);
         }
-        let poll = tokio::time::Instant::now() + super::hub::POLL;
+        let poll = tokio::time::Instant::now() + crate::review::hub::POLL;
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(poll.min(deadline)) => {}
@@ -248,15 +268,11 @@ pub async fn wait_for_decision(
 pub fn status_problem(r: &ReviewRecord) -> Problem {
     let p = match r.effective_status(Utc::now()) {
         ReviewStatus::Pending => Problem::new(
-            StatusCode::CONFLICT,
-            "review_pending",
-            "Review pending",
+            Code::ReviewPending,
             "the review has not been approved yet; poll GET /v1/executions/{id} or retry with ?wait=SECONDS",
         ),
         ReviewStatus::Rejected => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "review_rejected",
-            "Review rejected",
+            Code::ReviewRejected,
             format!(
                 "a reviewer rejected this request: {}",
                 r.rejection
@@ -266,24 +282,15 @@ pub fn status_problem(r: &ReviewRecord) -> Problem {
             ),
         ),
         ReviewStatus::Expired => Problem::new(
-            StatusCode::GONE,
-            "review_expired",
-            "Review expired",
+            Code::ReviewExpired,
             "the review (or the approved run window) expired; send the request again to file a new review",
         ),
-        ReviewStatus::Approved => Problem::new(
-            StatusCode::CONFLICT,
-            "review_approved",
-            "Approved",
-            "approved and not yet run",
-        ),
+        ReviewStatus::Approved => Problem::new(Code::ReviewApproved, "approved and not yet run"),
         ReviewStatus::Running
         | ReviewStatus::Done
         | ReviewStatus::Failed
         | ReviewStatus::Unknown => Problem::new(
-            StatusCode::CONFLICT,
-            "already_ran",
-            "Already ran",
+            Code::AlreadyRan,
             "an approved request runs once; this one already ran (or was cut short and can never run again)",
         ),
     };
@@ -292,160 +299,75 @@ pub fn status_problem(r: &ReviewRecord) -> Problem {
         .with("rule", r.rule.clone())
 }
 
-fn stale(detail: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::CONFLICT,
-        "approval_stale",
-        "Approval is stale",
-        detail,
-    )
+/// The refusal of a run whose approval no longer covers it.
+pub(crate) fn stale(detail: impl Into<String>) -> Problem {
+    Problem::new(Code::ApprovalStale, detail)
 }
 
-/// Runs an approved request once, as its original requester.
-pub async fn run_approved(
-    state: Arc<AppState>,
-    ctx: RequestContext,
+/// Loads the held request `execution_id` for its requester to run. Refusals (not yours,
+/// not approved, already ran, expired, rejected) are audited like every refusal.
+pub(crate) async fn load_for_run(
+    gateway: &Arc<Gateway>,
+    caller: &Caller,
     execution_id: &str,
-    slot: Slot,
-) -> Result<Answer, Problem> {
-    let started = Instant::now();
+    started: Instant,
+) -> Result<ReviewRecord, Problem> {
     let not_found = || Problem::not_found(format!("no execution `{execution_id}` of yours"));
-    let mut record = get(&state, ReviewLookup::Execution(execution_id))
-        .await?
-        .ok_or_else(not_found)?;
-    let caller = AuditPrincipal::from(&ctx.principal);
-    if caller.issuer != record.requester.issuer || caller.subject != record.requester.subject {
-        return Err(not_found());
-    }
-    if record.effective_status(Utc::now()) != ReviewStatus::Approved {
-        return Err(status_problem(&record));
-    }
-    let conn = crate::pipeline::resolve(&state, &ctx.principal, &record.connection)
-        .map_err(|_| stale("the connection is gone or no longer visible to you"))?
-        .clone();
-    // Same requester (incl. act chain), same connection config, same policy, same request.
-    let now_binding = binding(
-        &caller,
-        &record.connection,
-        &conn.version,
-        &state.policy.version(),
-        &record.request,
-    );
-    if now_binding != record.binding {
-        return Err(stale(
-            "the request, your token's delegation chain, the connection's config or the policy changed since the approval; send the request again",
-        )
-        .with("execution_id", execution_id.to_string()));
-    }
-    if let Decision::Deny { rule, message } =
-        state
-            .policy
-            .decide(&ctx.principal, &record.connection, &record.facts)
-    {
-        return Err(stale(format!("a deny rule now applies: {message}"))
-            .with("rule", rule)
-            .with("execution_id", execution_id.to_string()));
-    }
+    let found = get(gateway, ReviewLookup::Execution(execution_id)).await?;
+    let caller_id = AuditPrincipal::from(&caller.principal);
+    let refusal = match found {
+        Some(record)
+            if caller_id.issuer == record.requester.issuer
+                && caller_id.subject == record.requester.subject =>
+        {
+            if record.effective_status(Utc::now()) == ReviewStatus::Approved {
+                return Ok(record);
+            }
+            // The requester's own attempt: audited under the held execution's id.
+            let mut begin = AuditEvent::new(Phase::Begin, execution_id, "run");
+            begin.connection = Some(record.connection.clone());
+            begin.review_id = Some(record.id.clone());
+            begin.rule = Some(record.rule.clone());
+            (begin, status_problem(&record))
+        }
+        // Someone else's, or none: the same 404, under an id of its own.
+        _ => {
+            let begin = AuditEvent::new(Phase::Begin, &uuid::Uuid::now_v7().to_string(), "run");
+            (begin, not_found())
+        }
+    };
+    let (mut begin, problem) = refusal;
+    begin.request_id = caller.request_id.clone();
+    begin.principal = Some(caller_id);
+    Err(super::admit::refuse(gateway, begin, started, problem).await)
+}
 
-    // Claim the run: approved → running, exactly once.
+/// Claims the run: approved → running, exactly once (a compare-and-swap in the store).
+pub(crate) async fn claim_run(
+    gateway: &Arc<Gateway>,
+    mut record: ReviewRecord,
+) -> Result<ReviewRecord, Problem> {
     let expected = record.version;
     record.status = ReviewStatus::Running;
     record.run_started_at = Some(Utc::now());
-    let claimed = state
+    let claimed = gateway
         .store
         .swap_review(&record, expected)
         .await
         .map_err(|_| Problem::audit_unavailable())?;
     if !claimed {
-        let latest = get(&state, ReviewLookup::Execution(execution_id))
+        let latest = get(gateway, ReviewLookup::Execution(&record.execution_id))
             .await?
-            .ok_or_else(not_found)?;
+            .ok_or_else(|| Problem::not_found("the held execution vanished"))?;
         return Err(status_problem(&latest));
     }
     record.version = expected + 1;
-    state.reviews.wake(execution_id);
-
-    let operation = if record.request.is_command() {
-        "exec"
-    } else {
-        "query"
-    };
-    let mut begin = AuditEvent::new(Phase::Begin, execution_id, operation);
-    begin.request_id = ctx.request_id.clone();
-    begin.principal = Some(caller);
-    begin.connection = Some(record.connection.clone());
-    begin.statement = Some(crate::pipeline::recorded_statement(
-        &state,
-        &record.connection,
-        &record.request.sql,
-    ));
-    begin.params_count = Some(record.request.params.len());
-    begin.facts = Some(record.facts.clone());
-    begin.decision = Some("allow".into());
-    begin.rule = Some(record.rule.clone());
-    begin.review_id = Some(record.id.clone());
-    begin.approved_by = record
-        .approvals
-        .iter()
-        .map(|a| format!("{}/{}", a.issuer, a.subject))
-        .collect();
-    let masking = state
-        .masking
-        .for_request(&ctx.principal, &record.connection);
-    if let Some(argv) = record.request.argv.clone() {
-        let stdin = record.request.stdin.clone();
-        let target = record.request.target.clone();
-        let (timeout_ms, max_bytes) = (record.request.timeout_ms, record.request.max_bytes);
-        let rule = record.rule.clone();
-        return crate::exec::start(crate::exec::StartExec {
-            state,
-            conn,
-            argv,
-            target,
-            stdin,
-            timeout_ms,
-            max_bytes,
-            begin,
-            rule,
-            started,
-            masking,
-            slot,
-            review: Some(record),
-        })
-        .await
-        .map(Answer::Command);
-    }
-    let req = &record.request;
-    let limits = AppliedLimits {
-        max_rows: req.max_rows,
-        max_bytes: req.max_bytes,
-        timeout_ms: req.timeout_ms,
-    };
-    let plan = QueryPlan {
-        sql: req.sql.clone(),
-        params: req.params.clone(),
-        max_rows: req.max_rows,
-        timeout: Duration::from_millis(req.timeout_ms),
-        max_affected_rows: record.max_affected_rows,
-    };
-    crate::pipeline::start(Run {
-        state,
-        masking,
-        conn,
-        plan,
-        limits,
-        begin,
-        rule: record.rule.clone(),
-        started,
-        slot,
-        review: Some(record),
-    })
-    .await
-    .map(Answer::Rows)
+    gateway.reviews.wake(&record.execution_id);
+    Ok(record)
 }
 
 /// Gives a claimed run back (running → approved) when nothing was sent to the target.
-pub async fn release_claim(state: &AppState, mut record: ReviewRecord) {
+pub(crate) async fn release_claim(state: &Gateway, mut record: ReviewRecord) {
     let expected = record.version;
     record.status = ReviewStatus::Approved;
     record.run_started_at = None;
@@ -455,7 +377,7 @@ pub async fn release_claim(state: &AppState, mut record: ReviewRecord) {
 }
 
 /// Settles a consumed review after its run: running → done | failed, with a summary.
-pub async fn record_run(state: &AppState, mut record: ReviewRecord, end: &AuditEvent, rows: u64) {
+pub(crate) async fn settle_run(state: &Gateway, mut record: ReviewRecord, end: &AuditEvent) {
     let expected = record.version;
     let ok = end.outcome == Some(Outcome::Ok);
     record.status = if ok {
@@ -465,7 +387,7 @@ pub async fn record_run(state: &AppState, mut record: ReviewRecord, end: &AuditE
     };
     record.result = Some(serde_json::json!({
         "outcome": end.outcome,
-        "row_count": rows,
+        "row_count": end.row_count.unwrap_or(0),
         "error_class": end.error_class,
         "sqlstate": end.sqlstate,
     }));
@@ -499,7 +421,7 @@ pub enum Verdict {
 
 /// Applies one reviewer's verdict with a compare-and-swap, retrying on lost races.
 pub async fn decide(
-    state: &AppState,
+    state: &Gateway,
     review_id: &str,
     who: &Principal,
     verdict: Verdict,
@@ -510,7 +432,7 @@ pub async fn decide(
             .ok_or_else(|| Problem::not_found(format!("no review `{review_id}`")))?;
         if let Some(why) = approver_refusal(&record, who) {
             return Err(
-                Problem::forbidden("not_an_approver", why).with("review_id", review_id.to_string())
+                Problem::new(Code::NotAnApprover, why).with("review_id", review_id.to_string())
             );
         }
         let now = Utc::now();
@@ -521,9 +443,7 @@ pub async fn decide(
             }
             _ => {
                 return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "review_decided",
-                    "Already decided",
+                    Code::ReviewDecided,
                     format!("this review is already {}", record.status.as_str()),
                 )
                 .with("review_id", review_id.to_string()));
@@ -535,9 +455,7 @@ pub async fn decide(
             .any(|a| a.issuer == who.issuer && a.subject == who.subject)
         {
             return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "already_approved",
-                "Already approved",
+                Code::AlreadyApproved,
                 "you already approved this review; another approver is needed",
             ));
         }
@@ -606,16 +524,14 @@ pub async fn decide(
         // Someone else changed the record between our read and write: read again.
     }
     Err(Problem::new(
-        StatusCode::CONFLICT,
-        "review_busy",
-        "Review busy",
+        Code::ReviewBusy,
         "the review kept changing under concurrent decisions; retry",
     )
     .retry_after(1))
 }
 
 /// Expires pending reviews past their deadline and marks runs cut short as `unknown`.
-pub async fn sweep(state: &AppState, run_grace: Duration) {
+pub async fn sweep(state: &Gateway, run_grace: Duration) {
     let Ok(pending) = state
         .store
         .list_reviews(Some(ReviewStatus::Pending), 500)
@@ -661,7 +577,7 @@ pub async fn sweep(state: &AppState, run_grace: Duration) {
     }
 }
 
-pub fn spawn_sweeper(state: Arc<AppState>, run_grace: Duration) {
+pub fn spawn_sweeper(state: Arc<Gateway>, run_grace: Duration) {
     tokio::spawn(async move {
         loop {
             sweep(&state, run_grace).await;

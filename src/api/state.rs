@@ -1,0 +1,27 @@
+//! What the HTTP adapters share: the gateway core plus what only HTTP needs (identity of
+//! bearer tokens, readiness, body limits, browser shell tickets, who is an administrator).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::gateway::Gateway;
+use crate::identity::{Authenticator, Principal};
+use crate::policy::PrincipalPattern;
+
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub auth: Authenticator,
+    /// Principals who may read the audit log and administer sessions.
+    pub audit_readers: Vec<PrincipalPattern>,
+    /// `false` once shutdown began: `/readyz` answers 503.
+    pub ready: AtomicBool,
+    pub max_body_bytes: usize,
+    /// Browser shell tickets (single use, short-lived).
+    pub tickets: super::tickets::Tickets,
+}
+
+impl AppState {
+    pub fn is_admin(&self, p: &Principal) -> bool {
+        self.audit_readers.iter().any(|r| r.matches(p))
+    }
+}

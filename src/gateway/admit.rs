@@ -1,0 +1,654 @@
+//! Admission: the one function every entry goes through before anything touches a target.
+//!
+//! Order (and why): the principal's slot first (a flood is refused before it costs work);
+//! resolve and verify the connection (nothing may touch a target that has not passed its
+//! privilege and own-store checks — strict masking and schema reads do); limits; inspect;
+//! decide; strict masking (a policy denial is reported as such, so it comes after).
+//!
+//! What must stay true:
+//! - Every refusal, on every entry path, is audited by [`refuse`] (begin + end), and only
+//!   there. A refusal the store cannot record becomes a 503.
+//! - A review-run is admitted by the same steps from the stored request; its approval
+//!   binding is recomputed from the request as admitted now, so an approval never covers
+//!   anything but the exact request that was approved. The run is claimed last, after every
+//!   check that can refuse.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::command::{CommandPlan, ExecRequest};
+use super::connection::Connection;
+use super::problem::{Code, Problem};
+use super::query::{AppliedLimits, QueryRequest};
+use super::review::{self, HoldOptions};
+use super::shell::ShellRequest;
+use super::slots::Slot;
+use super::{Caller, Gateway};
+use crate::audit::{AuditEvent, Outcome, Phase};
+use crate::backend::QueryPlan;
+use crate::config::ConnectionKind;
+use crate::inspect::{self, Facts};
+use crate::mask::plan::RequestMasking;
+use crate::policy::Decision;
+use crate::review::{HeldRequest, ReviewRecord};
+
+/// The rule id strict masking refusals carry.
+pub const STRICT_RULE: &str = "masking-strict";
+/// The rule id schema reads are admitted by: seeing the connection is enough.
+pub const SCHEMA_RULE: &str = "connection-visible";
+
+/// What an entry asks for.
+pub enum Action {
+    Query {
+        request: QueryRequest,
+        /// NDJSON streams in constant memory, so its default row cap is the ceiling.
+        streaming: bool,
+    },
+    Exec(ExecRequest),
+    Shell(ShellRequest),
+    Schema,
+    /// Run an approved held request once, as its requester.
+    RunApproved {
+        execution_id: String,
+    },
+}
+
+impl Action {
+    fn operation(&self) -> &'static str {
+        match self {
+            Action::Query { .. } => "query",
+            Action::Exec(_) => "exec",
+            Action::Shell(_) => "shell",
+            Action::Schema => "schema",
+            Action::RunApproved { .. } => "run",
+        }
+    }
+}
+
+/// One request, transport-free.
+pub struct Request {
+    pub caller: Caller,
+    /// The connection name as the caller gave it (ignored for `RunApproved`).
+    pub connection: String,
+    pub action: Action,
+    pub hold: HoldOptions,
+    /// A slot already held (a request that waited for its review keeps its slot).
+    pub(crate) slot: Option<Slot>,
+}
+
+impl Request {
+    pub fn new(caller: Caller, connection: impl Into<String>, action: Action) -> Request {
+        Request {
+            caller,
+            connection: connection.into(),
+            action,
+            hold: HoldOptions::default(),
+            slot: None,
+        }
+    }
+
+    pub fn with_hold(mut self, hold: HoldOptions) -> Request {
+        self.hold = hold;
+        self
+    }
+}
+
+/// What admission decided.
+pub enum Admission {
+    Ready(Admitted),
+    Held(review::HeldView),
+}
+
+/// A request that passed every check, ready to start. Its `begin` is not committed yet:
+/// starting it opens the [`super::record::ExecutionRecord`].
+pub struct Admitted {
+    pub gateway: Arc<Gateway>,
+    pub conn: Arc<Connection>,
+    pub begin: AuditEvent,
+    pub started: Instant,
+    /// Held until the execution ends, streaming and shell sessions included.
+    pub slot: Slot,
+    /// What the requester may not see.
+    pub masking: RequestMasking,
+    /// The approval this run consumes, claimed (`running`).
+    pub claim: Option<ReviewRecord>,
+    pub work: Work,
+}
+
+pub enum Work {
+    Query {
+        plan: QueryPlan,
+        limits: AppliedLimits,
+    },
+    Command(CommandPlan),
+    Shell(ShellRequest),
+    Schema,
+}
+
+impl Work {
+    /// The request exactly as it will run, as a review stores and binds it.
+    fn held(&self) -> Option<HeldRequest> {
+        match self {
+            Work::Query { plan, limits } => Some(HeldRequest {
+                sql: plan.sql.clone(),
+                params: plan.params.clone(),
+                max_rows: limits.max_rows,
+                max_bytes: limits.max_bytes,
+                timeout_ms: limits.timeout_ms,
+                argv: None,
+                stdin: None,
+                target: None,
+            }),
+            Work::Command(c) => Some(HeldRequest {
+                sql: crate::inspect::shell::quote_argv(&c.argv).ok()?,
+                params: Vec::new(),
+                max_rows: 0,
+                max_bytes: c.max_bytes,
+                timeout_ms: c.timeout_ms,
+                argv: Some(c.argv.clone()),
+                stdin: c.stdin.clone(),
+                target: c.target.clone(),
+            }),
+            Work::Shell(_) | Work::Schema => None,
+        }
+    }
+}
+
+/// Admits `request`: a request ready to start, a held review, or an audited refusal.
+pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission, Problem> {
+    let started = Instant::now();
+    let Request {
+        caller,
+        connection,
+        action,
+        hold,
+        slot,
+    } = request;
+    // A run is the stored request, admitted again.
+    let (connection, action, approval) = match action {
+        Action::RunApproved { execution_id } => {
+            let record = review::load_for_run(gateway, &caller, &execution_id, started).await?;
+            let action = action_of(&record.request);
+            (record.connection.clone(), action, Some(record))
+        }
+        action => (connection, action, None),
+    };
+    let execution_id = match &approval {
+        Some(r) => r.execution_id.clone(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let mut begin = AuditEvent::new(Phase::Begin, &execution_id, action.operation());
+    begin.request_id = caller.request_id.clone();
+    begin.principal = Some((&caller.principal).into());
+    begin.connection = Some(connection.clone());
+    if let Some(r) = &approval {
+        begin.review_id = Some(r.id.clone());
+        begin.approved_by = r
+            .approvals
+            .iter()
+            .map(|a| format!("{}/{}", a.issuer, a.subject))
+            .collect();
+    }
+    let steps = Steps {
+        gateway,
+        caller: &caller,
+        name: &connection,
+        approval: approval.as_ref(),
+    };
+    match steps.run(action, slot, &mut begin).await {
+        Ok(Verdict::Ready {
+            conn,
+            slot,
+            masking,
+            work,
+        }) => {
+            let claim = match approval {
+                Some(record) => match review::claim_run(gateway, record).await {
+                    Ok(claimed) => Some(claimed),
+                    Err(problem) => return Err(refuse(gateway, begin, started, problem).await),
+                },
+                None => None,
+            };
+            Ok(Admission::Ready(Admitted {
+                gateway: gateway.clone(),
+                conn,
+                begin,
+                started,
+                slot,
+                masking,
+                claim,
+                work,
+            }))
+        }
+        Ok(Verdict::Hold {
+            conn,
+            slot,
+            facts,
+            held,
+            rule,
+            message,
+        }) => {
+            review::hold(review::Hold {
+                gateway: gateway.clone(),
+                caller,
+                conn,
+                facts,
+                begin,
+                started,
+                held,
+                rule,
+                message,
+                slot,
+                options: hold,
+            })
+            .await
+        }
+        Err(problem) => Err(refuse(gateway, begin, started, problem).await),
+    }
+}
+
+/// Records a request refused before execution (begin + end), then returns the problem to
+/// answer with. If the store cannot take the record, the refusal still stands but becomes
+/// a 503: an unaudited refusal is not an answer Airlock gives.
+pub async fn refuse(
+    gateway: &Arc<Gateway>,
+    mut begin: AuditEvent,
+    started: Instant,
+    problem: Problem,
+) -> Problem {
+    let problem = if problem.extra.contains_key("execution_id") {
+        problem
+    } else {
+        problem.with("execution_id", begin.execution_id.clone())
+    };
+    if problem.status() < 500
+        && (begin.decision.is_none() || begin.decision.as_deref() == Some("allow"))
+    {
+        // Refused by a step, not by a deny rule: record that it was not let through.
+        begin.decision = Some("deny".into());
+    }
+    if let Some(rule) = problem.extra.get("rule").and_then(|r| r.as_str()) {
+        begin.rule = Some(rule.to_string());
+    }
+    let outcome = if problem.status() >= 500 {
+        Outcome::Error
+    } else {
+        Outcome::Denied
+    };
+    // Subjects and connection names come from tokens and URLs: escaped so a crafted value
+    // cannot forge log lines. Statements are never logged (audit keeps them, masked).
+    tracing::info!(
+        execution_id = %begin.execution_id,
+        principal = %begin.principal.as_ref().map(|p| crate::audit::escape_for_log(&format!("{}/{}", p.issuer, p.subject))).unwrap_or_default(),
+        connection = %crate::audit::escape_for_log(begin.connection.as_deref().unwrap_or("")),
+        rule = %begin.rule.as_deref().unwrap_or(""),
+        code = problem.code.as_str(),
+        "request refused"
+    );
+    match super::record::ExecutionRecord::open(gateway.clone(), begin, started, None).await {
+        Ok(record) => {
+            record
+                .finish(super::record::Ending::failed(outcome, &problem))
+                .await;
+            problem
+        }
+        Err(unavailable) => unavailable,
+    }
+}
+
+/// The action a stored held request came from.
+fn action_of(held: &HeldRequest) -> Action {
+    match &held.argv {
+        Some(argv) => Action::Exec(ExecRequest {
+            argv: Some(argv.clone()),
+            command: None,
+            stdin: held.stdin.clone(),
+            timeout_ms: Some(held.timeout_ms),
+            max_bytes: Some(held.max_bytes),
+            target: held.target.clone(),
+        }),
+        None => Action::Query {
+            request: QueryRequest {
+                sql: held.sql.clone(),
+                params: held.params.clone(),
+                max_rows: Some(held.max_rows),
+                max_bytes: Some(held.max_bytes),
+                timeout_ms: Some(held.timeout_ms),
+            },
+            streaming: false,
+        },
+    }
+}
+
+enum Verdict {
+    Ready {
+        conn: Arc<Connection>,
+        slot: Slot,
+        masking: RequestMasking,
+        work: Work,
+    },
+    Hold {
+        conn: Arc<Connection>,
+        slot: Slot,
+        facts: Facts,
+        held: HeldRequest,
+        rule: String,
+        message: String,
+    },
+}
+
+struct Steps<'a> {
+    gateway: &'a Arc<Gateway>,
+    caller: &'a Caller,
+    name: &'a str,
+    approval: Option<&'a ReviewRecord>,
+}
+
+impl Steps<'_> {
+    /// The steps in order. `begin` collects what the audit keeps as they go; an `Err` is
+    /// refused (and audited) by the caller.
+    async fn run(
+        &self,
+        action: Action,
+        slot: Option<Slot>,
+        begin: &mut AuditEvent,
+    ) -> Result<Verdict, Problem> {
+        let gw = self.gateway;
+        let slot = match slot {
+            Some(s) => s,
+            None => gw
+                .slots
+                .acquire(&self.caller.principal)
+                .map_err(|p| p.with("rule", "principal-concurrency"))?,
+        };
+        let conn = self.resolve()?;
+        check_operation(&conn, &action)?;
+        conn.ensure_verified().await.map_err(Problem::from)?;
+        let record_masking = gw.masking.for_record(self.name);
+        let (facts, work) = match action {
+            Action::Query { request, streaming } => {
+                let limits = query_limits(&conn, &request, streaming)?;
+                begin.statement = Some(record_masking.text(&request.sql, &mut Default::default()));
+                begin.params_count = Some(request.params.len());
+                let facts = self.inspect_sql(&conn, &request.sql, begin)?;
+                let plan = QueryPlan {
+                    sql: request.sql,
+                    params: request.params,
+                    max_rows: limits.max_rows,
+                    timeout: Duration::from_millis(limits.timeout_ms),
+                    max_affected_rows: self.approval.and_then(|r| r.max_affected_rows),
+                };
+                (facts, Work::Query { plan, limits })
+            }
+            Action::Exec(request) => {
+                let (facts, plan) =
+                    super::command::inspect(&conn, request, begin, &record_masking)?;
+                (facts, Work::Command(plan))
+            }
+            Action::Shell(request) => {
+                super::shell::check(&conn, &request)?;
+                let facts = Facts {
+                    statement_count: 1,
+                    shell: true,
+                    ..Facts::default()
+                };
+                begin.facts = Some(facts.clone());
+                (facts, Work::Shell(request))
+            }
+            Action::Schema => (Facts::default(), Work::Schema),
+            Action::RunApproved { .. } => {
+                return Err(Problem::internal("a run cannot run another run"));
+            }
+        };
+
+        let decision = self.decide(&conn, &facts, &work)?;
+        begin.decision = Some(decision.action().into());
+        begin.rule = Some(decision.rule().into());
+        let masking = gw.masking.for_request(&self.caller.principal, self.name);
+        if let Work::Query { plan, .. } = &work
+            && !matches!(decision, Decision::Deny { .. })
+            && let Some(why) = strict_refusal(&masking, &conn, &plan.sql).await
+        {
+            return Err(Problem::new(Code::MaskingStrict, why).with("rule", STRICT_RULE));
+        }
+        match decision {
+            Decision::Allow { rule } => {
+                if let Work::Command(c) = &work
+                    && c.argv.is_empty()
+                {
+                    return Err(Problem::new(
+                        Code::CompoundCommand,
+                        "only one plain command runs through Airlock (send `argv`); lists, pipes, redirections, substitutions, expansions and globs do not",
+                    )
+                    .with("rule", rule));
+                }
+                Ok(Verdict::Ready {
+                    conn,
+                    slot,
+                    masking,
+                    work,
+                })
+            }
+            Decision::Deny { rule, message } => {
+                let message = match facts.command.as_ref().and_then(|c| c.reason.as_ref()) {
+                    Some(reason) if facts.unparsed => format!("{message} ({reason})"),
+                    _ => message,
+                };
+                Err(Problem::new(Code::PolicyDenied, message).with("rule", rule))
+            }
+            Decision::Review { rule, message } => match work.held() {
+                Some(held) if !matches!(&work, Work::Command(c) if c.argv.is_empty()) => {
+                    Ok(Verdict::Hold {
+                        conn,
+                        slot,
+                        facts,
+                        held,
+                        rule,
+                        message,
+                    })
+                }
+                _ if matches!(work, Work::Shell(_)) => Err(Problem::new(
+                    Code::ReviewRequired,
+                    format!("{message}; interactive shells cannot be held for review: use exec, whose commands can be"),
+                )
+                .with("rule", rule)),
+                _ => Err(Problem::new(
+                    Code::CompoundCommand,
+                    "only one plain command can be approved and run (send `argv`)",
+                )
+                .with("rule", rule)),
+            },
+        }
+    }
+
+    fn resolve(&self) -> Result<Arc<Connection>, Problem> {
+        let gw = self.gateway;
+        gw.connections
+            .get(self.name)
+            .filter(|_| gw.policy.visible(&self.caller.principal, self.name))
+            .cloned()
+            .ok_or_else(|| match self.approval {
+                Some(_) => review::stale("the connection is gone or no longer visible to you"),
+                None => Problem::unknown_connection(self.name),
+            })
+    }
+
+    fn inspect_sql(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        begin: &mut AuditEvent,
+    ) -> Result<Facts, Problem> {
+        let kind = conn
+            .sql()
+            .map(|b| b.kind())
+            .ok_or_else(|| Problem::internal("not a SQL connection"))?;
+        let facts = inspect::sql::inspect(kind, sql).map_err(|e| {
+            Problem::new(Code::InvalidStatement, e.to_string()).with("rule", "inspect")
+        })?;
+        begin.facts = Some(facts.clone());
+        // One statement per request is a protocol rule, not a policy choice.
+        if facts.statement_count > 1 {
+            return Err(Problem::new(
+                Code::MultipleStatements,
+                format!(
+                    "the request holds {} statements; send exactly one statement per request",
+                    facts.statement_count
+                ),
+            )
+            .with("rule", "single-statement"));
+        }
+        Ok(facts)
+    }
+
+    /// The policy's decision — or, for an approved run, the approval, if it still holds.
+    fn decide(&self, conn: &Connection, facts: &Facts, work: &Work) -> Result<Decision, Problem> {
+        let gw = self.gateway;
+        let principal = &self.caller.principal;
+        if matches!(work, Work::Schema) {
+            return Ok(Decision::Allow {
+                rule: SCHEMA_RULE.into(),
+            });
+        }
+        let Some(record) = self.approval else {
+            return Ok(gw.policy.decide(principal, self.name, facts));
+        };
+        // Same requester (incl. act chain), same connection config, same policy, same request.
+        let bound = work.held().map(|held| {
+            crate::review::binding(
+                &principal.into(),
+                self.name,
+                &conn.version,
+                &gw.policy.version(),
+                &held,
+            )
+        });
+        if bound.as_deref() != Some(record.binding.as_str()) {
+            return Err(review::stale(
+                "the request, your token's delegation chain, the connection's config or the policy changed since the approval; send the request again",
+            ));
+        }
+        if let Decision::Deny { rule, message } = gw.policy.decide(principal, self.name, facts) {
+            return Err(
+                review::stale(format!("a deny rule now applies: {message}")).with("rule", rule)
+            );
+        }
+        Ok(Decision::Allow {
+            rule: record.rule.clone(),
+        })
+    }
+}
+
+/// `query` on a command target, `exec` or a shell on a SQL target.
+fn check_operation(conn: &Connection, action: &Action) -> Result<(), Problem> {
+    let name = conn.name();
+    let wrong = |what: &str, use_instead: &str| {
+        Problem::new(
+            Code::WrongOperation,
+            format!("connection `{name}` {what}; use POST /v1/connections/{name}/{use_instead}"),
+        )
+    };
+    match action {
+        Action::Query { .. } if conn.sql().is_none() => Err(wrong("runs commands", "exec")),
+        Action::Schema if conn.sql().is_none() => {
+            Err(wrong("runs commands and has no schema", "exec"))
+        }
+        Action::Exec(_) | Action::Shell(_) if conn.exec().is_none() => {
+            Err(wrong("runs SQL", "query"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A requested limit: the default when absent, refused when 0 or past the ceiling.
+pub(crate) fn clamp(
+    asked: Option<u64>,
+    default: u64,
+    ceiling: u64,
+    what: &str,
+) -> Result<u64, Problem> {
+    match asked {
+        None => Ok(default),
+        Some(0) => Err(Problem::new(
+            Code::InvalidLimit,
+            format!("{what} must be at least 1"),
+        )),
+        Some(v) if v > ceiling => Err(Problem::new(
+            Code::InvalidLimit,
+            format!("{what} = {v} exceeds this connection's ceiling of {ceiling}"),
+        )),
+        Some(v) => Ok(v),
+    }
+    .map_err(|p| p.with("rule", "limits"))
+}
+
+fn query_limits(
+    conn: &Connection,
+    request: &QueryRequest,
+    streaming: bool,
+) -> Result<AppliedLimits, Problem> {
+    let lc = &conn.config.limits;
+    let row_default = if streaming {
+        lc.max_rows_ceiling
+    } else {
+        lc.max_rows
+    };
+    Ok(AppliedLimits {
+        max_rows: clamp(
+            request.max_rows,
+            row_default,
+            lc.max_rows_ceiling,
+            "max_rows",
+        )?,
+        max_bytes: clamp(
+            request.max_bytes,
+            lc.max_bytes,
+            lc.max_bytes_ceiling,
+            "max_bytes",
+        )?,
+        timeout_ms: clamp(
+            request.timeout_ms,
+            lc.timeout_ms,
+            lc.max_timeout_ms,
+            "timeout_ms",
+        )?,
+    })
+}
+
+/// Why strict masking refuses the statement, if it does. A protected column may not be
+/// used to filter, join, group or sort (`WHERE ssn LIKE '1%'` answers questions about it
+/// one row count at a time), and every output must be traceable. Protected columns inside
+/// projected expressions are not refused: such outputs are masked whole.
+async fn strict_refusal(masking: &RequestMasking, conn: &Connection, sql: &str) -> Option<String> {
+    if !masking.strict() || !masking.has_column_rules() {
+        return None;
+    }
+    let schema = conn.schema_info().await;
+    let lineage = crate::inspect::lineage::lineage_before_running(conn.config.kind, sql, &schema);
+    if let Some(c) = lineage
+        .predicate_columns
+        .iter()
+        .find(|c| masking.protection(c).is_some())
+    {
+        return Some(format!(
+            "the statement filters, joins, groups or sorts on the protected column `{}.{}`; strict masking does not allow that",
+            c.table, c.column
+        ));
+    }
+    let unknown = lineage
+        .outputs
+        .iter()
+        .any(|o| matches!(o, crate::inspect::lineage::OutputLineage::Unknown));
+    if lineage.incomplete || unknown {
+        return Some(
+            "strict masking cannot trace where every output column comes from; name the columns and avoid functions it does not know"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Which connection kinds take a pod target.
+pub(crate) fn wants_pod(kind: ConnectionKind) -> bool {
+    kind == ConnectionKind::Kubernetes
+}

@@ -1,0 +1,107 @@
+//! The gateway core: one admission path and one execution record for every entry.
+//!
+//! ```text
+//! entry (REST, NDJSON, WebSocket, review-run, ...)
+//!   └─► admit::admit        slot ─► resolve + verify ─► limits ─► inspect ─► decide
+//!                           ─► strict masking          (every refusal: admit::refuse)
+//!         ├─► Held           review::hold (202; may wait and then run through admit again)
+//!         └─► Admitted ─► start ─► record::ExecutionRecord::open  (audit begin, durable)
+//!                               ─► query.rs | command.rs | shell.rs | schema.rs
+//!                               ─► ExecutionRecord::finish         (audit end; drop = interrupted)
+//! ```
+//!
+//! What must stay true:
+//! - This module knows nothing of HTTP: entries hand it a [`admit::Request`] and get back a
+//!   [`Answer`] or a [`problem::Problem`]; `api/` maps those to the wire.
+//! - No entry re-implements a step: a refusal is audited only by [`admit::refuse`], a begin
+//!   and end only by [`record::ExecutionRecord`].
+//! - Dependencies run one way: `api` → `gateway` → domain modules (`backend`, `inspect`,
+//!   `policy`, `mask`, `review`, `audit`, `recording`, `store`) → `config`. Nothing below
+//!   imports `gateway` or `api`.
+
+pub mod admit;
+pub mod command;
+pub mod connection;
+pub mod problem;
+pub mod query;
+pub mod record;
+pub mod review;
+pub mod schema;
+pub mod shell;
+pub mod slots;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::writer::AuditWriter;
+use crate::config::ShellsConfig;
+use crate::identity::Principal;
+use crate::mask::plan::Masking;
+use crate::policy::Policy;
+use crate::review::hub::ReviewHub;
+use crate::review::notify::Notifier;
+use crate::store::Store;
+
+pub use admit::{Admission, Request};
+pub use connection::Connection;
+pub use problem::{Code, Problem};
+
+/// Everything the core needs, built once at startup.
+pub struct Gateway {
+    pub policy: Policy,
+    pub connections: HashMap<String, Arc<Connection>>,
+    pub audit: AuditWriter,
+    pub store: Arc<dyn Store>,
+    /// Fires when the drain period is over: running executions are cancelled.
+    pub shutdown: CancellationToken,
+    pub slots: slots::Slots,
+    /// Wakes requests waiting on a review decision.
+    pub reviews: Arc<ReviewHub>,
+    pub notifier: Option<Notifier>,
+    pub masking: Masking,
+    /// Running interactive shells, for admin terminate.
+    pub shells: shell::Running,
+    pub shells_config: ShellsConfig,
+}
+
+/// Who is asking, as every entry knows it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The transport's request id, kept in the audit record.
+    pub request_id: Option<String>,
+}
+
+/// What an admitted request turned into.
+pub enum Answer {
+    /// Rows are coming.
+    Rows(query::RowsRun),
+    /// A command is running; its output is coming.
+    Command(command::CommandRun),
+    /// An interactive shell is open.
+    Shell(shell::ShellSession),
+    /// Tables and columns.
+    Schema(schema::SchemaView),
+    /// Held for human review (202).
+    Held(review::HeldView),
+}
+
+/// Admits a request and starts what it asked for.
+pub async fn serve(gateway: &Arc<Gateway>, request: Request) -> Result<Answer, Problem> {
+    match admit::admit(gateway, request).await? {
+        Admission::Held(view) => Ok(Answer::Held(view)),
+        Admission::Ready(admitted) => start(admitted).await,
+    }
+}
+
+/// Starts an admitted request on its backend.
+pub async fn start(admitted: admit::Admitted) -> Result<Answer, Problem> {
+    match admitted.work {
+        admit::Work::Query { .. } => query::start(admitted).await.map(Answer::Rows),
+        admit::Work::Command(_) => command::start(admitted).await.map(Answer::Command),
+        admit::Work::Shell(_) => shell::open(admitted).await.map(Answer::Shell),
+        admit::Work::Schema => schema::read(admitted).await.map(Answer::Schema),
+    }
+}

@@ -1,0 +1,332 @@
+//! Queries: the execution task that pulls rows from a SQL backend, masks them by column
+//! lineage and detectors, serialises them once, and streams them within the caps.
+//!
+//! What must stay true:
+//! - The backend is pulled only as fast as the client reads (bounded channel); a client
+//!   that goes away cancels the statement on the server.
+//! - Limits an agent hits (rows, bytes, time) are reported in the trailer, never silent.
+//! - Database errors echo values, so they pass the same masking as rows.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::admit::{Admitted, Work};
+use super::command::outcome_of;
+use super::problem::Problem;
+use super::record::{Ending, ExecutionRecord};
+use crate::audit::Outcome;
+use crate::backend::{BackendError, Column, RowEvent};
+use crate::mask::plan::{ColumnTreatment, MaskedCounts, RequestMasking};
+
+/// A query as the agent sent it.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// Exactly one SQL statement. Use `$1`.. (PostgreSQL) or `?` (MySQL, SQLite) for params.
+    pub sql: String,
+    /// Positional parameters; sent separately from the statement, never interpolated.
+    #[serde(default)]
+    pub params: Vec<serde_json::Value>,
+    /// Fewer rows than the connection's default, or more up to its ceiling.
+    pub max_rows: Option<u64>,
+    /// Byte cap on the serialized rows, up to the connection's ceiling.
+    pub max_bytes: Option<u64>,
+    /// Statement timeout, up to the connection's ceiling.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The limits that applied to one execution.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct AppliedLimits {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    pub timeout_ms: u64,
+}
+
+/// Why a result stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    MaxRows,
+    MaxBytes,
+}
+
+/// The trailer of a result.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub row_count: u64,
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_reason: Option<Truncation>,
+    /// What to do about a truncated result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affected_rows: Option<u64>,
+    /// How many values were masked, per column and per detector.
+    pub masked: MaskedCounts,
+    pub duration_ms: u64,
+}
+
+/// What the execution task streams to the API layer after the columns.
+pub enum Output {
+    /// One row, already serialized as a JSON array.
+    Row(Box<RawValue>),
+    End(Summary),
+    Error(Problem),
+}
+
+/// A running query: its header and the stream of rows.
+pub struct RowsRun {
+    pub execution_id: String,
+    pub rule: String,
+    pub columns: Vec<Column>,
+    pub limits: AppliedLimits,
+    pub rows: mpsc::Receiver<Output>,
+}
+
+/// Commits the `begin` event, then starts the backend in the execution task.
+pub async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
+    let Admitted {
+        gateway,
+        conn,
+        begin,
+        started,
+        slot,
+        masking,
+        claim,
+        work,
+    } = admitted;
+    let Work::Query { plan, limits } = work else {
+        return Err(Problem::internal("not a query"));
+    };
+    let Some(backend) = conn.sql().cloned() else {
+        return Err(Problem::internal("an admitted query lost its backend"));
+    };
+    let record = ExecutionRecord::open(gateway.clone(), begin, started, claim).await?;
+    let execution_id = record.execution_id().to_string();
+    let rule = record.rule().to_string();
+    let (started_tx, started_rx) = oneshot::channel();
+    let (out_tx, out_rx) = mpsc::channel(crate::backend::STREAM_BUFFER);
+    let cancel = gateway.shutdown.child_token();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let sql = plan.sql.clone();
+        let stream = tokio::select! {
+            r = backend.query(plan, cancel.clone()) => r,
+            _ = out_tx.closed() => Err(BackendError::Cancelled),
+        };
+        let task = Task {
+            masking,
+            limits,
+            out: out_tx,
+            cancel,
+            masked: MaskedCounts::default(),
+        };
+        let ending = task.run(stream, &conn, &sql, started_tx, started).await;
+        record.finish(ending).await;
+    });
+    match started_rx.await {
+        Ok(Ok(columns)) => Ok(RowsRun {
+            execution_id,
+            rule,
+            columns,
+            limits,
+            rows: out_rx,
+        }),
+        Ok(Err(problem)) => Err(problem.with("execution_id", execution_id)),
+        Err(_) => Err(Problem::internal("the execution task stopped unexpectedly")
+            .with("execution_id", execution_id)),
+    }
+}
+
+/// The execution task's state: owns the backend stream until the result ends.
+struct Task {
+    masking: RequestMasking,
+    limits: AppliedLimits,
+    out: mpsc::Sender<Output>,
+    cancel: tokio_util::sync::CancellationToken,
+    masked: MaskedCounts,
+}
+
+impl Task {
+    /// Database errors echo values (`invalid input syntax: "4111-..."`): masked like rows.
+    fn problem(&mut self, e: BackendError) -> Problem {
+        let e = match e {
+            BackendError::Database(mut db) if !self.masking.is_empty() => {
+                let counts = &mut self.masked.detectors;
+                db.message = self.masking.text(&db.message, counts);
+                db.detail = db.detail.map(|d| self.masking.text(&d, counts));
+                db.hint = db.hint.map(|h| self.masking.text(&h, counts));
+                BackendError::Database(db)
+            }
+            other => other,
+        };
+        Problem::from(e)
+    }
+
+    fn masked(&self) -> Option<serde_json::Value> {
+        (!self.masked.is_empty())
+            .then(|| serde_json::to_value(&self.masked).ok())
+            .flatten()
+    }
+
+    async fn run(
+        mut self,
+        stream: Result<crate::backend::RowStream, BackendError>,
+        conn: &super::Connection,
+        sql: &str,
+        started_tx: oneshot::Sender<Result<Vec<Column>, Problem>>,
+        started: Instant,
+    ) -> Ending {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                let problem = self.problem(e);
+                let mut ending = Ending::failed(outcome_of(&problem), &problem);
+                ending.masked = self.masked();
+                let _ = started_tx.send(Err(problem));
+                return ending;
+            }
+        };
+        let columns = match stream.next().await {
+            Some(Ok(RowEvent::Columns(c))) => c,
+            other => {
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => BackendError::Internal("the backend ended without a result header".into()),
+                };
+                let problem = self.problem(e);
+                let mut ending = Ending::failed(outcome_of(&problem), &problem);
+                ending.masked = self.masked();
+                let _ = started_tx.send(Err(problem));
+                return ending;
+            }
+        };
+        // Which output column gets what, from where its data comes from.
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let treatment = if self.masking.is_empty() {
+            Vec::new()
+        } else if self.masking.has_column_rules() {
+            let schema = conn.schema_info().await;
+            let lineage =
+                crate::inspect::lineage::lineage(conn.config.kind, sql, &schema, columns.len());
+            self.masking.plan(&lineage)
+        } else {
+            vec![ColumnTreatment::Scan; columns.len()]
+        };
+        if started_tx.send(Ok(columns)).is_err() {
+            self.cancel.cancel();
+            return Ending::with_class(Outcome::Cancelled, "client_gone");
+        }
+
+        let mut ending = Ending::ok();
+        let mut row_count = 0u64;
+        let mut bytes = 0u64;
+        let mut truncated: Option<Truncation> = None;
+        let mut affected = None;
+        loop {
+            let event = tokio::select! {
+                ev = stream.next() => ev,
+                _ = self.out.closed() => {
+                    self.cancel.cancel();
+                    ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                    break;
+                }
+            };
+            match event {
+                Some(Ok(RowEvent::Row(mut values))) => {
+                    if !self.masking.is_empty() {
+                        self.masking
+                            .row(&mut values, &names, &treatment, &mut self.masked);
+                    }
+                    let raw = match serde_json::value::to_raw_value(&values) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let problem = self.problem(BackendError::Internal(format!(
+                                "cannot serialize a row: {e}"
+                            )));
+                            ending = Ending::failed(Outcome::Error, &problem);
+                            self.cancel.cancel();
+                            let _ = self.out.send(Output::Error(problem)).await;
+                            break;
+                        }
+                    };
+                    let len = raw.get().len() as u64 + 1;
+                    if bytes + len > self.limits.max_bytes {
+                        truncated = Some(Truncation::MaxBytes);
+                        self.cancel.cancel();
+                        break;
+                    }
+                    bytes += len;
+                    row_count += 1;
+                    if self.out.send(Output::Row(raw)).await.is_err() {
+                        self.cancel.cancel();
+                        ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                        break;
+                    }
+                }
+                Some(Ok(RowEvent::End {
+                    truncated: t,
+                    affected_rows,
+                })) => {
+                    if t {
+                        truncated = Some(Truncation::MaxRows);
+                    }
+                    affected = affected_rows;
+                    break;
+                }
+                Some(Ok(RowEvent::Columns(_))) => {}
+                other => {
+                    let e = match other {
+                        Some(Err(e)) => e,
+                        _ => BackendError::Internal("the backend stream ended early".into()),
+                    };
+                    let problem = self.problem(e);
+                    ending = Ending::failed(outcome_of(&problem), &problem);
+                    let _ = self.out.send(Output::Error(problem)).await;
+                    break;
+                }
+            }
+        }
+        // Dropping the stream (with the token cancelled on early exits) stops the query on
+        // the server and discards its connection.
+        drop(stream);
+        if ending.outcome == Outcome::Ok {
+            let summary = Summary {
+                row_count,
+                truncated: truncated.is_some(),
+                truncated_reason: truncated,
+                note: truncated.map(|t| t.note(&self.limits)),
+                affected_rows: affected,
+                masked: self.masked.clone(),
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            let _ = self.out.send(Output::End(summary)).await;
+        }
+        ending.row_count = Some(row_count);
+        ending.byte_count = Some(bytes);
+        ending.truncated = Some(truncated.is_some());
+        ending.masked = self.masked();
+        ending
+    }
+}
+
+impl Truncation {
+    /// What to do about a truncated result.
+    fn note(self, limits: &AppliedLimits) -> String {
+        match self {
+            Truncation::MaxRows => format!(
+                "more rows exist than max_rows = {}; filter (WHERE), aggregate, or page with ORDER BY ... LIMIT/OFFSET",
+                limits.max_rows
+            ),
+            Truncation::MaxBytes => format!(
+                "the result exceeded max_bytes = {}; select fewer or narrower columns, or filter",
+                limits.max_bytes
+            ),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The execution record: the one owner of an execution's audit `begin` and `end`.
+//!
+//! What must stay true:
+//! - [`ExecutionRecord::open`] returns only after the store committed the `begin`; nothing
+//!   reaches a target before that. If the store refuses, the request fails closed (503) and
+//!   a claimed approval is given back, since nothing ran.
+//! - Every opened record gets exactly one `end`: [`ExecutionRecord::finish`] writes it with
+//!   what happened; a record dropped unfinished (panic, cancelled future, client gone
+//!   before the task settled) writes an `interrupted` end from `Drop`.
+//! - A consumed approval is settled (running → done | failed) by `finish`, never elsewhere.
+//! - `end` events are built only here, from the `begin` they close.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Gateway;
+use super::problem::Problem;
+use crate::audit::{AuditEvent, Outcome, Phase};
+use crate::review::ReviewRecord;
+
+/// What is known when an execution ends.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub outcome: Outcome,
+    /// The problem code, or `client_gone` / `interrupted`.
+    pub error_class: Option<String>,
+    pub sqlstate: Option<String>,
+    pub row_count: Option<u64>,
+    pub byte_count: Option<u64>,
+    pub truncated: Option<bool>,
+    pub masked: Option<serde_json::Value>,
+    pub exit_code: Option<i64>,
+    pub recording_digest: Option<String>,
+}
+
+impl Ending {
+    pub fn ok() -> Ending {
+        Ending {
+            outcome: Outcome::Ok,
+            error_class: None,
+            sqlstate: None,
+            row_count: None,
+            byte_count: None,
+            truncated: None,
+            masked: None,
+            exit_code: None,
+            recording_digest: None,
+        }
+    }
+
+    /// An execution that ended with `problem`: a refusal before anything ran is `denied`
+    /// (4xx) or `error` (Airlock or the target could not serve it).
+    pub fn failed(outcome: Outcome, problem: &Problem) -> Ending {
+        let sqlstate = problem
+            .extra
+            .get("database")
+            .and_then(|d| d.get("sqlstate"))
+            .and_then(|s| s.as_str())
+            .map(str::to_string);
+        Ending {
+            outcome,
+            error_class: Some(problem.code.as_str().to_string()),
+            sqlstate,
+            ..Ending::ok()
+        }
+    }
+
+    pub fn with_class(outcome: Outcome, class: &str) -> Ending {
+        Ending {
+            outcome,
+            error_class: Some(class.to_string()),
+            ..Ending::ok()
+        }
+    }
+}
+
+pub struct ExecutionRecord {
+    gateway: Arc<Gateway>,
+    begin: AuditEvent,
+    started: Instant,
+    /// The approved review this execution consumes, claimed (`running`).
+    claim: Option<ReviewRecord>,
+    /// `false` once the `end` is written (or handed to `Drop`).
+    open: bool,
+}
+
+impl ExecutionRecord {
+    /// Commits the `begin` durably. On failure the claim is released and the caller gets
+    /// the 503 to answer with; nothing may run.
+    pub async fn open(
+        gateway: Arc<Gateway>,
+        begin: AuditEvent,
+        started: Instant,
+        claim: Option<ReviewRecord>,
+    ) -> Result<ExecutionRecord, Problem> {
+        if let Err(e) = gateway.audit.commit(begin.clone()).await {
+            tracing::error!(error = %e, execution_id = %begin.execution_id, "audit begin not stored; refusing");
+            if let Some(claim) = claim {
+                super::review::release_claim(&gateway, claim).await;
+            }
+            return Err(Problem::audit_unavailable().with("execution_id", begin.execution_id));
+        }
+        Ok(ExecutionRecord {
+            gateway,
+            begin,
+            started,
+            claim,
+            open: true,
+        })
+    }
+
+    pub fn execution_id(&self) -> &str {
+        &self.begin.execution_id
+    }
+
+    pub fn rule(&self) -> &str {
+        self.begin.rule.as_deref().unwrap_or_default()
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        self.begin.session_id.as_deref()
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Gives back the claimed approval: nothing was sent to the target after all.
+    pub async fn release_claim(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            super::review::release_claim(&self.gateway, claim).await;
+        }
+    }
+
+    /// Writes the `end` (never lost: spooled if the store refuses) and settles a consumed
+    /// approval.
+    pub async fn finish(mut self, ending: Ending) {
+        self.open = false;
+        let end = self.end_event(&ending);
+        if let Some(claim) = self.claim.take() {
+            super::review::settle_run(&self.gateway, claim, &end).await;
+        }
+        self.gateway.audit.commit_end(end).await;
+    }
+
+    fn end_event(&self, ending: &Ending) -> AuditEvent {
+        end_of(&self.begin, self.started, ending)
+    }
+}
+
+/// The `end` that closes `begin`: who, where and which rule come from the begin, what
+/// happened from `ending`.
+pub(crate) fn end_of(begin: &AuditEvent, started: Instant, ending: &Ending) -> AuditEvent {
+    closing(begin, ending, Some(started.elapsed().as_millis() as u64))
+}
+
+/// The `end` that closes `begin`, when how long it ran is known (or not: a begin found
+/// unfinished after a restart).
+pub fn closing(begin: &AuditEvent, ending: &Ending, duration_ms: Option<u64>) -> AuditEvent {
+    let mut end = AuditEvent::new(Phase::End, &begin.execution_id, &begin.operation);
+    end.request_id = begin.request_id.clone();
+    end.principal = begin.principal.clone();
+    end.connection = begin.connection.clone();
+    end.rule = begin.rule.clone();
+    end.review_id = begin.review_id.clone();
+    end.approved_by = begin.approved_by.clone();
+    end.session_id = begin.session_id.clone();
+    end.outcome = Some(ending.outcome);
+    end.error_class = ending.error_class.clone();
+    end.sqlstate = ending.sqlstate.clone();
+    end.row_count = ending.row_count;
+    end.byte_count = ending.byte_count;
+    end.truncated = ending.truncated;
+    end.masked = ending.masked.clone();
+    end.exit_code = ending.exit_code;
+    end.recording_digest = ending.recording_digest.clone();
+    end.duration_ms = duration_ms;
+    end
+}
+
+impl Drop for ExecutionRecord {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let end = self.end_event(&Ending::with_class(Outcome::Interrupted, "interrupted"));
+        tracing::warn!(execution_id = %self.begin.execution_id, "execution dropped before it finished; recording it as interrupted");
+        // A claimed approval stays `running`: the review sweeper turns it into `unknown`,
+        // which never runs again (the run may or may not have reached the target).
+        let audit = self.gateway.audit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { audit.commit_end(end).await });
+            }
+            // No runtime (process teardown): the startup sweep closes the begin as
+            // `interrupted` instead.
+            Err(_) => {}
+        }
+    }
+}
