@@ -7,6 +7,8 @@
 //! throughput, p50/p99 and the ratio to the direct prepared baseline, then a per-step cost
 //! breakdown. Nothing here asserts a number: timings are for reading, not for CI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -272,7 +274,7 @@ principals = ["group:agents"]
         "  inspect (sqlparser)          {:>8.1} µs",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
-    let audit = Arc::new(state.audit.clone());
+    let audit = Arc::new(state.gateway.audit.clone());
     let t = Instant::now();
     for _ in 0..200 {
         audit

@@ -95,7 +95,7 @@ impl Request {
 
 /// What admission decided.
 pub enum Admission {
-    Ready(Admitted),
+    Ready(Box<Admitted>),
     Held(review::HeldView),
 }
 
@@ -202,6 +202,7 @@ pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission
             masking,
             work,
         }) => {
+            let work = *work;
             let claim = match approval {
                 Some(record) => match review::claim_run(gateway, record).await {
                     Ok(claimed) => Some(claimed),
@@ -209,7 +210,7 @@ pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission
                 },
                 None => None,
             };
-            Ok(Admission::Ready(Admitted {
+            Ok(Admission::Ready(Box::new(Admitted {
                 gateway: gateway.clone(),
                 conn,
                 begin,
@@ -218,7 +219,7 @@ pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission
                 masking,
                 claim,
                 work,
-            }))
+            })))
         }
         Ok(Verdict::Hold {
             conn,
@@ -320,12 +321,14 @@ fn action_of(held: &HeldRequest) -> Action {
     }
 }
 
+// Built once per request and consumed at once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Verdict {
     Ready {
         conn: Arc<Connection>,
         slot: Slot,
         masking: RequestMasking,
-        work: Work,
+        work: Box<Work>,
     },
     Hold {
         conn: Arc<Connection>,
@@ -426,7 +429,7 @@ impl Steps<'_> {
                     conn,
                     slot,
                     masking,
-                    work,
+                    work: Box::new(work),
                 })
             }
             Decision::Deny { rule, message } => {

@@ -81,7 +81,7 @@ pub enum Answer {
     /// A command is running; its output is coming.
     Command(command::CommandRun),
     /// An interactive shell is open.
-    Shell(shell::ShellSession),
+    Shell(Box<shell::ShellSession>),
     /// Tables and columns.
     Schema(schema::SchemaView),
     /// Held for human review (202).
@@ -97,11 +97,14 @@ pub async fn serve(gateway: &Arc<Gateway>, request: Request) -> Result<Answer, P
 }
 
 /// Starts an admitted request on its backend.
-pub async fn start(admitted: admit::Admitted) -> Result<Answer, Problem> {
+pub async fn start(admitted: Box<admit::Admitted>) -> Result<Answer, Problem> {
+    let admitted = *admitted;
     match admitted.work {
         admit::Work::Query { .. } => query::start(admitted).await.map(Answer::Rows),
         admit::Work::Command(_) => command::start(admitted).await.map(Answer::Command),
-        admit::Work::Shell(_) => shell::open(admitted).await.map(Answer::Shell),
+        admit::Work::Shell(_) => shell::open(admitted)
+            .await
+            .map(|s| Answer::Shell(Box::new(s))),
         admit::Work::Schema => schema::read(admitted).await.map(Answer::Schema),
     }
 }

@@ -188,13 +188,10 @@ impl Drop for ExecutionRecord {
         // A claimed approval stays `running`: the review sweeper turns it into `unknown`,
         // which never runs again (the run may or may not have reached the target).
         let audit = self.gateway.audit.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move { audit.commit_end(end).await });
-            }
-            // No runtime (process teardown): the startup sweep closes the begin as
-            // `interrupted` instead.
-            Err(_) => {}
+        // Without a runtime (process teardown) the startup sweep closes the begin as
+        // `interrupted` instead.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { audit.commit_end(end).await });
         }
     }
 }
