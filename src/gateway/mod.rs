@@ -108,3 +108,6 @@ pub async fn start(admitted: Box<admit::Admitted>) -> Result<Answer, Problem> {
         admit::Work::Schema => schema::read(admitted).await.map(Answer::Schema),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -293,6 +293,11 @@ impl Match {
 
     fn matches(&self, facts: &Facts, action: Action) -> bool {
         if facts.shell {
+            // A shell is never "unparsed": a rule about unparsed input (`deny-unparsed`)
+            // is not a rule about shells.
+            if self.unparsed == Some(true) {
+                return false;
+            }
             return match self.shell {
                 Some(true) => !self.has_sql_conditions() && !self.has_command_conditions(),
                 Some(false) => false,
@@ -775,6 +780,33 @@ mod tests {
         assert!(pol.visible(&p, "demo"));
         p.issuer = "other".into();
         assert!(!pol.visible(&p, "demo"));
+    }
+
+    #[test]
+    fn a_rule_about_unparsed_input_does_not_catch_shells() {
+        let deny_unparsed = with_match(
+            "deny-unparsed",
+            Action::Deny,
+            Match {
+                unparsed: Some(true),
+                ..Match::default()
+            },
+        );
+        let shells = with_match(
+            "shells",
+            Action::Allow,
+            Match {
+                shell: Some(true),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![deny_unparsed, shells], "test".into());
+        let facts = Facts {
+            statement_count: 1,
+            shell: true,
+            ..Facts::default()
+        };
+        assert_eq!(pol.decide(&principal(&[]), "demo", &facts).rule(), "shells");
     }
 
     #[test]
