@@ -65,6 +65,25 @@ pub struct IdleWriteStream {
 }
 
 impl IdleWriteStream {
+    /// A write that made progress resets the stall timer; one that cannot is an error once
+    /// the peer has taken nothing for the idle period.
+    fn settle<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.check_stall(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
     fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let idle = self.idle;
         let timer = self
@@ -98,16 +117,8 @@ impl AsyncWrite for IdleWriteStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.check_stall(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.settle(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -115,16 +126,8 @@ impl AsyncWrite for IdleWriteStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.check_stall(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.settle(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -132,16 +135,8 @@ impl AsyncWrite for IdleWriteStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.check_stall(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.settle(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -7,20 +7,17 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::extract::{ApiJson, Auth, RequestId};
+use super::extract::{ApiJson, Entry};
 use super::ndjson;
 use super::problem::{Problem, ProblemBody};
-use super::query::{WaitParams, wants_ndjson};
+use super::query::WaitParams;
 use super::state::AppState;
 use crate::gateway::admit::Action;
 use crate::gateway::command::{CommandRun, ExecOutput, ExecRequest};
-use crate::gateway::{Caller, Request};
 use crate::mask::plan::MaskedCounts;
 
 /// The result of a command.
@@ -65,22 +62,10 @@ pub struct ExecResponse {
     ))]
 pub async fn exec(
     State(state): State<Arc<AppState>>,
-    Auth(principal): Auth,
-    RequestId(request_id): RequestId,
-    Path(name): Path<String>,
-    params: Result<Query<WaitParams>, QueryRejection>,
-    headers: HeaderMap,
-    ApiJson(req): ApiJson<ExecRequest>,
+    entry: Entry,
+    ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Response, Problem> {
-    let hold = super::query::hold_options(params, &headers)?;
-    let ndjson = wants_ndjson(&headers);
-    let caller = Caller {
-        principal,
-        request_id,
-    };
-    let request = Request::new(caller, name, Action::Exec(req)).with_hold(hold);
-    let answer = crate::gateway::serve(&state.gateway, request).await?;
-    super::query::respond(answer, ndjson).await
+    super::query::serve(&state, entry, Action::Exec(request)).await
 }
 
 /// Sends a started command as JSON or NDJSON.

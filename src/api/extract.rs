@@ -160,3 +160,39 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             .map_err(|e| Problem::new(Code::MalformedBody, e.to_string()))
     }
 }
+
+/// What an entry that may be held for review takes from the request line and headers: the
+/// caller, the connection in the path, `?wait=` and `Idempotency-Key`, and whether the
+/// answer streams as NDJSON.
+pub struct Entry {
+    pub caller: crate::gateway::Caller,
+    pub connection: String,
+    pub hold: crate::gateway::review::HoldOptions,
+    pub ndjson: bool,
+}
+
+impl FromRequestParts<Arc<AppState>> for Entry {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
+        let Auth(principal) = Auth::from_request_parts(parts, state).await?;
+        let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
+        let axum::extract::Path(connection) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Problem::not_found(e.body_text()))?;
+        let params =
+            axum::extract::Query::<super::query::WaitParams>::from_request_parts(parts, state)
+                .await;
+        let hold = super::query::hold_options(params, &parts.headers)?;
+        Ok(Entry {
+            caller: crate::gateway::Caller {
+                principal,
+                request_id,
+            },
+            connection,
+            hold,
+            ndjson: super::query::wants_ndjson(&parts.headers),
+        })
+    }
+}

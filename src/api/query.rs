@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::extract::{ApiJson, Auth, RequestId};
+use super::extract::{ApiJson, Entry};
 use super::ndjson;
 use super::problem::{Code, Problem, ProblemBody};
 use super::state::AppState;
@@ -26,7 +26,7 @@ use crate::backend::Column;
 use crate::gateway::admit::Action;
 use crate::gateway::query::{AppliedLimits, Output, QueryRequest, RowsRun, Summary};
 use crate::gateway::review::HoldOptions;
-use crate::gateway::{Answer, Caller, Request};
+use crate::gateway::{Answer, Request};
 
 pub const NDJSON: &str = ndjson::CONTENT_TYPE;
 
@@ -88,26 +88,19 @@ pub fn wants_ndjson(headers: &HeaderMap) -> bool {
     ))]
 pub async fn query(
     State(state): State<Arc<AppState>>,
-    Auth(principal): Auth,
-    RequestId(request_id): RequestId,
-    Path(name): Path<String>,
-    params: Result<Query<WaitParams>, QueryRejection>,
-    headers: HeaderMap,
-    ApiJson(req): ApiJson<QueryRequest>,
+    entry: Entry,
+    ApiJson(request): ApiJson<QueryRequest>,
 ) -> Result<Response, Problem> {
-    let hold = hold_options(params, &headers)?;
-    let ndjson = wants_ndjson(&headers);
-    let caller = Caller {
-        principal,
-        request_id,
-    };
-    let action = Action::Query {
-        request: req,
-        streaming: ndjson,
-    };
-    let request = Request::new(caller, name, action).with_hold(hold);
+    let streaming = entry.ndjson;
+    let action = Action::Query { request, streaming };
+    serve(&state, entry, action).await
+}
+
+/// Admits and runs an entry's action, and sends the answer.
+pub async fn serve(state: &AppState, entry: Entry, action: Action) -> Result<Response, Problem> {
+    let request = Request::new(entry.caller, entry.connection, action).with_hold(entry.hold);
     let answer = crate::gateway::serve(&state.gateway, request).await?;
-    respond(answer, ndjson).await
+    respond(answer, entry.ndjson).await
 }
 
 /// Sends whatever a request turned into: a held review (202), rows, or command output.

@@ -221,29 +221,7 @@ pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission
                 work,
             })))
         }
-        Ok(Verdict::Hold {
-            conn,
-            slot,
-            facts,
-            held,
-            rule,
-            message,
-        }) => {
-            review::hold(review::Hold {
-                gateway: gateway.clone(),
-                caller,
-                conn,
-                facts,
-                begin,
-                started,
-                held,
-                rule,
-                message,
-                slot,
-                options: hold,
-            })
-            .await
-        }
+        Ok(Verdict::Hold(held)) => review::hold(gateway, caller, begin, started, hold, held).await,
         Err(problem) => Err(refuse(gateway, begin, started, problem).await),
     }
 }
@@ -330,14 +308,7 @@ enum Verdict {
         masking: RequestMasking,
         work: Box<Work>,
     },
-    Hold {
-        conn: Arc<Connection>,
-        slot: Slot,
-        facts: Facts,
-        held: HeldRequest,
-        rule: String,
-        message: String,
-    },
+    Hold(review::Held),
 }
 
 struct Steps<'a> {
@@ -440,15 +411,15 @@ impl Steps<'_> {
                 Err(Problem::new(Code::PolicyDenied, message).with("rule", rule))
             }
             Decision::Review { rule, message } => match work.held() {
-                Some(held) if !matches!(&work, Work::Command(c) if c.argv.is_empty()) => {
-                    Ok(Verdict::Hold {
+                Some(request) if !matches!(&work, Work::Command(c) if c.argv.is_empty()) => {
+                    Ok(Verdict::Hold(review::Held {
                         conn,
                         slot,
                         facts,
-                        held,
+                        request,
                         rule,
                         message,
-                    })
+                    }))
                 }
                 _ if matches!(work, Work::Shell(_)) => Err(Problem::new(
                     Code::ReviewRequired,
@@ -651,7 +622,26 @@ async fn strict_refusal(masking: &RequestMasking, conn: &Connection, sql: &str) 
     None
 }
 
-/// Which connection kinds take a pod target.
-pub(crate) fn wants_pod(kind: ConnectionKind) -> bool {
-    kind == ConnectionKind::Kubernetes
+/// A Kubernetes request names its pod (`how` says how, for this entry); any other kind
+/// is one host and takes none.
+pub(crate) fn check_pod_target(
+    conn: &Connection,
+    target: Option<&crate::backend::PodTarget>,
+    code: Code,
+    how: &str,
+) -> Result<(), Problem> {
+    match (conn.config.kind == ConnectionKind::Kubernetes, target) {
+        (true, None) => Err(Problem::new(
+            code,
+            format!("a kubernetes connection needs the pod to run in: {how}"),
+        )),
+        (false, Some(_)) => Err(Problem::new(
+            code,
+            format!(
+                "a pod target is for kubernetes connections; `{}` is one host",
+                conn.name()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }

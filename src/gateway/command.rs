@@ -16,17 +16,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::admit::{Admitted, Work, clamp, wants_pod};
+use super::admit::{Admitted, Work, check_pod_target, clamp};
 use super::connection::Connection;
 use super::problem::{Code, Problem};
-use super::record::{Ending, ExecutionRecord};
+use super::record::{Ending, open_recorded, session_of};
 use crate::audit::{AuditEvent, Outcome};
 use crate::backend::{BackendError, ExecEvent, ExecPlan, PodTarget};
 use crate::inspect::Facts;
 use crate::inspect::shell;
 use crate::mask::plan::{MaskedCounts, RequestMasking};
 use crate::recording::Recorder;
-use crate::store::SessionRecord;
 
 /// A command as the agent sent it: exactly one of `argv` or `command`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -95,21 +94,12 @@ pub(crate) fn inspect(
     begin: &mut AuditEvent,
     record_masking: &RequestMasking,
 ) -> Result<(Facts, CommandPlan), Problem> {
-    match (wants_pod(conn.config.kind), &req.target) {
-        (true, None) => {
-            return Err(Problem::new(
-                Code::InvalidCommand,
-                "a kubernetes connection needs `target`: {namespace, pod, container?}",
-            ));
-        }
-        (false, Some(_)) => {
-            return Err(Problem::new(
-                Code::InvalidCommand,
-                "`target` is for kubernetes connections; an ssh connection is one host",
-            ));
-        }
-        _ => {}
-    }
+    check_pod_target(
+        conn,
+        req.target.as_ref(),
+        Code::InvalidCommand,
+        "`target`: {namespace, pod, container?}",
+    )?;
     let facts = match (&req.argv, &req.command) {
         (Some(argv), None) => shell::inspect_argv(argv),
         (None, Some(command)) => shell::inspect_command(command),
@@ -177,63 +167,32 @@ pub(crate) fn inspect(
 
 /// Records the session header and the audit begin (both durable), then starts the command.
 pub async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
-    let Admitted {
-        gateway,
-        conn,
-        mut begin,
-        started,
-        slot,
-        masking,
-        claim,
-        work,
-    } = admitted;
-    let Work::Command(plan) = work else {
+    let Work::Command(plan) = admitted.work else {
         return Err(Problem::internal("not a command"));
     };
+    let (gateway, conn, slot, masking) = (
+        admitted.gateway,
+        admitted.conn,
+        admitted.slot,
+        admitted.masking,
+    );
     let (Some(backend), Ok(command)) = (conn.exec().cloned(), shell::quote_argv(&plan.argv)) else {
         return Err(Problem::internal(
             "an admitted command lost its backend or quoting",
         ));
     };
-    let principal = begin.principal.clone();
-    let session = SessionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        execution_id: begin.execution_id.clone(),
-        kind: "exec".into(),
-        connection: conn.name().to_string(),
-        issuer: principal
-            .as_ref()
-            .map(|p| p.issuer.clone())
-            .unwrap_or_default(),
-        subject: principal.map(|p| p.subject).unwrap_or_default(),
-        command: begin.statement.clone().unwrap_or_default(),
-        started_at: chrono::Utc::now(),
-        ended_at: None,
-        status: "running".into(),
-        exit_code: None,
-        digest: None,
-    };
-    let mut recorder = match Recorder::start(gateway.store.clone(), session).await {
-        Ok(r) => r,
-        Err(_) => {
-            let problem = Problem::recording_unavailable(
-                "the session recording could not be started, so the command did not run",
-            );
-            if let Some(claim) = claim {
-                super::review::release_claim(&gateway, claim).await;
-            }
-            return Err(super::admit::refuse(&gateway, begin, started, problem).await);
-        }
-    };
+    let shown = admitted.begin.statement.clone().unwrap_or_default();
+    let session = session_of(&admitted.begin, "exec", conn.name(), shown);
+    let (record, mut recorder) = open_recorded(
+        &gateway,
+        admitted.begin,
+        admitted.started,
+        admitted.claim,
+        session,
+        None,
+    )
+    .await?;
     let session_id = recorder.session_id().to_string();
-    begin.session_id = Some(session_id.clone());
-    let record = match ExecutionRecord::open(gateway.clone(), begin, started, claim).await {
-        Ok(r) => r,
-        Err(problem) => {
-            let _ = recorder.finish("failed", None).await;
-            return Err(problem);
-        }
-    };
     let execution_id = record.execution_id().to_string();
     let rule = record.rule().to_string();
     let max_bytes = plan.max_bytes;

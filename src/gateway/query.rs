@@ -90,23 +90,21 @@ pub struct RowsRun {
 
 /// Commits the `begin` event, then starts the backend in the execution task.
 pub async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
-    let Admitted {
-        gateway,
-        conn,
-        begin,
-        started,
-        slot,
-        masking,
-        claim,
-        work,
-    } = admitted;
-    let Work::Query { plan, limits } = work else {
+    let Work::Query { plan, limits } = admitted.work else {
         return Err(Problem::internal("not a query"));
     };
+    let (gateway, conn, slot, masking) = (
+        admitted.gateway,
+        admitted.conn,
+        admitted.slot,
+        admitted.masking,
+    );
     let Some(backend) = conn.sql().cloned() else {
         return Err(Problem::internal("an admitted query lost its backend"));
     };
-    let record = ExecutionRecord::open(gateway.clone(), begin, started, claim).await?;
+    let started = admitted.started;
+    let record =
+        ExecutionRecord::open(gateway.clone(), admitted.begin, started, admitted.claim).await?;
     let execution_id = record.execution_id().to_string();
     let rule = record.rule().to_string();
     let (started_tx, started_rx) = oneshot::channel();

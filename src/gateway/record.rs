@@ -178,6 +178,70 @@ pub fn closing(begin: &AuditEvent, ending: &Ending, duration_ms: Option<u64>) ->
     end
 }
 
+/// For recorded executions (commands, shells): the recording header, then the audit
+/// `begin` naming it, both durable before anything runs. A recording that cannot start is
+/// refused like any other request (audited; a claimed approval is given back).
+pub(crate) async fn open_recorded(
+    gateway: &Arc<Gateway>,
+    mut begin: AuditEvent,
+    started: Instant,
+    claim: Option<ReviewRecord>,
+    session: crate::store::SessionRecord,
+    size: Option<(u32, u32)>,
+) -> Result<(ExecutionRecord, crate::recording::Recorder), Problem> {
+    use crate::recording::Recorder;
+    let store = gateway.store.clone();
+    let recorder = match size {
+        Some((cols, rows)) => Recorder::start_sized(store, session, cols, rows).await,
+        None => Recorder::start(store, session).await,
+    };
+    let recorder = match recorder {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(claim) = claim {
+                super::review::release_claim(gateway, claim).await;
+            }
+            let problem = Problem::recording_unavailable(
+                "the session recording could not be started, so nothing ran",
+            );
+            return Err(super::admit::refuse(gateway, begin, started, problem).await);
+        }
+    };
+    begin.session_id = Some(recorder.session_id().to_string());
+    match ExecutionRecord::open(gateway.clone(), begin, started, claim).await {
+        Ok(record) => Ok((record, recorder)),
+        Err(problem) => {
+            let _ = recorder.finish("failed", None).await;
+            Err(problem)
+        }
+    }
+}
+
+/// The recording header of the execution `begin` opens: a `kind` (`exec`, `shell`)
+/// session on `connection`, showing `command`.
+pub(crate) fn session_of(
+    begin: &AuditEvent,
+    kind: &str,
+    connection: &str,
+    command: String,
+) -> crate::store::SessionRecord {
+    let principal = begin.principal.as_ref();
+    crate::store::SessionRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        execution_id: begin.execution_id.clone(),
+        kind: kind.into(),
+        connection: connection.to_string(),
+        issuer: principal.map(|p| p.issuer.clone()).unwrap_or_default(),
+        subject: principal.map(|p| p.subject.clone()).unwrap_or_default(),
+        command,
+        started_at: chrono::Utc::now(),
+        ended_at: None,
+        status: "running".into(),
+        exit_code: None,
+        digest: None,
+    }
+}
+
 impl Drop for ExecutionRecord {
     fn drop(&mut self) {
         if !self.open {

@@ -65,40 +65,38 @@ fn held_view(r: &ReviewRecord) -> HeldView {
     }
 }
 
-/// A request the policy sent to review.
-pub struct Hold {
-    pub gateway: Arc<Gateway>,
-    pub caller: Caller,
+/// What admission hands over when the policy sends a request to review.
+pub struct Held {
     pub conn: Arc<Connection>,
+    pub slot: Slot,
     pub facts: Facts,
-    pub begin: AuditEvent,
-    pub started: Instant,
-    pub held: HeldRequest,
+    /// The request exactly as it would run.
+    pub request: HeldRequest,
     pub rule: String,
     pub message: String,
-    pub slot: Slot,
-    pub options: HoldOptions,
 }
 
 /// Files the review (audited: begin with decision `review`, end `pending_review`), or
 /// finds the one a retry with the same `Idempotency-Key` filed; waits if asked.
-pub async fn hold(h: Hold) -> Result<Admission, Problem> {
-    let Hold {
-        gateway: state,
-        caller: ctx,
+pub async fn hold(
+    state: &Arc<Gateway>,
+    ctx: Caller,
+    mut begin: AuditEvent,
+    started: Instant,
+    options: HoldOptions,
+    held: Held,
+) -> Result<Admission, Problem> {
+    let Held {
         conn,
+        slot,
         facts,
-        mut begin,
-        started,
-        held,
+        request: held,
         rule,
         message,
-        slot,
-        options,
-    } = h;
+    } = held;
     let Some(settings) = state.policy.rule(&rule).and_then(|r| r.review.clone()) else {
         let p = Problem::internal(format!("review rule `{rule}` has no review settings"));
-        return Err(super::admit::refuse(&state, begin, started, p).await);
+        return Err(super::admit::refuse(state, begin, started, p).await);
     };
     let requester = AuditPrincipal::from(&ctx.principal);
     let bound = binding(
@@ -138,16 +136,7 @@ pub async fn hold(h: Hold) -> Result<Admission, Problem> {
 
     // A retried agent step finds the review it already filed.
     let existing = match &options.idempotency_key {
-        Some(key) => {
-            get(
-                &state,
-                ReviewLookup::Idempotency {
-                    requester: &record.requester_key(),
-                    key,
-                },
-            )
-            .await?
-        }
+        Some(key) => by_idempotency_key(state, &record, key).await?,
         None => None,
     };
     let record = match existing {
@@ -157,7 +146,7 @@ pub async fn hold(h: Hold) -> Result<Admission, Problem> {
                 "this Idempotency-Key was used for a different request; use a new key",
             )
             .with("execution_id", found.execution_id);
-            return Err(super::admit::refuse(&state, begin, started, p).await);
+            return Err(super::admit::refuse(state, begin, started, p).await);
         }
         Some(found) => found,
         None => {
@@ -182,15 +171,9 @@ pub async fn hold(h: Hold) -> Result<Admission, Problem> {
                 );
                 state.audit.commit_end(end).await;
                 let key = options.idempotency_key.as_deref().unwrap_or_default();
-                get(
-                    &state,
-                    ReviewLookup::Idempotency {
-                        requester: &record.requester_key(),
-                        key,
-                    },
-                )
-                .await?
-                .ok_or_else(|| Problem::internal("idempotent review vanished"))?
+                by_idempotency_key(state, &record, key)
+                    .await?
+                    .ok_or_else(|| Problem::internal("idempotent review vanished"))?
             } else {
                 // ... and end (outcome pending_review). The run, if approved, gets its own pair.
                 let end = end_of(
@@ -210,7 +193,7 @@ pub async fn hold(h: Hold) -> Result<Admission, Problem> {
     let Some(wait) = options.wait.filter(|w| !w.is_zero()) else {
         return Ok(Admission::Held(held_view(&record)));
     };
-    let decided = wait_for_decision(&state, &record.execution_id, wait).await?;
+    let decided = wait_for_decision(state, &record.execution_id, wait).await?;
     match decided.effective_status(Utc::now()) {
         // Approved in time: run it through admission like any run, keeping the slot.
         ReviewStatus::Approved => {
@@ -222,11 +205,28 @@ pub async fn hold(h: Hold) -> Result<Admission, Problem> {
                 },
             );
             run.slot = Some(slot);
-            Box::pin(super::admit::admit(&state, run)).await
+            Box::pin(super::admit::admit(state, run)).await
         }
         ReviewStatus::Pending => Ok(Admission::Held(held_view(&decided))),
         _ => Err(status_problem(&decided)),
     }
+}
+
+/// The review the same requester filed with the same `Idempotency-Key`, if any.
+async fn by_idempotency_key(
+    state: &Gateway,
+    record: &ReviewRecord,
+    key: &str,
+) -> Result<Option<ReviewRecord>, Problem> {
+    let requester = record.requester_key();
+    get(
+        state,
+        ReviewLookup::Idempotency {
+            requester: &requester,
+            key,
+        },
+    )
+    .await
 }
 
 async fn get(state: &Gateway, by: ReviewLookup<'_>) -> Result<Option<ReviewRecord>, Problem> {

@@ -26,16 +26,15 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
-use super::admit::{Admitted, Work, wants_pod};
+use super::admit::{Admitted, Work, check_pod_target};
 use super::connection::Connection;
 use super::problem::{Code, Problem};
-use super::record::{Ending, ExecutionRecord};
+use super::record::{Ending, ExecutionRecord, open_recorded, session_of};
 use super::slots::Slot;
 use crate::audit::Outcome;
 use crate::backend::{ExecEvent, PodTarget, ShellInput, ShellPlan};
 use crate::mask::plan::{MaskedCounts, RequestMasking};
 use crate::recording::Recorder;
-use crate::store::SessionRecord;
 
 /// Bounds on a terminal size: larger values are refused, never passed on.
 pub const MAX_COLS: u32 = 1000;
@@ -57,21 +56,12 @@ pub fn size_ok(cols: u32, rows: u32) -> bool {
 
 /// The request's shape against the connection's kind.
 pub(crate) fn check(conn: &Connection, req: &ShellRequest) -> Result<(), Problem> {
-    match (wants_pod(conn.config.kind), &req.target) {
-        (true, None) => {
-            return Err(Problem::new(
-                Code::InvalidQuery,
-                "a kubernetes shell needs ?namespace=&pod= (and optionally &container=)",
-            ));
-        }
-        (false, Some(_)) => {
-            return Err(Problem::new(
-                Code::InvalidQuery,
-                "namespace and pod are for kubernetes connections",
-            ));
-        }
-        _ => {}
-    }
+    check_pod_target(
+        conn,
+        req.target.as_ref(),
+        Code::InvalidQuery,
+        "?namespace=&pod= (and optionally &container=)",
+    )?;
     if !size_ok(req.cols, req.rows) {
         return Err(Problem::new(
             Code::InvalidResize,
@@ -157,60 +147,29 @@ pub struct ShellSession {
 
 /// Records the session header and the audit begin, then opens the remote shell.
 pub async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
-    let Admitted {
-        gateway,
-        conn,
-        mut begin,
-        started,
-        slot,
-        masking,
-        claim,
-        work,
-    } = admitted;
-    let Work::Shell(request) = work else {
+    let Work::Shell(request) = admitted.work else {
         return Err(Problem::internal("not a shell"));
     };
+    let (gateway, conn) = (admitted.gateway, admitted.conn);
     let Some(backend) = conn.exec().cloned() else {
         return Err(Problem::internal("an admitted shell lost its backend"));
     };
-    let principal = begin.principal.clone();
-    let session = SessionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        execution_id: begin.execution_id.clone(),
-        kind: "shell".into(),
-        connection: conn.name().to_string(),
-        issuer: principal
-            .as_ref()
-            .map(|p| p.issuer.clone())
-            .unwrap_or_default(),
-        subject: principal.map(|p| p.subject).unwrap_or_default(),
-        command: "(interactive shell)".into(),
-        started_at: chrono::Utc::now(),
-        ended_at: None,
-        status: "running".into(),
-        exit_code: None,
-        digest: None,
-    };
-    let recorder =
-        match Recorder::start_sized(gateway.store.clone(), session, request.cols, request.rows)
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                let problem = Problem::recording_unavailable(
-                    "the session recording could not be started, so no shell was opened",
-                );
-                return Err(super::admit::refuse(&gateway, begin, started, problem).await);
-            }
-        };
-    begin.session_id = Some(recorder.session_id().to_string());
-    let record = match ExecutionRecord::open(gateway.clone(), begin, started, claim).await {
-        Ok(r) => r,
-        Err(problem) => {
-            let _ = recorder.finish("failed", None).await;
-            return Err(problem);
-        }
-    };
+    let session = session_of(
+        &admitted.begin,
+        "shell",
+        conn.name(),
+        "(interactive shell)".into(),
+    );
+    let size = Some((request.cols, request.rows));
+    let (record, recorder) = open_recorded(
+        &gateway,
+        admitted.begin,
+        admitted.started,
+        admitted.claim,
+        session,
+        size,
+    )
+    .await?;
     // The backend gets its own token: on shutdown the client is told why before the
     // remote side is ended.
     let cancel = CancellationToken::new();
@@ -236,9 +195,9 @@ pub async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
         record,
         recorder,
         session,
-        masking,
+        masking: admitted.masking,
         cancel,
-        _slot: slot,
+        _slot: admitted.slot,
     })
 }
 

@@ -247,26 +247,23 @@ fn principal_from_claims(
         // Config validation guarantees one of the two; an agent is the least-privileged kind.
         (None, None) => PrincipalKind::Agent,
     };
+    // Only groups this issuer may assert are kept.
+    let allowed = |g: &&str| {
+        config
+            .allowed_groups
+            .iter()
+            .any(|pat| glob::matches(pat, g))
+    };
     let groups = match claims.get(&config.groups_claim) {
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .filter_map(|v| v.as_str())
-            .filter(|g| {
-                config
-                    .allowed_groups
-                    .iter()
-                    .any(|pat| glob::matches(pat, g))
-            })
+            .filter(allowed)
             .map(str::to_string)
             .collect(),
         Some(serde_json::Value::String(s)) => s
             .split_whitespace()
-            .filter(|g| {
-                config
-                    .allowed_groups
-                    .iter()
-                    .any(|pat| glob::matches(pat, g))
-            })
+            .filter(allowed)
             .map(str::to_string)
             .collect(),
         _ => Vec::new(),

@@ -20,7 +20,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::digest::digest;
-use crate::store::{SessionRecord, Store, StoreError};
+use crate::store::{SessionLine, SessionRecord, Store, StoreError};
 
 /// Terminal size recorded for non-interactive commands.
 pub const DEFAULT_WIDTH: u32 = 120;
@@ -105,7 +105,12 @@ impl Recorder {
         let line = json!([(t * 1e6).round() / 1e6, kind, data]).to_string();
         let head = chain(&self.head, &line);
         self.store
-            .append_session_line(&self.record.id, self.seq + 1, &line, &head)
+            .append_session_line(&SessionLine {
+                session_id: &self.record.id,
+                seq: self.seq + 1,
+                line: &line,
+                chain: &head,
+            })
             .await?;
         self.seq += 1;
         self.head = head;

@@ -87,6 +87,17 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+/// One line of a recording as stored: its place in the session and its hash-chain head.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLine<'a> {
+    pub session_id: &'a str,
+    pub seq: i64,
+    /// The asciicast v2 event, as JSON text.
+    pub line: &'a str,
+    /// The hash chain's head after this line.
+    pub chain: &'a str,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Appends events in one transaction; idempotent by event id.
@@ -127,13 +138,7 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Appends one event line; `seq` increases by one per line.
-    async fn append_session_line(
-        &self,
-        session_id: &str,
-        seq: i64,
-        line: &str,
-        chain: &str,
-    ) -> Result<(), StoreError>;
+    async fn append_session_line(&self, line: &SessionLine<'_>) -> Result<(), StoreError>;
 
     /// Marks a session ended (or failed) with its final chain head.
     async fn finish_session(&self, s: &SessionRecord) -> Result<(), StoreError>;

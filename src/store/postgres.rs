@@ -14,7 +14,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditQuery, ReviewLookup, SessionQuery, SessionRecord, Store, StoreError, StoreIdentity,
+    AuditQuery, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store, StoreError,
+    StoreIdentity,
 };
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
@@ -284,18 +285,12 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn append_session_line(
-        &self,
-        session_id: &str,
-        seq: i64,
-        line: &str,
-        chain: &str,
-    ) -> Result<(), StoreError> {
+    async fn append_session_line(&self, l: &SessionLine<'_>) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(unavailable)?;
         client
             .execute(
                 "INSERT INTO airlock_session_lines (session_id, seq, line, chain) VALUES ($1, $2, $3, $4)",
-                &[&session_id, &seq, &line, &chain],
+                &[&l.session_id, &l.seq, &l.line, &l.chain],
             )
             .await
             .map_err(unavailable)?;

@@ -14,7 +14,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AuditQuery, ReviewLookup, SessionQuery, SessionRecord, Store, StoreError, StoreIdentity,
+    AuditQuery, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store, StoreError,
+    StoreIdentity,
 };
 use crate::audit::AuditEvent;
 use crate::config::StoreConfig;
@@ -407,14 +408,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_session_line(
-        &self,
-        session_id: &str,
-        seq: i64,
-        line: &str,
-        chain: &str,
-    ) -> Result<(), StoreError> {
-        let (id, line, chain) = (session_id.to_string(), line.to_string(), chain.to_string());
+    async fn append_session_line(&self, l: &SessionLine<'_>) -> Result<(), StoreError> {
+        let (id, seq) = (l.session_id.to_string(), l.seq);
+        let (line, chain) = (l.line.to_string(), l.chain.to_string());
         Self::with(&self.writer, move |conn| {
             conn.execute(
                 "INSERT INTO session_lines (session_id, seq, line, chain) VALUES (?1, ?2, ?3, ?4)",
