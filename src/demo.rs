@@ -49,17 +49,18 @@ const PRODUCTS: &[(&str, i64)] = &[
 ];
 const STATUSES: &[&str] = &["paid", "shipped", "delivered", "refunded"];
 
-/// xorshift64*: small, fast, and the same sequence on every machine.
-struct Rng(u64);
+/// xorshift64*: small, fast, and the same sequence on every machine (the demo data, and
+/// tests whose failures must reproduce).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {

@@ -121,52 +121,7 @@ impl ExecBackend for FakeExec {
     }
 }
 
-const RULES: &str = r#"
-[[rules]]
-builtin = "deny-unparsed"
-
-[[rules]]
-id = "read"
-action = "allow"
-connections = ["db", "down", "strict"]
-principals = ["group:agents"]
-match = { statements = ["select"] }
-
-[[rules]]
-id = "no-drop"
-action = "deny"
-connections = ["db"]
-principals = ["*"]
-match = { statements = ["drop"] }
-
-[[rules]]
-id = "writes-reviewed"
-action = "review"
-connections = ["db"]
-principals = ["group:agents"]
-match = { statements = ["insert", "update", "delete"] }
-review = { approvers = ["dba"] }
-
-[[rules]]
-id = "ls"
-action = "allow"
-connections = ["host"]
-principals = ["group:agents"]
-match = { programs = ["ls"] }
-
-[[rules]]
-id = "shell-reviewed"
-action = "review"
-connections = ["host"]
-principals = ["group:agents"]
-match = { shell = true }
-review = { approvers = ["dba"] }
-
-[[masking]]
-connections = ["strict"]
-strict = true
-columns = [{ column = "t.secret", strategy = "redact" }]
-"#;
+const RULES: &str = include_str!("tests_config.toml");
 
 struct Harness {
     gateway: Arc<Gateway>,

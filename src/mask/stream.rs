@@ -196,18 +196,12 @@ mod tests {
         Arc::new(DetectorSet::new(&["all"], &custom).unwrap())
     }
 
-    /// Small deterministic PRNG (xorshift64*), so failures reproduce.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
+    /// The demo's deterministic PRNG, so failures reproduce.
+    use crate::demo::Rng;
+
+    /// A uniform index below `n`.
+    fn pick(rng: &mut Rng, n: usize) -> usize {
+        rng.below(n as u64) as usize
     }
 
     const WORDS: &[&str] = &[
@@ -248,8 +242,8 @@ mod tests {
     fn noise(rng: &mut Rng, words: usize) -> String {
         let mut s = String::new();
         for _ in 0..words {
-            s.push_str(WORDS[rng.below(WORDS.len())]);
-            if rng.below(3) > 0 {
+            s.push_str(WORDS[pick(rng, WORDS.len())]);
+            if pick(rng, 3) > 0 {
                 s.push(' ');
             }
         }
@@ -370,7 +364,7 @@ mod tests {
             for _ in 0..4 {
                 text.push_str(&noise(&mut rng, 5));
                 text.push(' ');
-                text.push_str(&secrets[rng.below(secrets.len())].0);
+                text.push_str(&secrets[pick(&mut rng, secrets.len())].0);
                 text.push(' ');
             }
             let bytes = text.as_bytes();
@@ -378,8 +372,8 @@ mod tests {
             let mut chunks: Vec<&[u8]> = Vec::new();
             let mut at = 0;
             while at < bytes.len() {
-                let max = if rng.below(4) == 0 { 200 } else { 12 };
-                let len = 1 + rng.below(max);
+                let max = if pick(&mut rng, 4) == 0 { 200 } else { 12 };
+                let len = 1 + pick(&mut rng, max);
                 let end = (at + len).min(bytes.len());
                 chunks.push(&bytes[at..end]);
                 at = end;
@@ -478,9 +472,9 @@ mod tests {
         let mut rng = Rng(7);
         for round in 0..1500 {
             let mut text = Vec::new();
-            let len = 5 + rng.below(60);
+            let len = 5 + pick(&mut rng, 60);
             for _ in 0..len {
-                text.extend_from_slice(FRAGS[rng.below(FRAGS.len())]);
+                text.extend_from_slice(FRAGS[pick(&mut rng, FRAGS.len())]);
             }
             let strategy = if round % 2 == 0 {
                 DetectorStrategy::Redact
@@ -492,7 +486,7 @@ mod tests {
             let mut out = Vec::new();
             let mut at = 0;
             while at < text.len() {
-                let end = (at + 1 + rng.below(24)).min(text.len());
+                let end = (at + 1 + pick(&mut rng, 24)).min(text.len());
                 out.extend_from_slice(&m.push(&text[at..end]));
                 at = end;
             }

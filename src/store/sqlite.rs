@@ -133,6 +133,17 @@ fn encode_review(r: &ReviewRecord) -> Result<String, StoreError> {
     serde_json::to_string(r).map_err(|e| StoreError::Other(e.to_string()))
 }
 
+/// Audit events from rows of `(seq, record)`.
+fn decode_events(mut rows: rusqlite::Rows<'_>) -> Result<Vec<AuditEvent>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(classify)? {
+        let seq: i64 = row.get(0).map_err(classify)?;
+        let record: String = row.get(1).map_err(classify)?;
+        out.push(decode(seq, &record)?);
+    }
+    Ok(out)
+}
+
 fn decode(seq: i64, record: &str) -> Result<AuditEvent, StoreError> {
     let mut e: AuditEvent = serde_json::from_str(record)
         .map_err(|e| StoreError::Other(format!("unreadable audit record {seq}: {e}")))?;
@@ -220,17 +231,9 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit));
             let mut stmt = conn.prepare(&sql).map_err(classify)?;
             let rows = stmt
-                .query_map(
-                    rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-                )
+                .query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))
                 .map_err(classify)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, record) = row.map_err(classify)?;
-                out.push(decode(seq, &record)?);
-            }
-            Ok(out)
+            decode_events(rows)
         })
         .await
     }
@@ -250,17 +253,8 @@ impl Store for SqliteStore {
                      ORDER BY b.seq LIMIT 10000",
                 )
                 .map_err(classify)?;
-            let rows = stmt
-                .query_map([cutoff], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(classify)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, record) = row.map_err(classify)?;
-                out.push(decode(seq, &record)?);
-            }
-            Ok(out)
+            let rows = stmt.query([cutoff]).map_err(classify)?;
+            decode_events(rows)
         })
         .await
     }
