@@ -243,26 +243,27 @@ fn shell() -> Action {
     })
 }
 
+/// The events the store holds for `execution_id` (with `outcome`, if given).
+async fn events_of(h: &Harness, execution_id: &str, outcome: Option<&str>) -> Vec<AuditEvent> {
+    let query = AuditQuery {
+        connection: None,
+        issuer: None,
+        subject: None,
+        outcome: outcome.map(str::to_string),
+        execution_id: Some(execution_id.into()),
+        since: None,
+        until: None,
+        before_seq: None,
+        limit: 50,
+    };
+    h.gateway.store.query_audit(&query).await.unwrap()
+}
+
 /// The begin and end the store holds for `execution_id`.
 async fn audited(h: &Harness, execution_id: &str) -> (AuditEvent, AuditEvent) {
     // Ends of refusals are committed before the refusal returns; others may lag a moment.
     for _ in 0..50 {
-        let events = h
-            .gateway
-            .store
-            .query_audit(&AuditQuery {
-                connection: None,
-                issuer: None,
-                subject: None,
-                outcome: None,
-                execution_id: Some(execution_id.into()),
-                since: None,
-                until: None,
-                before_seq: None,
-                limit: 50,
-            })
-            .await
-            .unwrap();
+        let events = events_of(h, execution_id, None).await;
         let begin = events.iter().find(|e| e.phase == Phase::Begin).cloned();
         let end = events.iter().find(|e| e.phase == Phase::End).cloned();
         if let (Some(b), Some(e)) = (begin, end) {
@@ -539,22 +540,7 @@ async fn a_stale_approval_is_refused_and_audited() {
     let p = refused(&h, agent(&["someone-else"]), "", run).await;
     assert_eq!(p.code, Code::ApprovalStale, "{}", p.detail);
     assert_eq!(p.extra["execution_id"], held.execution_id.as_str());
-    let events = h
-        .gateway
-        .store
-        .query_audit(&AuditQuery {
-            connection: None,
-            issuer: None,
-            subject: None,
-            outcome: Some("denied".into()),
-            execution_id: Some(held.execution_id.clone()),
-            since: None,
-            until: None,
-            before_seq: None,
-            limit: 50,
-        })
-        .await
-        .unwrap();
+    let events = events_of(&h, &held.execution_id, Some("denied")).await;
     assert!(
         events
             .iter()

@@ -321,6 +321,14 @@ impl Relation {
 /// How a reference's name compares with a column's or source's name: `Some(true)` when the
 /// server compares them equal, `Some(false)` when they differ only by case (the server may or
 /// may not tell them apart, e.g. a quoted PostgreSQL name against the lowercased schema).
+/// A column of a table whose columns the schema does not list: the column itself, plus
+/// whatever the source adds to every column it yields.
+fn unlisted(table: &str, column: &str, extra: &Extra) -> OutputLineage {
+    let mut lineage = OutputLineage::column(table, column);
+    lineage.add(&extra.of(column));
+    lineage
+}
+
 fn name_match(reference: &str, name: &str) -> Option<bool> {
     if reference == name {
         Some(true)
@@ -462,11 +470,7 @@ impl Source {
                 table,
                 columns: None,
                 extra,
-            } => {
-                let mut lineage = OutputLineage::column(table, column);
-                lineage.add(&extra.of(column));
-                Hit::Maybe(lineage)
-            }
+            } => Hit::Maybe(unlisted(table, column, extra)),
             Body::Derived(Relation::Columns(columns)) => {
                 let mut lineage = OutputLineage::none();
                 let mut found = None;
@@ -505,11 +509,7 @@ impl Source {
                 table,
                 columns: None,
                 extra,
-            } => {
-                let mut lineage = OutputLineage::column(table, column);
-                lineage.add(&extra.of(column));
-                lineage
-            }
+            } => unlisted(table, column, extra),
             Body::Table { .. } | Body::Derived(_) => OutputLineage::Unknown,
         }
     }

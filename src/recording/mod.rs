@@ -85,7 +85,13 @@ impl Recorder {
         })
         .to_string();
         let head = chain("", &header);
-        store.create_session(&record, &header, &head).await?;
+        let first = SessionLine {
+            session_id: &record.id,
+            seq: 0,
+            line: &header,
+            chain: &head,
+        };
+        store.create_session(&record, &first).await?;
         Ok(Recorder {
             store,
             record,

@@ -130,11 +130,11 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<ReviewRecord>, StoreError>;
 
     /// Starts a session with its first line (the asciicast header).
+    /// Stores a new session and its first line (the asciicast header, `seq` 0), at once.
     async fn create_session(
         &self,
         s: &SessionRecord,
-        header: &str,
-        chain: &str,
+        header: &SessionLine<'_>,
     ) -> Result<(), StoreError>;
 
     /// Appends one event line; `seq` increases by one per line.

@@ -263,8 +263,7 @@ impl Store for PostgresStore {
     async fn create_session(
         &self,
         r: &SessionRecord,
-        header: &str,
-        chain: &str,
+        h: &SessionLine<'_>,
     ) -> Result<(), StoreError> {
         let record = serde_json::to_value(r).map_err(|e| StoreError::Other(e.to_string()))?;
         let mut client = self.pool.get().await.map_err(unavailable)?;
@@ -277,8 +276,8 @@ impl Store for PostgresStore {
         .await
         .map_err(unavailable)?;
         tx.execute(
-            "INSERT INTO airlock_session_lines (session_id, seq, line, chain) VALUES ($1, 0, $2, $3)",
-            &[&r.id, &header, &chain],
+            "INSERT INTO airlock_session_lines (session_id, seq, line, chain) VALUES ($1, $2, $3, $4)",
+            &[&h.session_id, &h.seq, &h.line, &h.chain],
         )
         .await
         .map_err(unavailable)?;

@@ -367,8 +367,7 @@ impl Store for SqliteStore {
     async fn create_session(
         &self,
         r: &SessionRecord,
-        header: &str,
-        chain: &str,
+        h: &SessionLine<'_>,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(r).map_err(|e| StoreError::Other(e.to_string()))?;
         let row = (
@@ -381,7 +380,7 @@ impl Store for SqliteStore {
             ts(&r.started_at),
             r.status.clone(),
         );
-        let (header, chain) = (header.to_string(), chain.to_string());
+        let (seq, header, chain) = (h.seq, h.line.to_string(), h.chain.to_string());
         Self::with(&self.writer, move |conn| {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -393,8 +392,8 @@ impl Store for SqliteStore {
             )
             .map_err(classify)?;
             tx.execute(
-                "INSERT INTO session_lines (session_id, seq, line, chain) VALUES (?1, 0, ?2, ?3)",
-                params![row.0, header, chain],
+                "INSERT INTO session_lines (session_id, seq, line, chain) VALUES (?1, ?2, ?3, ?4)",
+                params![row.0, seq, header, chain],
             )
             .map_err(classify)?;
             tx.commit().map_err(classify)
