@@ -18,30 +18,30 @@ const MAX_LIMIT: usize = 1000;
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct AuditParams {
-    pub connection: Option<String>,
+pub(crate) struct AuditParams {
+    pub(crate) connection: Option<String>,
     /// Configured issuer name.
-    pub issuer: Option<String>,
-    pub subject: Option<String>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) subject: Option<String>,
     /// `ok`, `denied`, `error`, `timeout`, `cancelled`, `interrupted`.
-    pub outcome: Option<String>,
-    pub execution_id: Option<String>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) execution_id: Option<String>,
     /// RFC 3339; inclusive.
-    pub since: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
     /// RFC 3339; exclusive.
-    pub until: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// 1..=1000, default 100.
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct AuditPage {
-    pub events: Vec<AuditEvent>,
+pub(crate) struct AuditPage {
+    pub(crate) events: Vec<AuditEvent>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// Audit events, newest first. Only for principals listed in `audit.readers`.
@@ -53,7 +53,7 @@ pub struct AuditPage {
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 403, description = "Not an auditor", body = ProblemBody, content_type = "application/problem+json"),
               (status = 503, description = "Audit store unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Admin(_admin): Admin,
     query: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,

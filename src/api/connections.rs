@@ -15,30 +15,30 @@ use crate::gateway::schema::SchemaView;
 use crate::gateway::{Answer, Caller, Connection, Request};
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ConnectionLimits {
-    pub max_rows: u64,
-    pub max_rows_ceiling: u64,
-    pub max_bytes: u64,
-    pub max_bytes_ceiling: u64,
-    pub timeout_ms: u64,
-    pub max_timeout_ms: u64,
+pub(crate) struct ConnectionLimits {
+    pub(crate) max_rows: u64,
+    pub(crate) max_rows_ceiling: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_bytes_ceiling: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) max_timeout_ms: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ConnectionView {
-    pub name: String,
-    pub kind: ConnectionKind,
-    pub description: String,
+pub(crate) struct ConnectionView {
+    pub(crate) name: String,
+    pub(crate) kind: ConnectionKind,
+    pub(crate) description: String,
     /// Writes are refused by the database itself (read-only transaction or handle).
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     /// Placeholder style for `params`: `$1` (postgres) or `?` (mysql, sqlite).
-    pub placeholder: String,
-    pub limits: ConnectionLimits,
+    pub(crate) placeholder: String,
+    pub(crate) limits: ConnectionLimits,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ConnectionList {
-    pub connections: Vec<ConnectionView>,
+pub(crate) struct ConnectionList {
+    pub(crate) connections: Vec<ConnectionView>,
 }
 
 fn view(c: &Connection) -> ConnectionView {
@@ -70,7 +70,10 @@ fn view(c: &Connection) -> ConnectionView {
     security(("bearer" = [])),
     responses((status = 200, description = "Visible connections", body = ConnectionList),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn list(State(state): State<Arc<AppState>>, Auth(p): Auth) -> Json<ConnectionList> {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Auth(p): Auth,
+) -> Json<ConnectionList> {
     let gateway = &state.gateway;
     let mut connections: Vec<ConnectionView> = gateway
         .connections
@@ -89,7 +92,7 @@ pub async fn list(State(state): State<Arc<AppState>>, Auth(p): Auth) -> Json<Con
     responses((status = 200, description = "The connection", body = ConnectionView),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "Unknown or not visible", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(name): Path<String>,
@@ -112,7 +115,7 @@ pub async fn get(
               (status = 404, description = "Unknown or not visible", body = ProblemBody, content_type = "application/problem+json"),
               (status = 429, description = "Too many concurrent requests (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
               (status = 503, description = "Target or audit store unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn schema(
+pub(crate) async fn schema(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     RequestId(request_id): RequestId,

@@ -22,23 +22,23 @@ use crate::mask::plan::MaskedCounts;
 
 /// The result of a command.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ExecResponse {
-    pub execution_id: String,
+pub(crate) struct ExecResponse {
+    pub(crate) execution_id: String,
     /// The recording: `GET /v1/sessions/{id}/recording`.
-    pub session_id: String,
-    pub rule: String,
+    pub(crate) session_id: String,
+    pub(crate) rule: String,
     /// `None` when the command died of a signal.
-    pub exit_code: Option<u32>,
+    pub(crate) exit_code: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    pub stdout: String,
-    pub stderr: String,
+    pub(crate) signal: Option<String>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     /// Output was cut at `max_bytes`; the command was stopped.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    pub masked: MaskedCounts,
-    pub duration_ms: u64,
+    pub(crate) note: Option<String>,
+    pub(crate) masked: MaskedCounts,
+    pub(crate) duration_ms: u64,
 }
 
 /// Run one command (argv, or a command line lexed as POSIX sh).
@@ -60,7 +60,7 @@ pub struct ExecResponse {
         (status = 503, description = "Host unreachable, host key mismatch, audit or recording unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json"),
         (status = 504, description = "Timed out; the remote process was killed", body = ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn exec(
+pub(crate) async fn exec(
     State(state): State<Arc<AppState>>,
     entry: Entry,
     ApiJson(request): ApiJson<ExecRequest>,
@@ -69,7 +69,7 @@ pub async fn exec(
 }
 
 /// Sends a started command as JSON or NDJSON.
-pub async fn respond_command(run: CommandRun, ndjson: bool) -> Result<Response, Problem> {
+pub(crate) async fn respond_command(run: CommandRun, ndjson: bool) -> Result<Response, Problem> {
     if ndjson {
         Ok(stream(run))
     } else {

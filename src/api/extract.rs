@@ -13,7 +13,7 @@ use super::state::AppState;
 use crate::identity::{AuthError, Principal};
 
 /// The authenticated caller.
-pub struct Auth(pub Principal);
+pub(crate) struct Auth(pub Principal);
 
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = Problem;
@@ -25,7 +25,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 }
 
 /// An administrator: an authenticated caller listed in `audit.readers`.
-pub struct Admin(pub Principal);
+pub(crate) struct Admin(pub Principal);
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = Problem;
@@ -43,7 +43,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 }
 
 /// Verifies a bearer `Authorization` header.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     header: Option<&axum::http::HeaderValue>,
 ) -> Result<Principal, Problem> {
@@ -65,7 +65,7 @@ pub async fn authenticate(
 }
 
 /// The `X-Request-Id` assigned by the request-id layer.
-pub struct RequestId(pub Option<String>);
+pub(crate) struct RequestId(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = Problem;
@@ -82,7 +82,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 }
 
 /// JSON body with problem+json rejections: 415 wrong type, 413 too large, 400 malformed.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
@@ -111,7 +111,7 @@ fn json_problem(r: JsonRejection) -> Problem {
 
 /// A body that must be empty (or whitespace): `POST /v1/executions/{id}/run` runs exactly
 /// what was approved, so it takes nothing new.
-pub struct NoBody;
+pub(crate) struct NoBody;
 
 impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = Problem;
@@ -132,7 +132,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
 }
 
 /// A JSON body that may be absent: an empty body yields `T::default()`.
-pub struct OptionalJson<T>(pub T);
+pub(crate) struct OptionalJson<T>(pub T);
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     type Rejection = Problem;
@@ -164,11 +164,11 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 /// What an entry that may be held for review takes from the request line and headers: the
 /// caller, the connection in the path, `?wait=` and `Idempotency-Key`, and whether the
 /// answer streams as NDJSON.
-pub struct Entry {
-    pub caller: crate::gateway::Caller,
-    pub connection: String,
-    pub hold: crate::gateway::review::HoldOptions,
-    pub ndjson: bool,
+pub(crate) struct Entry {
+    pub(crate) caller: crate::gateway::Caller,
+    pub(crate) connection: String,
+    pub(crate) hold: crate::gateway::review::HoldOptions,
+    pub(crate) ndjson: bool,
 }
 
 impl FromRequestParts<Arc<AppState>> for Entry {

@@ -11,14 +11,14 @@ use super::problem::{Code, Problem};
 use super::state::AppState;
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Health {
-    pub status: String,
+pub(crate) struct Health {
+    pub(crate) status: String,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Alive", body = Health)))]
-pub async fn healthz() -> Json<Health> {
+pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
     })
@@ -28,7 +28,7 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready", body = Health),
               (status = 503, description = "Not ready", body = super::problem::ProblemBody, content_type = "application/problem+json")))]
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Problem> {
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Problem> {
     if !state.ready.load(Ordering::SeqCst) {
         return Err(Problem::new(
             Code::ShuttingDown,

@@ -1,18 +1,18 @@
 //! The HTTP API: one file per resource, errors as RFC 9457 problem+json.
 
-pub mod audit;
-pub mod connections;
-pub mod exec;
-pub mod extract;
-pub mod health;
-pub mod ndjson;
-pub mod problem;
-pub mod query;
-pub mod reviews;
-pub mod sessions;
-pub mod shell;
-pub mod state;
-pub mod tickets;
+pub(crate) mod audit;
+pub(crate) mod connections;
+pub(crate) mod exec;
+pub(crate) mod extract;
+pub(crate) mod health;
+pub(crate) mod ndjson;
+pub(crate) mod problem;
+pub(crate) mod query;
+pub(crate) mod reviews;
+pub(crate) mod sessions;
+pub(crate) mod shell;
+pub(crate) mod state;
+pub(crate) mod tickets;
 
 use std::sync::Arc;
 

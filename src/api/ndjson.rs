@@ -15,17 +15,17 @@ use tokio::sync::mpsc;
 
 use crate::gateway::Problem;
 
-pub const CONTENT_TYPE: &str = "application/x-ndjson";
+pub(crate) const CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// One JSON value and a newline.
-pub fn line(value: &impl Serialize) -> Bytes {
+pub(crate) fn line(value: &impl Serialize) -> Bytes {
     let mut v = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"type\":\"error\"}".to_vec());
     v.push(b'\n');
     Bytes::from(v)
 }
 
 /// A typed control line: `{"type": kind, ...fields of body}`.
-pub fn typed(kind: &str, body: &impl Serialize) -> Bytes {
+pub(crate) fn typed(kind: &str, body: &impl Serialize) -> Bytes {
     let mut v = serde_json::to_value(body).unwrap_or_else(|_| json!({}));
     if let Value::Object(map) = &mut v {
         map.insert("type".into(), kind.into());
@@ -34,12 +34,12 @@ pub fn typed(kind: &str, body: &impl Serialize) -> Bytes {
 }
 
 /// The error trailer.
-pub fn error(problem: &Problem) -> Bytes {
+pub(crate) fn error(problem: &Problem) -> Bytes {
     line(&json!({"type": "error", "problem": problem.to_body()}))
 }
 
 /// Streams `header`, then each item of `rx` as `to_line` renders it.
-pub fn stream<T: Send + 'static>(
+pub(crate) fn stream<T: Send + 'static>(
     header: Bytes,
     rx: mpsc::Receiver<T>,
     to_line: impl Fn(T) -> Bytes + Send + Sync + 'static,

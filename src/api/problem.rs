@@ -5,38 +5,38 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-pub use crate::gateway::problem::{Code, Problem};
+pub(crate) use crate::gateway::problem::{Code, Problem};
 
-pub const CONTENT_TYPE: &str = "application/problem+json";
+pub(crate) const CONTENT_TYPE: &str = "application/problem+json";
 
 /// The wire shape, for the OpenAPI document.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ProblemBody {
+pub(crate) struct ProblemBody {
     /// `urn:airlock:problem:<code>`
     #[serde(rename = "type")]
-    pub type_uri: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
+    pub(crate) type_uri: String,
+    pub(crate) title: String,
+    pub(crate) status: u16,
+    pub(crate) detail: String,
     /// Stable machine-readable name of the problem.
-    pub code: Code,
+    pub(crate) code: Code,
     /// The policy rule that decided, for policy outcomes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub(crate) rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub execution_id: Option<String>,
+    pub(crate) execution_id: Option<String>,
     /// The held request's review, for review outcomes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub review_id: Option<String>,
+    pub(crate) review_id: Option<String>,
     /// The recorded session of a command.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    pub(crate) session_id: Option<String>,
     /// Database errors: SQLSTATE, message, detail, hint, position.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub database: Option<crate::backend::DatabaseError>,
+    pub(crate) database: Option<crate::backend::DatabaseError>,
     /// The same request may succeed if retried.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retryable: Option<bool>,
+    pub(crate) retryable: Option<bool>,
 }
 
 impl IntoResponse for Problem {

@@ -28,34 +28,34 @@ use crate::gateway::query::{AppliedLimits, Output, QueryRequest, RowsRun, Summar
 use crate::gateway::review::HoldOptions;
 use crate::gateway::{Answer, Request};
 
-pub const NDJSON: &str = ndjson::CONTENT_TYPE;
+pub(crate) const NDJSON: &str = ndjson::CONTENT_TYPE;
 
 /// A complete query result.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct QueryResponse {
-    pub execution_id: String,
+pub(crate) struct QueryResponse {
+    pub(crate) execution_id: String,
     /// The policy rule that allowed the request.
-    pub rule: String,
-    pub columns: Vec<Column>,
+    pub(crate) rule: String,
+    pub(crate) columns: Vec<Column>,
     /// Rows as arrays in column order. int8, numeric, timestamps, intervals, inet, uuid,
     /// enums and ranges are strings; arrays are arrays; JSON is JSON; bytes are base64.
     #[schema(value_type = Vec<Vec<serde_json::Value>>)]
-    pub rows: Vec<Box<RawValue>>,
-    pub row_count: u64,
-    pub truncated: bool,
+    pub(crate) rows: Vec<Box<RawValue>>,
+    pub(crate) row_count: u64,
+    pub(crate) truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncated_reason: Option<crate::gateway::query::Truncation>,
+    pub(crate) truncated_reason: Option<crate::gateway::query::Truncation>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub affected_rows: Option<u64>,
+    pub(crate) affected_rows: Option<u64>,
     /// How many values were masked, per output column and per detector.
-    pub masked: crate::mask::plan::MaskedCounts,
-    pub limits: AppliedLimits,
-    pub duration_ms: u64,
+    pub(crate) masked: crate::mask::plan::MaskedCounts,
+    pub(crate) limits: AppliedLimits,
+    pub(crate) duration_ms: u64,
 }
 
-pub fn wants_ndjson(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_ndjson(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
@@ -86,7 +86,7 @@ pub fn wants_ndjson(headers: &HeaderMap) -> bool {
         (status = 503, description = "Audit store or target unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json"),
         (status = 504, description = "Timed out and cancelled on the server", body = ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn query(
+pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
     entry: Entry,
     ApiJson(request): ApiJson<QueryRequest>,
@@ -97,14 +97,18 @@ pub async fn query(
 }
 
 /// Admits and runs an entry's action, and sends the answer.
-pub async fn serve(state: &AppState, entry: Entry, action: Action) -> Result<Response, Problem> {
+pub(crate) async fn serve(
+    state: &AppState,
+    entry: Entry,
+    action: Action,
+) -> Result<Response, Problem> {
     let request = Request::new(entry.caller, entry.connection, action).with_hold(entry.hold);
     let answer = crate::gateway::serve(&state.gateway, request).await?;
     respond(answer, entry.ndjson).await
 }
 
 /// Sends whatever a request turned into: a held review (202), rows, or command output.
-pub async fn respond(answer: Answer, ndjson: bool) -> Result<Response, Problem> {
+pub(crate) async fn respond(answer: Answer, ndjson: bool) -> Result<Response, Problem> {
     match answer {
         Answer::Held(view) => Ok((StatusCode::ACCEPTED, Json(view)).into_response()),
         Answer::Rows(run) if ndjson => Ok(stream_rows(run)),
@@ -120,14 +124,14 @@ pub async fn respond(answer: Answer, ndjson: bool) -> Result<Response, Problem> 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct WaitParams {
+pub(crate) struct WaitParams {
     /// Hold the request up to this many seconds (at most 55) for a review decision; if it is
     /// approved in time, the result comes in this response.
-    pub wait: Option<u64>,
+    pub(crate) wait: Option<u64>,
 }
 
 /// `?wait=` and `Idempotency-Key`, for requests that may be held for review.
-pub fn hold_options(
+pub(crate) fn hold_options(
     params: Result<Query<WaitParams>, QueryRejection>,
     headers: &HeaderMap,
 ) -> Result<HoldOptions, Problem> {

@@ -26,36 +26,36 @@ use crate::store::ReviewLookup;
 
 /// A review as a reviewer sees it.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ReviewView {
-    pub id: String,
-    pub execution_id: String,
-    pub status: ReviewStatus,
-    pub requester: AuditPrincipal,
-    pub connection: String,
+pub(crate) struct ReviewView {
+    pub(crate) id: String,
+    pub(crate) execution_id: String,
+    pub(crate) status: ReviewStatus,
+    pub(crate) requester: AuditPrincipal,
+    pub(crate) connection: String,
     /// The statement exactly as it will run.
-    pub statement: String,
+    pub(crate) statement: String,
     /// The same with control and invisible characters made visible (`\u{202e}`).
-    pub statement_visible: String,
+    pub(crate) statement_visible: String,
     /// Parameters, masked: their JSON type and size, never their values.
-    pub params: Vec<String>,
-    pub max_rows: u64,
-    pub timeout_ms: u64,
-    pub facts: Facts,
-    pub rule: String,
-    pub message: String,
-    pub approver_groups: Vec<String>,
-    pub min_approvals: u32,
-    pub approvals: Vec<Approval>,
+    pub(crate) params: Vec<String>,
+    pub(crate) max_rows: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) facts: Facts,
+    pub(crate) rule: String,
+    pub(crate) message: String,
+    pub(crate) approver_groups: Vec<String>,
+    pub(crate) min_approvals: u32,
+    pub(crate) approvals: Vec<Approval>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_affected_rows: Option<u64>,
+    pub(crate) max_affected_rows: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejection: Option<Rejection>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    pub(crate) rejection: Option<Rejection>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_deadline: Option<DateTime<Utc>>,
+    pub(crate) run_deadline: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub(crate) result: Option<serde_json::Value>,
 }
 
 fn masked_param(v: &serde_json::Value) -> String {
@@ -69,7 +69,7 @@ fn masked_param(v: &serde_json::Value) -> String {
     }
 }
 
-pub fn view(r: &ReviewRecord) -> ReviewView {
+pub(crate) fn view(r: &ReviewRecord) -> ReviewView {
     ReviewView {
         id: r.id.clone(),
         execution_id: r.execution_id.clone(),
@@ -109,18 +109,18 @@ fn may_review(r: &ReviewRecord, p: &Principal) -> bool {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ReviewList {
-    pub reviews: Vec<ReviewView>,
+pub(crate) struct ReviewList {
+    pub(crate) reviews: Vec<ReviewView>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ReviewListParams {
+pub(crate) struct ReviewListParams {
     /// `pending`, `approved`, `rejected`, `expired`, `running`, `done`, `failed`, `unknown`.
-    pub status: Option<ReviewStatus>,
+    pub(crate) status: Option<ReviewStatus>,
     /// 1..=500, default 100.
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 async fn load(state: &AppState, id: &str) -> Result<ReviewRecord, Problem> {
@@ -140,7 +140,7 @@ async fn load(state: &AppState, id: &str) -> Result<ReviewRecord, Problem> {
     responses((status = 200, description = "Reviews", body = ReviewList),
               (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     query: Result<Query<ReviewListParams>, QueryRejection>,
@@ -173,7 +173,7 @@ pub async fn list(
     responses((status = 200, description = "The review", body = ReviewView),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "No such review visible to you", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,
@@ -187,16 +187,16 @@ pub async fn get(
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ApproveRequest {
+pub(crate) struct ApproveRequest {
     /// A write that affects more rows than this is rolled back when it runs.
-    pub max_affected_rows: Option<u64>,
+    pub(crate) max_affected_rows: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RejectRequest {
+pub(crate) struct RejectRequest {
     /// Why; the agent reads it.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Approve (humans in an approver group; not the requester or its delegators).
@@ -210,7 +210,7 @@ pub struct RejectRequest {
               (status = 404, description = "No such review", body = ProblemBody, content_type = "application/problem+json"),
               (status = 409, description = "Already decided, or already approved by you", body = ProblemBody, content_type = "application/problem+json"),
               (status = 410, description = "Expired", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn approve(
+pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,
@@ -240,7 +240,7 @@ pub async fn approve(
               (status = 404, description = "No such review", body = ProblemBody, content_type = "application/problem+json"),
               (status = 409, description = "Already decided", body = ProblemBody, content_type = "application/problem+json"),
               (status = 410, description = "Expired", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn reject(
+pub(crate) async fn reject(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,
@@ -267,22 +267,22 @@ pub async fn reject(
 
 /// An execution as its requester sees it.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ExecutionView {
-    pub execution_id: String,
-    pub review_id: String,
+pub(crate) struct ExecutionView {
+    pub(crate) execution_id: String,
+    pub(crate) review_id: String,
     /// `pending_review`, `approved`, `rejected`, `expired`, `running`, `done`, `failed`, `unknown`.
-    pub status: String,
-    pub connection: String,
-    pub rule: String,
-    pub expires_at: DateTime<Utc>,
+    pub(crate) status: String,
+    pub(crate) connection: String,
+    pub(crate) rule: String,
+    pub(crate) expires_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_deadline: Option<DateTime<Utc>>,
+    pub(crate) run_deadline: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejection_reason: Option<String>,
+    pub(crate) rejection_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub(crate) result: Option<serde_json::Value>,
     /// What to do next.
-    pub next: String,
+    pub(crate) next: String,
 }
 
 /// The state of a held execution (its requester, or auditors).
@@ -292,7 +292,7 @@ pub struct ExecutionView {
     responses((status = 200, description = "The execution", body = ExecutionView),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "No such execution of yours", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn execution(
+pub(crate) async fn execution(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,
@@ -347,7 +347,7 @@ pub async fn execution(
               (status = 410, description = "Review or run window expired", body = ProblemBody, content_type = "application/problem+json"),
               (status = 422, description = "Rejected (reason in `detail`)", body = ProblemBody, content_type = "application/problem+json"),
               (status = 503, description = "Audit store or target unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn run(
+pub(crate) async fn run(
     State(state): State<Arc<AppState>>,
     Auth(principal): Auth,
     RequestId(request_id): RequestId,

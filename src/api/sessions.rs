@@ -21,31 +21,31 @@ use crate::store::{SessionQuery, SessionRecord};
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct SessionParams {
-    pub connection: Option<String>,
-    pub subject: Option<String>,
+pub(crate) struct SessionParams {
+    pub(crate) connection: Option<String>,
+    pub(crate) subject: Option<String>,
     /// RFC 3339, inclusive.
-    pub since: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page (sessions started before it).
-    pub cursor: Option<DateTime<Utc>>,
+    pub(crate) cursor: Option<DateTime<Utc>>,
     /// 1..=500, default 100.
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SessionPage {
-    pub sessions: Vec<SessionView>,
+pub(crate) struct SessionPage {
+    pub(crate) sessions: Vec<SessionView>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<DateTime<Utc>>,
+    pub(crate) next_cursor: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     #[serde(flatten)]
-    pub session: SessionRecord,
+    pub(crate) session: SessionRecord,
     /// The stored hash chain verifies (no line changed, missing or reordered).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub chain_valid: Option<bool>,
+    pub(crate) chain_valid: Option<bool>,
 }
 
 fn may_read(state: &AppState, p: &Principal, s: &SessionRecord) -> bool {
@@ -59,7 +59,7 @@ fn may_read(state: &AppState, p: &Principal, s: &SessionRecord) -> bool {
     responses((status = 200, description = "A page of sessions", body = SessionPage),
               (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     query: Result<Query<SessionParams>, QueryRejection>,
@@ -124,7 +124,7 @@ async fn load(state: &AppState, p: &Principal, id: &str) -> Result<SessionRecord
     responses((status = 200, description = "The session", body = SessionView),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "No such session visible to you", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,
@@ -149,7 +149,7 @@ pub async fn get(
     responses((status = 200, description = "asciicast v2", body = String, content_type = "application/x-asciicast"),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "No such session visible to you", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn recording(
+pub(crate) async fn recording(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,

@@ -30,14 +30,14 @@ use crate::gateway::shell::{ClientEvent, ShellRequest, Terminal};
 use crate::gateway::{Answer, Caller, Request};
 
 /// Largest WebSocket message and frame accepted from a client.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_FRAME_BYTES: usize = 256 * 1024;
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ShellTicket {
+pub(crate) struct ShellTicket {
     /// Pass as `?ticket=` on the WebSocket URL; valid once, for this connection only.
-    pub ticket: String,
-    pub expires_at: DateTime<Utc>,
+    pub(crate) ticket: String,
+    pub(crate) expires_at: DateTime<Utc>,
 }
 
 /// A single-use, short-lived ticket for a browser shell (browsers cannot set headers on a
@@ -48,7 +48,7 @@ pub struct ShellTicket {
     responses((status = 200, description = "A ticket", body = ShellTicket),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn ticket(
+pub(crate) async fn ticket(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(name): Path<String>,
@@ -81,19 +81,19 @@ pub async fn ticket(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ShellParams {
+pub(crate) struct ShellParams {
     /// From `shell-tickets`, for clients that cannot send `Authorization`.
-    pub ticket: Option<String>,
+    pub(crate) ticket: Option<String>,
     /// Initial terminal width (1..=1000), default 80.
-    pub cols: Option<u32>,
+    pub(crate) cols: Option<u32>,
     /// Initial terminal height (1..=500), default 24.
-    pub rows: Option<u32>,
+    pub(crate) rows: Option<u32>,
     /// Kubernetes connections: the pod's namespace.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Kubernetes connections: the pod.
-    pub pod: Option<String>,
+    pub(crate) pod: Option<String>,
     /// Kubernetes connections: the container (default: the pod's default container).
-    pub container: Option<String>,
+    pub(crate) container: Option<String>,
 }
 
 /// An interactive shell (PTY) over WebSocket, recorded.
@@ -106,7 +106,7 @@ pub struct ShellParams {
               (status = 403, description = "Denied by policy (`rule`)", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
               (status = 503, description = "Audit or recording unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn shell(
+pub(crate) async fn shell(
     State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     Path(name): Path<String>,
@@ -199,9 +199,9 @@ impl Terminal for WsTerminal {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Terminated {
-    pub session_id: String,
-    pub terminated: bool,
+pub(crate) struct Terminated {
+    pub(crate) session_id: String,
+    pub(crate) terminated: bool,
 }
 
 /// End a running interactive shell (administrators: the audit readers). Audited.
@@ -212,7 +212,7 @@ pub struct Terminated {
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
               (status = 403, description = "Not an administrator", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "No running session with this id on this instance", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn terminate(
+pub(crate) async fn terminate(
     State(state): State<Arc<AppState>>,
     Admin(p): Admin,
     Path(id): Path<String>,

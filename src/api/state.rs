@@ -12,16 +12,16 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub auth: Authenticator,
     /// Principals who may read the audit log and administer sessions.
-    pub audit_readers: Vec<PrincipalPattern>,
+    pub(crate) audit_readers: Vec<PrincipalPattern>,
     /// `false` once shutdown began: `/readyz` answers 503.
     pub ready: AtomicBool,
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Browser shell tickets (single use, short-lived).
-    pub tickets: super::tickets::Tickets,
+    pub(crate) tickets: super::tickets::Tickets,
 }
 
 impl AppState {
-    pub fn is_admin(&self, p: &Principal) -> bool {
+    pub(crate) fn is_admin(&self, p: &Principal) -> bool {
         self.audit_readers.iter().any(|r| r.matches(p))
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::identity::Principal;
 
 #[derive(Default)]
-pub struct Tickets {
+pub(crate) struct Tickets {
     inner: Mutex<HashMap<String, Ticket>>,
 }
 
@@ -25,7 +25,12 @@ struct Ticket {
 
 impl Tickets {
     /// `None` when the system random generator fails: no guessable ticket is ever issued.
-    pub fn issue(&self, principal: &Principal, connection: &str, ttl: Duration) -> Option<String> {
+    pub(crate) fn issue(
+        &self,
+        principal: &Principal,
+        connection: &str,
+        ttl: Duration,
+    ) -> Option<String> {
         let mut bytes = [0u8; 24];
         aws_lc_rs::rand::fill(&mut bytes).ok()?;
         let id = hex::encode(bytes);
@@ -47,7 +52,7 @@ impl Tickets {
     }
 
     /// Takes a ticket (once) for `connection`.
-    pub fn redeem(&self, ticket: &str, connection: &str) -> Option<Principal> {
+    pub(crate) fn redeem(&self, ticket: &str, connection: &str) -> Option<Principal> {
         let mut map = match self.inner.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),

@@ -33,12 +33,12 @@ use crate::policy::Decision;
 use crate::review::{HeldRequest, ReviewRecord};
 
 /// The rule id strict masking refusals carry.
-pub const STRICT_RULE: &str = "masking-strict";
+pub(crate) const STRICT_RULE: &str = "masking-strict";
 /// The rule id schema reads are admitted by: seeing the connection is enough.
-pub const SCHEMA_RULE: &str = "connection-visible";
+pub(crate) const SCHEMA_RULE: &str = "connection-visible";
 
 /// What an entry asks for.
-pub enum Action {
+pub(crate) enum Action {
     Query {
         request: QueryRequest,
         /// NDJSON streams in constant memory, so its default row cap is the ceiling.
@@ -66,18 +66,18 @@ impl Action {
 }
 
 /// One request, transport-free.
-pub struct Request {
-    pub caller: Caller,
+pub(crate) struct Request {
+    pub(crate) caller: Caller,
     /// The connection name as the caller gave it (ignored for `RunApproved`).
-    pub connection: String,
-    pub action: Action,
-    pub hold: HoldOptions,
+    pub(crate) connection: String,
+    pub(crate) action: Action,
+    pub(crate) hold: HoldOptions,
     /// A slot already held (a request that waited for its review keeps its slot).
     pub(crate) slot: Option<Slot>,
 }
 
 impl Request {
-    pub fn new(caller: Caller, connection: impl Into<String>, action: Action) -> Request {
+    pub(crate) fn new(caller: Caller, connection: impl Into<String>, action: Action) -> Request {
         Request {
             caller,
             connection: connection.into(),
@@ -87,35 +87,35 @@ impl Request {
         }
     }
 
-    pub fn with_hold(mut self, hold: HoldOptions) -> Request {
+    pub(crate) fn with_hold(mut self, hold: HoldOptions) -> Request {
         self.hold = hold;
         self
     }
 }
 
 /// What admission decided.
-pub enum Admission {
+pub(crate) enum Admission {
     Ready(Box<Admitted>),
     Held(review::HeldView),
 }
 
 /// A request that passed every check, ready to start. Its `begin` is not committed yet:
 /// starting it opens the [`super::record::ExecutionRecord`].
-pub struct Admitted {
-    pub gateway: Arc<Gateway>,
-    pub conn: Arc<Connection>,
-    pub begin: AuditEvent,
-    pub started: Instant,
+pub(crate) struct Admitted {
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) begin: AuditEvent,
+    pub(crate) started: Instant,
     /// Held until the execution ends, streaming and shell sessions included.
-    pub slot: Slot,
+    pub(crate) slot: Slot,
     /// What the requester may not see.
-    pub masking: RequestMasking,
+    pub(crate) masking: RequestMasking,
     /// The approval this run consumes, claimed (`running`).
-    pub claim: Option<ReviewRecord>,
-    pub work: Work,
+    pub(crate) claim: Option<ReviewRecord>,
+    pub(crate) work: Work,
 }
 
-pub enum Work {
+pub(crate) enum Work {
     Query {
         plan: QueryPlan,
         limits: AppliedLimits,
@@ -155,7 +155,7 @@ impl Work {
 }
 
 /// Admits `request`: a request ready to start, a held review, or an audited refusal.
-pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission, Problem> {
+pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission, Problem> {
     let started = Instant::now();
     let Request {
         caller,
@@ -229,7 +229,7 @@ pub async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Admission
 /// Records a request refused before execution (begin + end), then returns the problem to
 /// answer with. If the store cannot take the record, the refusal still stands but becomes
 /// a 503: an unaudited refusal is not an answer Airlock gives.
-pub async fn refuse(
+pub(crate) async fn refuse(
     gateway: &Arc<Gateway>,
     mut begin: AuditEvent,
     started: Instant,

@@ -30,49 +30,49 @@ use crate::recording::Recorder;
 /// A command as the agent sent it: exactly one of `argv` or `command`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ExecRequest {
+pub(crate) struct ExecRequest {
     /// The program and its arguments; sent quoted, never through a shell's parsing of yours.
-    pub argv: Option<Vec<String>>,
+    pub(crate) argv: Option<Vec<String>>,
     /// A command line, lexed as POSIX `sh` would into argv. Anything but one plain command
     /// (lists, pipes, redirections, expansions, globs) is refused.
-    pub command: Option<String>,
+    pub(crate) command: Option<String>,
     /// Written to the command's standard input, then end of file.
-    pub stdin: Option<String>,
+    pub(crate) stdin: Option<String>,
     /// Up to the connection's ceiling.
-    pub timeout_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
     /// Cap on stdout + stderr bytes, up to the connection's ceiling.
-    pub max_bytes: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
     /// Kubernetes connections: the pod (and container) to run in. Not for SSH.
-    pub target: Option<PodTarget>,
+    pub(crate) target: Option<PodTarget>,
 }
 
 /// An inspected command, ready to run. `argv` is empty when the lexer could not reduce
 /// the input to one plain command (such a command is refused, never run).
 #[derive(Debug, Clone)]
-pub struct CommandPlan {
-    pub argv: Vec<String>,
-    pub target: Option<PodTarget>,
-    pub stdin: Option<String>,
-    pub timeout_ms: u64,
-    pub max_bytes: u64,
+pub(crate) struct CommandPlan {
+    pub(crate) argv: Vec<String>,
+    pub(crate) target: Option<PodTarget>,
+    pub(crate) stdin: Option<String>,
+    pub(crate) timeout_ms: u64,
+    pub(crate) max_bytes: u64,
 }
 
 /// The trailer of a command's output.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ExecSummary {
+pub(crate) struct ExecSummary {
     /// `None` when the command died of a signal.
-    pub exit_code: Option<u32>,
+    pub(crate) exit_code: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
+    pub(crate) signal: Option<String>,
     /// Output was cut at `max_bytes`; the command was stopped.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    pub masked: MaskedCounts,
-    pub duration_ms: u64,
+    pub(crate) note: Option<String>,
+    pub(crate) masked: MaskedCounts,
+    pub(crate) duration_ms: u64,
 }
 
-pub enum ExecOutput {
+pub(crate) enum ExecOutput {
     Stdout(String),
     Stderr(String),
     End(ExecSummary),
@@ -80,11 +80,11 @@ pub enum ExecOutput {
 }
 
 /// A started command: ids, and its output as it comes.
-pub struct CommandRun {
-    pub execution_id: String,
-    pub session_id: String,
-    pub rule: String,
-    pub output: mpsc::Receiver<ExecOutput>,
+pub(crate) struct CommandRun {
+    pub(crate) execution_id: String,
+    pub(crate) session_id: String,
+    pub(crate) rule: String,
+    pub(crate) output: mpsc::Receiver<ExecOutput>,
 }
 
 /// Checks the request's shape, lexes it into facts and a plan, and fills the audit begin.
@@ -166,7 +166,7 @@ pub(crate) fn inspect(
 }
 
 /// Records the session header and the audit begin (both durable), then starts the command.
-pub async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
+pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
     let Work::Command(plan) = admitted.work else {
         return Err(Problem::internal("not a command"));
     };

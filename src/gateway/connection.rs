@@ -9,23 +9,23 @@ use crate::config::ConnectionConfig;
 use crate::inspect::lineage::SchemaInfo;
 
 /// How long a connection's schema is trusted for lineage before it is read again.
-pub const SCHEMA_TTL: Duration = Duration::from_secs(60);
+pub(crate) const SCHEMA_TTL: Duration = Duration::from_secs(60);
 
-pub struct Connection {
-    pub config: ConnectionConfig,
-    pub target: Target,
+pub(crate) struct Connection {
+    pub(crate) config: ConnectionConfig,
+    pub(crate) target: Target,
     /// Digest of the connection's config: approvals are bound to it.
-    pub version: String,
+    pub(crate) version: String,
     /// Set once the startup checks (privileges, not the store) have passed. A target that
     /// was down at startup is checked on first use instead, before anything touches it:
     /// admission calls [`Connection::ensure_verified`] before any target I/O.
-    pub verified: tokio::sync::OnceCell<()>,
+    pub(crate) verified: tokio::sync::OnceCell<()>,
     /// Tables and columns for column lineage, refreshed after [`SCHEMA_TTL`].
     schema: tokio::sync::Mutex<Option<(Instant, Arc<SchemaInfo>)>>,
 }
 
 impl Connection {
-    pub fn new(config: ConnectionConfig, target: Target, version: String) -> Connection {
+    pub(crate) fn new(config: ConnectionConfig, target: Target, version: String) -> Connection {
         Connection {
             config,
             target,
@@ -35,14 +35,14 @@ impl Connection {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
     /// The schema for lineage. If it cannot be read, an empty schema is returned: lineage
     /// then cannot expand `*`, and those outputs are masked (fail closed). Only called on a
     /// verified connection.
-    pub async fn schema_info(&self) -> Arc<SchemaInfo> {
+    pub(crate) async fn schema_info(&self) -> Arc<SchemaInfo> {
         let mut cached = self.schema.lock().await;
         if let Some((at, info)) = cached.as_ref()
             && at.elapsed() < SCHEMA_TTL
@@ -77,7 +77,7 @@ impl Connection {
     }
 
     /// The SQL backend, or `None` for a command target.
-    pub fn sql(&self) -> Option<&Arc<dyn SqlBackend>> {
+    pub(crate) fn sql(&self) -> Option<&Arc<dyn SqlBackend>> {
         match &self.target {
             Target::Sql(b) => Some(b),
             Target::Exec(_) => None,
@@ -85,7 +85,7 @@ impl Connection {
     }
 
     /// The command backend, or `None` for a SQL target.
-    pub fn exec(&self) -> Option<&Arc<dyn ExecBackend>> {
+    pub(crate) fn exec(&self) -> Option<&Arc<dyn ExecBackend>> {
         match &self.target {
             Target::Exec(b) => Some(b),
             Target::Sql(_) => None,
@@ -93,7 +93,7 @@ impl Connection {
     }
 
     /// Runs the privilege and own-store checks once; later calls return at once.
-    pub async fn ensure_verified(&self) -> Result<(), BackendError> {
+    pub(crate) async fn ensure_verified(&self) -> Result<(), BackendError> {
         self.verified
             .get_or_try_init(|| self.target.verify())
             .await

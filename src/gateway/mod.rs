@@ -19,16 +19,16 @@
 //!   `policy`, `mask`, `review`, `audit`, `recording`, `store`) → `config`. Nothing below
 //!   imports `gateway` or `api`.
 
-pub mod admit;
-pub mod command;
-pub mod connection;
-pub mod problem;
-pub mod query;
-pub mod record;
-pub mod review;
-pub mod schema;
-pub mod shell;
-pub mod slots;
+pub(crate) mod admit;
+pub(crate) mod command;
+pub(crate) mod connection;
+pub(crate) mod problem;
+pub(crate) mod query;
+pub(crate) mod record;
+pub(crate) mod review;
+pub(crate) mod schema;
+pub(crate) mod shell;
+pub(crate) mod slots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,38 +44,38 @@ use crate::review::hub::ReviewHub;
 use crate::review::notify::Notifier;
 use crate::store::Store;
 
-pub use admit::{Admission, Request};
-pub use connection::Connection;
-pub use problem::{Code, Problem};
+pub(crate) use admit::{Admission, Request};
+pub(crate) use connection::Connection;
+pub(crate) use problem::Problem;
 
 /// Everything the core needs, built once at startup.
 pub struct Gateway {
-    pub policy: Policy,
-    pub connections: HashMap<String, Arc<Connection>>,
+    pub(crate) policy: Policy,
+    pub(crate) connections: HashMap<String, Arc<Connection>>,
     pub audit: AuditWriter,
-    pub store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     /// Fires when the drain period is over: running executions are cancelled.
     pub shutdown: CancellationToken,
-    pub slots: slots::Slots,
+    pub(crate) slots: slots::Slots,
     /// Wakes requests waiting on a review decision.
-    pub reviews: Arc<ReviewHub>,
-    pub notifier: Option<Notifier>,
-    pub masking: Masking,
+    pub(crate) reviews: Arc<ReviewHub>,
+    pub(crate) notifier: Option<Notifier>,
+    pub(crate) masking: Masking,
     /// Running interactive shells, for admin terminate.
-    pub shells: shell::Running,
-    pub shells_config: ShellsConfig,
+    pub(crate) shells: shell::Running,
+    pub(crate) shells_config: ShellsConfig,
 }
 
 /// Who is asking, as every entry knows it.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub principal: Principal,
+pub(crate) struct Caller {
+    pub(crate) principal: Principal,
     /// The transport's request id, kept in the audit record.
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 /// What an admitted request turned into.
-pub enum Answer {
+pub(crate) enum Answer {
     /// Rows are coming.
     Rows(query::RowsRun),
     /// A command is running; its output is coming.
@@ -89,7 +89,7 @@ pub enum Answer {
 }
 
 /// Admits a request and starts what it asked for.
-pub async fn serve(gateway: &Arc<Gateway>, request: Request) -> Result<Answer, Problem> {
+pub(crate) async fn serve(gateway: &Arc<Gateway>, request: Request) -> Result<Answer, Problem> {
     match admit::admit(gateway, request).await? {
         Admission::Held(view) => Ok(Answer::Held(view)),
         Admission::Ready(admitted) => start(admitted).await,
@@ -97,7 +97,7 @@ pub async fn serve(gateway: &Arc<Gateway>, request: Request) -> Result<Answer, P
 }
 
 /// Starts an admitted request on its backend.
-pub async fn start(admitted: Box<admit::Admitted>) -> Result<Answer, Problem> {
+pub(crate) async fn start(admitted: Box<admit::Admitted>) -> Result<Answer, Problem> {
     let admitted = *admitted;
     match admitted.work {
         admit::Work::Query { .. } => query::start(admitted).await.map(Answer::Rows),

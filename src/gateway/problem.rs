@@ -18,24 +18,25 @@ macro_rules! codes {
     ($($variant:ident = $name:literal, $status:literal, $title:literal;)*) => {
         /// Stable machine-readable problem codes (`code`, and the tail of `type`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        pub enum Code {
+        pub(crate) enum Code {
             $(#[serde(rename = $name)] $variant,)*
         }
 
         impl Code {
-            /// Every code, for documentation and tests.
-            pub const ALL: &'static [Code] = &[$(Code::$variant),*];
+            /// Every code, for the tests that keep the table consistent.
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [Code] = &[$(Code::$variant),*];
 
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $(Code::$variant => $name,)* }
             }
 
             /// The HTTP status this code is answered with.
-            pub fn status(self) -> u16 {
+            pub(crate) fn status(self) -> u16 {
                 match self { $(Code::$variant => $status,)* }
             }
 
-            pub fn title(self) -> &'static str {
+            pub(crate) fn title(self) -> &'static str {
                 match self { $(Code::$variant => $title,)* }
             }
         }
@@ -110,17 +111,17 @@ codes! {
 
 /// A refusal or failure, transport-free.
 #[derive(Debug, Clone)]
-pub struct Problem {
-    pub code: Code,
-    pub detail: String,
+pub(crate) struct Problem {
+    pub(crate) code: Code,
+    pub(crate) detail: String,
     /// Extension members (`rule`, `execution_id`, `database`, `retryable`, ...).
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
     /// Seconds after which the same request may succeed (`Retry-After`).
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl Problem {
-    pub fn new(code: Code, detail: impl Into<String>) -> Problem {
+    pub(crate) fn new(code: Code, detail: impl Into<String>) -> Problem {
         Problem {
             code,
             detail: detail.into(),
@@ -129,35 +130,35 @@ impl Problem {
         }
     }
 
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Problem {
+    pub(crate) fn with(mut self, key: &str, value: impl Into<Value>) -> Problem {
         self.extra.insert(key.to_string(), value.into());
         self
     }
 
-    pub fn retry_after(mut self, secs: u64) -> Problem {
+    pub(crate) fn retry_after(mut self, secs: u64) -> Problem {
         self.retry_after = Some(secs);
         self
     }
 
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.code.status()
     }
 
-    pub fn unauthorized(detail: impl Into<String>) -> Problem {
+    pub(crate) fn unauthorized(detail: impl Into<String>) -> Problem {
         Problem::new(Code::Unauthorized, detail)
     }
 
-    pub fn not_found(detail: impl Into<String>) -> Problem {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Problem {
         Problem::new(Code::NotFound, detail)
     }
 
-    pub fn unknown_connection(name: &str) -> Problem {
+    pub(crate) fn unknown_connection(name: &str) -> Problem {
         Problem::not_found(format!(
             "no connection named `{name}` is available to you; GET /v1/connections lists the ones you may use"
         ))
     }
 
-    pub fn audit_unavailable() -> Problem {
+    pub(crate) fn audit_unavailable() -> Problem {
         Problem::new(
             Code::AuditUnavailable,
             "the audit record could not be stored, so nothing was run; retry later",
@@ -165,17 +166,17 @@ impl Problem {
         .retry_after(2)
     }
 
-    pub fn recording_unavailable(detail: impl Into<String>) -> Problem {
+    pub(crate) fn recording_unavailable(detail: impl Into<String>) -> Problem {
         Problem::new(Code::RecordingUnavailable, detail).retry_after(2)
     }
 
-    pub fn internal(detail: impl Into<String>) -> Problem {
+    pub(crate) fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(Code::Internal, detail)
     }
 
     /// The RFC 9457 body: `type`, `title`, `status`, `detail`, `code`, then the extensions.
     /// Every transport sends exactly this object (NDJSON and WebSocket nest it whole).
-    pub fn to_body(&self) -> Value {
+    pub(crate) fn to_body(&self) -> Value {
         let mut body = Map::new();
         body.insert(
             "type".into(),

@@ -24,55 +24,55 @@ use crate::mask::plan::{ColumnTreatment, MaskedCounts, RequestMasking};
 /// A query as the agent sent it.
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct QueryRequest {
+pub(crate) struct QueryRequest {
     /// Exactly one SQL statement. Use `$1`.. (PostgreSQL) or `?` (MySQL, SQLite) for params.
-    pub sql: String,
+    pub(crate) sql: String,
     /// Positional parameters; sent separately from the statement, never interpolated.
     #[serde(default)]
-    pub params: Vec<serde_json::Value>,
+    pub(crate) params: Vec<serde_json::Value>,
     /// Fewer rows than the connection's default, or more up to its ceiling.
-    pub max_rows: Option<u64>,
+    pub(crate) max_rows: Option<u64>,
     /// Byte cap on the serialized rows, up to the connection's ceiling.
-    pub max_bytes: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
     /// Statement timeout, up to the connection's ceiling.
-    pub timeout_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
 }
 
 /// The limits that applied to one execution.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
-pub struct AppliedLimits {
-    pub max_rows: u64,
-    pub max_bytes: u64,
-    pub timeout_ms: u64,
+pub(crate) struct AppliedLimits {
+    pub(crate) max_rows: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) timeout_ms: u64,
 }
 
 /// Why a result stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Truncation {
+pub(crate) enum Truncation {
     MaxRows,
     MaxBytes,
 }
 
 /// The trailer of a result.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Summary {
-    pub row_count: u64,
-    pub truncated: bool,
+pub(crate) struct Summary {
+    pub(crate) row_count: u64,
+    pub(crate) truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncated_reason: Option<Truncation>,
+    pub(crate) truncated_reason: Option<Truncation>,
     /// What to do about a truncated result.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub affected_rows: Option<u64>,
+    pub(crate) affected_rows: Option<u64>,
     /// How many values were masked, per column and per detector.
-    pub masked: MaskedCounts,
-    pub duration_ms: u64,
+    pub(crate) masked: MaskedCounts,
+    pub(crate) duration_ms: u64,
 }
 
 /// What the execution task streams to the API layer after the columns.
-pub enum Output {
+pub(crate) enum Output {
     /// One row, already serialized as a JSON array.
     Row(Box<RawValue>),
     End(Summary),
@@ -80,16 +80,16 @@ pub enum Output {
 }
 
 /// A running query: its header and the stream of rows.
-pub struct RowsRun {
-    pub execution_id: String,
-    pub rule: String,
-    pub columns: Vec<Column>,
-    pub limits: AppliedLimits,
-    pub rows: mpsc::Receiver<Output>,
+pub(crate) struct RowsRun {
+    pub(crate) execution_id: String,
+    pub(crate) rule: String,
+    pub(crate) columns: Vec<Column>,
+    pub(crate) limits: AppliedLimits,
+    pub(crate) rows: mpsc::Receiver<Output>,
 }
 
 /// Commits the `begin` event, then starts the backend in the execution task.
-pub async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
+pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
     let Work::Query { plan, limits } = admitted.work else {
         return Err(Problem::internal("not a query"));
     };

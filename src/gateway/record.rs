@@ -20,21 +20,21 @@ use crate::review::ReviewRecord;
 
 /// What is known when an execution ends.
 #[derive(Debug, Clone)]
-pub struct Ending {
-    pub outcome: Outcome,
+pub(crate) struct Ending {
+    pub(crate) outcome: Outcome,
     /// The problem code, or `client_gone` / `interrupted`.
-    pub error_class: Option<String>,
-    pub sqlstate: Option<String>,
-    pub row_count: Option<u64>,
-    pub byte_count: Option<u64>,
-    pub truncated: Option<bool>,
-    pub masked: Option<serde_json::Value>,
-    pub exit_code: Option<i64>,
-    pub recording_digest: Option<String>,
+    pub(crate) error_class: Option<String>,
+    pub(crate) sqlstate: Option<String>,
+    pub(crate) row_count: Option<u64>,
+    pub(crate) byte_count: Option<u64>,
+    pub(crate) truncated: Option<bool>,
+    pub(crate) masked: Option<serde_json::Value>,
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) recording_digest: Option<String>,
 }
 
 impl Ending {
-    pub fn ok() -> Ending {
+    pub(crate) fn ok() -> Ending {
         Ending {
             outcome: Outcome::Ok,
             error_class: None,
@@ -50,7 +50,7 @@ impl Ending {
 
     /// An execution that ended with `problem`: a refusal before anything ran is `denied`
     /// (4xx) or `error` (Airlock or the target could not serve it).
-    pub fn failed(outcome: Outcome, problem: &Problem) -> Ending {
+    pub(crate) fn failed(outcome: Outcome, problem: &Problem) -> Ending {
         let sqlstate = problem
             .extra
             .get("database")
@@ -65,7 +65,7 @@ impl Ending {
         }
     }
 
-    pub fn with_class(outcome: Outcome, class: &str) -> Ending {
+    pub(crate) fn with_class(outcome: Outcome, class: &str) -> Ending {
         Ending {
             outcome,
             error_class: Some(class.to_string()),
@@ -74,7 +74,7 @@ impl Ending {
     }
 }
 
-pub struct ExecutionRecord {
+pub(crate) struct ExecutionRecord {
     gateway: Arc<Gateway>,
     begin: AuditEvent,
     started: Instant,
@@ -87,7 +87,7 @@ pub struct ExecutionRecord {
 impl ExecutionRecord {
     /// Commits the `begin` durably. On failure the claim is released and the caller gets
     /// the 503 to answer with; nothing may run.
-    pub async fn open(
+    pub(crate) async fn open(
         gateway: Arc<Gateway>,
         begin: AuditEvent,
         started: Instant,
@@ -109,32 +109,21 @@ impl ExecutionRecord {
         })
     }
 
-    pub fn execution_id(&self) -> &str {
+    pub(crate) fn execution_id(&self) -> &str {
         &self.begin.execution_id
     }
 
-    pub fn rule(&self) -> &str {
+    pub(crate) fn rule(&self) -> &str {
         self.begin.rule.as_deref().unwrap_or_default()
     }
 
-    pub fn session_id(&self) -> Option<&str> {
-        self.begin.session_id.as_deref()
-    }
-
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.started
-    }
-
-    /// Gives back the claimed approval: nothing was sent to the target after all.
-    pub async fn release_claim(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            super::review::release_claim(&self.gateway, claim).await;
-        }
     }
 
     /// Writes the `end` (never lost: spooled if the store refuses) and settles a consumed
     /// approval.
-    pub async fn finish(mut self, ending: Ending) {
+    pub(crate) async fn finish(mut self, ending: Ending) {
         self.open = false;
         let end = self.end_event(&ending);
         if let Some(claim) = self.claim.take() {
@@ -156,7 +145,7 @@ pub(crate) fn end_of(begin: &AuditEvent, started: Instant, ending: &Ending) -> A
 
 /// The `end` that closes `begin`, when how long it ran is known (or not: a begin found
 /// unfinished after a restart).
-pub fn closing(begin: &AuditEvent, ending: &Ending, duration_ms: Option<u64>) -> AuditEvent {
+pub(crate) fn closing(begin: &AuditEvent, ending: &Ending, duration_ms: Option<u64>) -> AuditEvent {
     let mut end = AuditEvent::new(Phase::End, &begin.execution_id, &begin.operation);
     end.request_id = begin.request_id.clone();
     end.principal = begin.principal.clone();

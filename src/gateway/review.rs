@@ -26,28 +26,28 @@ use crate::store::ReviewLookup;
 
 /// Options a request that may be held carries besides its body.
 #[derive(Debug, Clone, Default)]
-pub struct HoldOptions {
+pub(crate) struct HoldOptions {
     /// Hold the request this long for a review decision (`?wait=`), then run it if approved.
-    pub wait: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
     /// `Idempotency-Key`: a retried request finds its existing review.
-    pub idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
 }
 
 /// Longest `?wait=` a request may ask for.
-pub const MAX_WAIT: Duration = Duration::from_secs(55);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(55);
 
 /// The 202 answer for a held request.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct HeldView {
-    pub execution_id: String,
-    pub review_id: String,
+pub(crate) struct HeldView {
+    pub(crate) execution_id: String,
+    pub(crate) review_id: String,
     /// `pending_review`
-    pub status: String,
-    pub rule: String,
-    pub message: String,
-    pub expires_at: chrono::DateTime<Utc>,
+    pub(crate) status: String,
+    pub(crate) rule: String,
+    pub(crate) message: String,
+    pub(crate) expires_at: chrono::DateTime<Utc>,
     /// What the agent should do next.
-    pub next: String,
+    pub(crate) next: String,
 }
 
 fn held_view(r: &ReviewRecord) -> HeldView {
@@ -66,19 +66,19 @@ fn held_view(r: &ReviewRecord) -> HeldView {
 }
 
 /// What admission hands over when the policy sends a request to review.
-pub struct Held {
-    pub conn: Arc<Connection>,
-    pub slot: Slot,
-    pub facts: Facts,
+pub(crate) struct Held {
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) slot: Slot,
+    pub(crate) facts: Facts,
     /// The request exactly as it would run.
-    pub request: HeldRequest,
-    pub rule: String,
-    pub message: String,
+    pub(crate) request: HeldRequest,
+    pub(crate) rule: String,
+    pub(crate) message: String,
 }
 
 /// Files the review (audited: begin with decision `review`, end `pending_review`), or
 /// finds the one a retry with the same `Idempotency-Key` filed; waits if asked.
-pub async fn hold(
+pub(crate) async fn hold(
     state: &Arc<Gateway>,
     ctx: Caller,
     mut begin: AuditEvent,
@@ -238,7 +238,7 @@ async fn get(state: &Gateway, by: ReviewLookup<'_>) -> Result<Option<ReviewRecor
 }
 
 /// Waits until the review is decided or `wait` passes; returns the latest record.
-pub async fn wait_for_decision(
+pub(crate) async fn wait_for_decision(
     state: &Gateway,
     execution_id: &str,
     wait: Duration,
@@ -265,7 +265,7 @@ pub async fn wait_for_decision(
 }
 
 /// The problem for a held request that cannot run, by its status.
-pub fn status_problem(r: &ReviewRecord) -> Problem {
+pub(crate) fn status_problem(r: &ReviewRecord) -> Problem {
     let p = match r.effective_status(Utc::now()) {
         ReviewStatus::Pending => Problem::new(
             Code::ReviewPending,
@@ -414,13 +414,13 @@ fn review_event(record: &ReviewRecord, who: &Principal, operation: &str) -> Audi
 }
 
 /// A reviewer's decision.
-pub enum Verdict {
+pub(crate) enum Verdict {
     Approve { max_affected_rows: Option<u64> },
     Reject { reason: String },
 }
 
 /// Applies one reviewer's verdict with a compare-and-swap, retrying on lost races.
-pub async fn decide(
+pub(crate) async fn decide(
     state: &Gateway,
     review_id: &str,
     who: &Principal,
@@ -531,7 +531,7 @@ pub async fn decide(
 }
 
 /// Expires pending reviews past their deadline and marks runs cut short as `unknown`.
-pub async fn sweep(state: &Gateway, run_grace: Duration) {
+pub(crate) async fn sweep(state: &Gateway, run_grace: Duration) {
     let Ok(pending) = state
         .store
         .list_reviews(Some(ReviewStatus::Pending), 500)
@@ -577,7 +577,7 @@ pub async fn sweep(state: &Gateway, run_grace: Duration) {
     }
 }
 
-pub fn spawn_sweeper(state: Arc<Gateway>, run_grace: Duration) {
+pub(crate) fn spawn_sweeper(state: Arc<Gateway>, run_grace: Duration) {
     tokio::spawn(async move {
         loop {
             sweep(&state, run_grace).await;

@@ -9,12 +9,12 @@ use super::record::{Ending, ExecutionRecord};
 use crate::backend::TableInfo;
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SchemaView {
-    pub connection: String,
-    pub tables: Vec<TableInfo>,
+pub(crate) struct SchemaView {
+    pub(crate) connection: String,
+    pub(crate) tables: Vec<TableInfo>,
 }
 
-pub async fn read(admitted: Admitted) -> Result<SchemaView, Problem> {
+pub(crate) async fn read(admitted: Admitted) -> Result<SchemaView, Problem> {
     let Admitted {
         gateway,
         conn,

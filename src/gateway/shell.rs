@@ -37,20 +37,20 @@ use crate::mask::plan::{MaskedCounts, RequestMasking};
 use crate::recording::Recorder;
 
 /// Bounds on a terminal size: larger values are refused, never passed on.
-pub const MAX_COLS: u32 = 1000;
-pub const MAX_ROWS: u32 = 500;
+pub(crate) const MAX_COLS: u32 = 1000;
+pub(crate) const MAX_ROWS: u32 = 500;
 const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// What a client asks for when it opens a shell.
 #[derive(Debug, Clone)]
-pub struct ShellRequest {
+pub(crate) struct ShellRequest {
     /// Kubernetes: the pod to open the shell in.
-    pub target: Option<PodTarget>,
-    pub cols: u32,
-    pub rows: u32,
+    pub(crate) target: Option<PodTarget>,
+    pub(crate) cols: u32,
+    pub(crate) rows: u32,
 }
 
-pub fn size_ok(cols: u32, rows: u32) -> bool {
+pub(crate) fn size_ok(cols: u32, rows: u32) -> bool {
     (1..=MAX_COLS).contains(&cols) && (1..=MAX_ROWS).contains(&rows)
 }
 
@@ -73,7 +73,7 @@ pub(crate) fn check(conn: &Connection, req: &ShellRequest) -> Result<(), Problem
 
 /// Running shells, so an admin can terminate one.
 #[derive(Default)]
-pub struct Running {
+pub(crate) struct Running {
     inner: Mutex<HashMap<String, CancellationToken>>,
 }
 
@@ -91,7 +91,7 @@ impl Running {
     }
 
     /// `true` when a running session was told to end.
-    pub fn terminate(&self, id: &str) -> bool {
+    pub(crate) fn terminate(&self, id: &str) -> bool {
         match self.inner.lock() {
             Ok(m) => m.get(id).map(|t| t.cancel()).is_some(),
             Err(_) => false,
@@ -100,7 +100,7 @@ impl Running {
 }
 
 /// What the client side of a terminal sent.
-pub enum ClientEvent {
+pub(crate) enum ClientEvent {
     /// Keystrokes / bytes for the PTY.
     Input(Bytes),
     /// A JSON control message (`{"type":"resize","cols":N,"rows":N}`).
@@ -114,7 +114,7 @@ pub enum ClientEvent {
 /// The transport of an interactive shell. Every `send_*` returns `false` when the client
 /// is gone.
 #[async_trait::async_trait]
-pub trait Terminal: Send {
+pub(crate) trait Terminal: Send {
     async fn recv(&mut self) -> ClientEvent;
     async fn send_output(&mut self, bytes: Vec<u8>) -> bool;
     async fn send_control(&mut self, message: Value) -> bool;
@@ -130,12 +130,12 @@ enum Control {
 }
 
 /// The error control message: the same problem object as every other transport.
-pub fn error_message(problem: &Problem) -> Value {
+pub(crate) fn error_message(problem: &Problem) -> Value {
     json!({"type": "error", "problem": problem.to_body()})
 }
 
 /// An open shell: admitted, recorded, audited, connected to the host.
-pub struct ShellSession {
+pub(crate) struct ShellSession {
     gateway: Arc<Gateway>,
     record: ExecutionRecord,
     recorder: Recorder,
@@ -146,7 +146,7 @@ pub struct ShellSession {
 }
 
 /// Records the session header and the audit begin, then opens the remote shell.
-pub async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
+pub(crate) async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
     let Work::Shell(request) = admitted.work else {
         return Err(Problem::internal("not a shell"));
     };
@@ -202,12 +202,8 @@ pub async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
 }
 
 impl ShellSession {
-    pub fn session_id(&self) -> &str {
-        self.recorder.session_id()
-    }
-
     /// Runs the session over `terminal` until it ends, then records the end.
-    pub async fn run(self, terminal: &mut dyn Terminal) {
+    pub(crate) async fn run(self, terminal: &mut dyn Terminal) {
         let ShellSession {
             gateway,
             record,

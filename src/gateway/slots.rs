@@ -10,29 +10,25 @@ use super::problem::{Code, Problem};
 use crate::identity::Principal;
 
 /// A principal's concurrency slot; released on drop.
-pub struct Slot {
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
-pub struct Slots {
+pub(crate) struct Slots {
     per_principal: usize,
     by_principal: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Slots {
-    pub fn new(per_principal: usize) -> Slots {
+    pub(crate) fn new(per_principal: usize) -> Slots {
         Slots {
             per_principal,
             by_principal: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn per_principal(&self) -> usize {
-        self.per_principal
-    }
-
     /// Takes one of the principal's slots, or refuses with 429.
-    pub fn acquire(&self, principal: &Principal) -> Result<Slot, Problem> {
+    pub(crate) fn acquire(&self, principal: &Principal) -> Result<Slot, Problem> {
         let semaphore = {
             let mut map = match self.by_principal.lock() {
                 Ok(m) => m,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admit::{Action, Admission};
 use super::command::ExecRequest;
+use super::problem::Code;
 use super::query::QueryRequest;
 use super::shell::ShellRequest;
 use super::*;
