@@ -8,6 +8,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod digest;
+pub mod glob;
 pub mod gateway;
 pub mod identity;
 pub mod inspect;

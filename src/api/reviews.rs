@@ -104,7 +104,7 @@ fn may_review(r: &ReviewRecord, p: &Principal) -> bool {
     p.groups.iter().any(|g| {
         r.approver_groups
             .iter()
-            .any(|a| crate::policy::glob::matches(a, g))
+            .any(|a| crate::glob::matches(a, g))
     })
 }
 

@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
 
 use crate::config::{Config, IssuerConfig, PrincipalKind};
-use crate::policy::glob;
+use crate::glob;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

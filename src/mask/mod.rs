@@ -167,7 +167,7 @@ impl MaskingConfig {
     pub fn applies_to(&self, connection: &str) -> bool {
         self.connections
             .iter()
-            .any(|g| crate::policy::glob::matches(g, connection))
+            .any(|g| crate::glob::matches(g, connection))
     }
 }
 
@@ -176,10 +176,10 @@ impl ColumnRule {
     pub fn matches(&self, table: Option<&str>, column: &str) -> bool {
         if self.column.contains('.') {
             table.is_some_and(|t| {
-                crate::policy::glob::matches(&self.column, &format!("{t}.{column}"))
+                crate::glob::matches(&self.column, &format!("{t}.{column}"))
             })
         } else {
-            crate::policy::glob::matches(&self.column, column)
+            crate::glob::matches(&self.column, column)
         }
     }
 }

@@ -103,7 +103,7 @@ impl Masking {
                     e.config
                         .exempt_groups
                         .iter()
-                        .any(|x| crate::policy::glob::matches(x, g))
+                        .any(|x| crate::glob::matches(x, g))
                 })
         };
         RequestMasking {
@@ -160,7 +160,7 @@ impl RequestMasking {
                         && r.column
                             .rsplit('.')
                             .next()
-                            .is_some_and(|c| crate::policy::glob::matches(c, &source.column)));
+                            .is_some_and(|c| crate::glob::matches(c, &source.column)));
                 hit.then_some(r.strategy)
             })
         })

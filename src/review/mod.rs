@@ -236,7 +236,7 @@ pub fn approver_refusal(record: &ReviewRecord, who: &Principal) -> Option<&'stat
         record
             .approver_groups
             .iter()
-            .any(|a| crate::policy::glob::matches(a, g))
+            .any(|a| crate::glob::matches(a, g))
     }) {
         return Some("you are not in an approver group of this review");
     }
