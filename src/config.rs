@@ -387,6 +387,10 @@ pub enum TlsMode {
 pub struct LimitsConfig {
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// The share of `pool_size` one principal may hold at once (0 < share <= 1; at least
+    /// one request): one agent's slow work cannot take every pooled connection.
+    #[serde(default = "default_principal_share")]
+    pub principal_share: f64,
     /// How long a request waits for a pooled connection before 503.
     #[serde(default = "default_pool_wait_ms")]
     pub pool_wait_timeout_ms: u64,
@@ -408,6 +412,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             pool_size: default_pool_size(),
+            principal_share: default_principal_share(),
             pool_wait_timeout_ms: default_pool_wait_ms(),
             timeout_ms: default_timeout_ms(),
             max_timeout_ms: default_max_timeout_ms(),
@@ -421,6 +426,10 @@ impl Default for LimitsConfig {
 
 fn default_connect_ms() -> u64 {
     10_000
+}
+
+fn default_principal_share() -> f64 {
+    0.5
 }
 
 fn default_pool_size() -> usize {
@@ -449,6 +458,11 @@ fn default_bytes_ceiling() -> u64 {
 }
 
 impl LimitsConfig {
+    /// How many requests one principal may run at once on this connection.
+    pub fn per_principal(&self) -> usize {
+        ((self.pool_size as f64 * self.principal_share).floor() as usize).max(1)
+    }
+
     pub fn pool_wait(&self) -> Duration {
         Duration::from_millis(self.pool_wait_timeout_ms)
     }
@@ -782,6 +796,9 @@ impl Config {
             let lat = |k: &str| format!("connections[{i}].limits.{k}");
             if l.pool_size == 0 {
                 return Err(err(lat("pool_size"), "must be at least 1"));
+            }
+            if !(l.principal_share > 0.0 && l.principal_share <= 1.0) {
+                return Err(err(lat("principal_share"), "must be in (0, 1]"));
             }
             if l.timeout_ms == 0 || l.timeout_ms > l.max_timeout_ms {
                 return Err(err(lat("timeout_ms"), "must be in 1..=max_timeout_ms"));

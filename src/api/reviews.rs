@@ -101,11 +101,9 @@ fn is_auditor(state: &AppState, p: &Principal) -> bool {
 }
 
 fn may_review(r: &ReviewRecord, p: &Principal) -> bool {
-    p.groups.iter().any(|g| {
-        r.approver_groups
-            .iter()
-            .any(|a| crate::glob::matches(a, g))
-    })
+    p.groups
+        .iter()
+        .any(|g| r.approver_groups.iter().any(|a| crate::glob::matches(a, g)))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -336,6 +336,11 @@ impl Steps<'_> {
                 .map_err(|p| p.with("rule", "principal-concurrency"))?,
         };
         let conn = self.resolve()?;
+        let mut slot = slot;
+        let share = conn.config.limits.per_principal();
+        gw.slots
+            .take_share(&mut slot, &self.caller.principal, self.name, share)
+            .map_err(|p| p.with("rule", "principal-pool-share"))?;
         check_operation(&conn, &action)?;
         conn.ensure_verified().await.map_err(Problem::from)?;
         let record_masking = gw.masking.for_record(self.name);

@@ -207,7 +207,6 @@ pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
     let (out_tx, out_rx) = mpsc::channel(crate::backend::STREAM_BUFFER);
     let cancel = gateway.shutdown.child_token();
     tokio::spawn(async move {
-        let _slot = slot;
         let stream = tokio::select! {
             s = backend.exec(plan, cancel.clone()) => s,
             _ = out_tx.closed() => Err(BackendError::Cancelled),
@@ -219,6 +218,7 @@ pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
                 let _ = recorder.marker("not started").await;
                 let mut ending = Ending::failed(outcome_of(&problem), &problem);
                 ending.recording_digest = recorder.finish("failed", None).await.ok();
+                drop(slot);
                 let _ = started_tx.send(Err(problem));
                 record.finish(ending).await;
                 return;
@@ -228,6 +228,7 @@ pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
             cancel.cancel();
         }
         let pump = Pump {
+            slot: Some(slot),
             recorder,
             out: out_tx,
             bytes: 0,
@@ -263,6 +264,8 @@ pub(crate) fn outcome_of(problem: &Problem) -> Outcome {
 
 /// Moves a command's output to the recording and the client, masked, within the byte cap.
 struct Pump {
+    /// Given back as soon as the command is over, before the client sees the trailer.
+    slot: Option<super::slots::Slot>,
     recorder: Recorder,
     out: mpsc::Sender<ExecOutput>,
     bytes: u64,
@@ -345,6 +348,7 @@ impl Pump {
             }
         }
         drop(stream);
+        self.slot = None;
         // Whatever the maskers still hold back is flushed, masked, before the end.
         let mut recording_ok = true;
         for (is_err, tail) in [(false, stdout.flush()), (true, stderr.flush())] {

@@ -111,13 +111,13 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
     let (out_tx, out_rx) = mpsc::channel(crate::backend::STREAM_BUFFER);
     let cancel = gateway.shutdown.child_token();
     tokio::spawn(async move {
-        let _slot = slot;
         let sql = plan.sql.clone();
         let stream = tokio::select! {
             r = backend.query(plan, cancel.clone()) => r,
             _ = out_tx.closed() => Err(BackendError::Cancelled),
         };
         let task = Task {
+            slot: Some(slot),
             masking,
             limits,
             out: out_tx,
@@ -143,6 +143,9 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
 
 /// The execution task's state: owns the backend stream until the result ends.
 struct Task {
+    /// Given back as soon as the backend is done, before the client sees the trailer: a
+    /// client that sends its next request at once must find its slot free.
+    slot: Option<super::slots::Slot>,
     masking: RequestMasking,
     limits: AppliedLimits,
     out: mpsc::Sender<Output>,
@@ -186,6 +189,7 @@ impl Task {
                 let problem = self.problem(e);
                 let mut ending = Ending::failed(outcome_of(&problem), &problem);
                 ending.masked = self.masked();
+                self.slot = None;
                 let _ = started_tx.send(Err(problem));
                 return ending;
             }
@@ -200,6 +204,7 @@ impl Task {
                 let problem = self.problem(e);
                 let mut ending = Ending::failed(outcome_of(&problem), &problem);
                 ending.masked = self.masked();
+                self.slot = None;
                 let _ = started_tx.send(Err(problem));
                 return ending;
             }
@@ -293,6 +298,7 @@ impl Task {
         // Dropping the stream (with the token cancelled on early exits) stops the query on
         // the server and discards its connection.
         drop(stream);
+        self.slot = None;
         if ending.outcome == Outcome::Ok {
             let summary = Summary {
                 row_count,

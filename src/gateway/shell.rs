@@ -211,7 +211,7 @@ impl ShellSession {
             session,
             masking,
             cancel,
-            _slot,
+            _slot: slot,
         } = self;
         let session_id = recorder.session_id().to_string();
         let terminate = CancellationToken::new();
@@ -351,6 +351,8 @@ impl ShellSession {
             };
             ending = Ending::failed(outcome, &problem);
         }
+        // The host side is over: the slot is free before the client hears the session ended.
+        drop(slot);
         terminal.close(1000, "session ended").await;
         let mut counts = MaskedCounts::default();
         maskers.count_into(&mut counts);

@@ -570,3 +570,35 @@ async fn a_dropped_execution_record_ends_as_interrupted() {
     let (_, end) = audited(&h, "dropped-1").await;
     assert_eq!(end.outcome, Some(Outcome::Interrupted));
 }
+
+#[tokio::test]
+async fn one_principal_holds_at_most_its_share_of_a_connection() {
+    let h = harness(16).await;
+    // The pool is 8 and the share one half: four at once on `db`.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let request = Request::new(agent(&[]), "db", query("SELECT 1"));
+        match admit::admit(&h.gateway, request).await.unwrap() {
+            Admission::Ready(a) => held.push(a),
+            Admission::Held(_) => panic!("not held"),
+        }
+    }
+    let p = refused(&h, agent(&[]), "db", query("SELECT 1")).await;
+    assert_eq!(p.code, Code::TooManyRequests);
+    assert_eq!(p.extra["rule"], "principal-pool-share");
+    // Another agent still gets through, and so does the first on another connection.
+    let mut other = agent(&[]);
+    other.principal.subject = "agent-2".into();
+    let ok = serve(&h.gateway, Request::new(other, "db", Action::Schema)).await;
+    assert!(matches!(ok, Ok(Answer::Schema(_))));
+    let ok = serve(
+        &h.gateway,
+        Request::new(agent(&[]), "host", exec(Some(&["ls"]), None, None)),
+    )
+    .await;
+    assert!(matches!(ok, Ok(Answer::Command(_))));
+    // A finished request gives its share back.
+    held.pop();
+    let ok = serve(&h.gateway, Request::new(agent(&[]), "db", Action::Schema)).await;
+    assert!(matches!(ok, Ok(Answer::Schema(_))));
+}

@@ -175,9 +175,7 @@ impl ColumnRule {
     /// Whether the rule names this column. A glob with a dot needs the table to be known.
     pub fn matches(&self, table: Option<&str>, column: &str) -> bool {
         if self.column.contains('.') {
-            table.is_some_and(|t| {
-                crate::glob::matches(&self.column, &format!("{t}.{column}"))
-            })
+            table.is_some_and(|t| crate::glob::matches(&self.column, &format!("{t}.{column}")))
         } else {
             crate::glob::matches(&self.column, column)
         }

@@ -473,10 +473,16 @@ async fn pool_exhaustion_is_503_with_retry_after() {
         })
         .await
     );
+    // Another agent (the first holds its whole share of a pool of one).
+    let other = a.token(
+        "agent-2",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
     let resp = a
         .http
         .post(format!("{}/v1/connections/pg/query", a.base))
-        .bearer_auth(a.agent())
+        .bearer_auth(other)
         .json(&json!({"sql": "SELECT 1"}))
         .send()
         .await
@@ -486,6 +492,65 @@ async fn pool_exhaustion_is_503_with_retry_after() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "backend_unavailable");
     assert_eq!(busy.await.unwrap(), 200);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn one_agents_slow_queries_leave_the_pool_to_others() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(
+        &db,
+        "[connections.limits]\npool_size = 4\npool_wait_timeout_ms = 300",
+    ))
+    .await;
+    // Agent 1 sends 16 slow queries at once: only its share (half the pool) runs.
+    let mut slow = Vec::new();
+    for _ in 0..16 {
+        let (token, base) = (a.agent(), a.base.clone());
+        slow.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/connections/pg/query"))
+                .bearer_auth(token)
+                .json(&json!({"sql": "SELECT pg_sleep(2) /* t-hog */"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t-hog").await == 2
+        })
+        .await
+    );
+    // Agent 2's fast query still answers while they run.
+    let other = a.token(
+        "agent-2",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let (status, body) = a
+        .query(&other, "pg", json!({"sql": "SELECT 1 AS one"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(running_queries(&db, "t-hog").await, 2);
+    let mut statuses = Vec::new();
+    for s in slow {
+        statuses.push(s.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        14,
+        "{statuses:?}"
+    );
     a.stop().await;
 }
 
