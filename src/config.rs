@@ -153,6 +153,16 @@ pub struct ServerConfig {
     /// A client that does not accept response bytes for this long is disconnected.
     #[serde(default = "default_write_idle_ms")]
     pub write_idle_timeout_ms: u64,
+    /// A connection must send a request's complete headers within this long — from when it
+    /// opens, and again while it sits idle between requests (keep-alive). Then it is closed.
+    #[serde(default = "default_header_read_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive completely within this long (then 408).
+    #[serde(default = "default_body_read_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Open client connections; past it a new connection is answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Concurrent requests per principal; beyond it the answer is 429.
     #[serde(default = "default_per_principal")]
     pub max_concurrent_per_principal: usize,
@@ -175,6 +185,9 @@ impl Default for ServerConfig {
             drain_timeout_ms: default_drain_ms(),
             max_body_bytes: default_max_body(),
             write_idle_timeout_ms: default_write_idle_ms(),
+            header_read_timeout_ms: default_header_read_ms(),
+            body_read_timeout_ms: default_body_read_ms(),
+            max_connections: default_max_connections(),
             max_concurrent_per_principal: default_per_principal(),
             masking_key: None,
             recording_retention_days: default_retention_days(),
@@ -193,6 +206,15 @@ fn default_max_body() -> usize {
 }
 fn default_write_idle_ms() -> u64 {
     30_000
+}
+fn default_header_read_ms() -> u64 {
+    10_000
+}
+fn default_body_read_ms() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    4_096
 }
 fn default_per_principal() -> usize {
     16
@@ -611,6 +633,15 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if self.server.header_read_timeout_ms == 0 || self.server.body_read_timeout_ms == 0 {
+            return Err(err(
+                "server.header_read_timeout_ms",
+                "header and body read timeouts must be at least 1 ms",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(err("server.max_connections", "must be at least 1"));
+        }
         if self.server.max_concurrent_per_principal == 0 {
             return Err(err(
                 "server.max_concurrent_per_principal",

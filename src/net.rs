@@ -1,6 +1,7 @@
-//! A listener whose connections fail writes that make no progress for too long.
+//! The HTTP listener: connection limits (header-read timeout, a cap on open connections)
+//! and connections whose writes fail when they make no progress for too long.
 //!
-//! Why: a client that stops reading a streamed result would otherwise hold its database
+//! Why the write limit: a client that stops reading a streamed result would otherwise hold its database
 //! query (and a pooled connection) open until TCP gives up, hours later. With this, a write
 //! that stays blocked for `idle` errors out, hyper drops the connection, the response body
 //! is dropped, and the pipeline cancels the query on the server.
@@ -14,47 +15,113 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 
-pub struct IdleWriteListener {
-    inner: TcpListener,
-    idle: Duration,
+/// The limits the listener enforces before a request reaches the router.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A write that makes no progress for this long fails (see the module comment).
+    pub write_idle: Duration,
+    /// Complete request headers must arrive within this, from the first byte the server
+    /// waits for (a fresh connection, or one idle between keep-alive requests).
+    pub header_read: Duration,
+    /// Open connections; past it a connection gets a 503 and is closed.
+    pub max_connections: usize,
 }
 
-impl IdleWriteListener {
-    pub fn new(inner: TcpListener, idle: Duration) -> IdleWriteListener {
-        IdleWriteListener { inner, idle }
-    }
-}
-
-impl axum::serve::Listener for IdleWriteListener {
-    type Io = IdleWriteStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        IdleWriteStream {
-                            inner: stream,
-                            idle: self.idle,
-                            stalled: None,
-                        },
-                        addr,
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open connections finish
+/// their in-flight requests and returns when every one has closed.
+///
+/// What must stay true:
+/// - A connection that sends nothing, or never finishes its headers, is closed after
+///   `header_read` (hyper's HTTP/1 header timer, which also runs between keep-alive
+///   requests): idle and half-sent connections cannot pile up without a token.
+/// - At most `max_connections` are open; one more is accepted, told 503 with
+///   `Retry-After`, and closed — `accept` itself never stalls or spins.
+/// - Served as HTTP/1.1 (with WebSocket upgrades). HTTP/2 cleartext is not offered: its
+///   preface sniffing would run before any header timer, and TLS terminators in front of
+///   Airlock speak HTTP/1.1 to it.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (closing, _) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_over_capacity(stream));
+            continue;
+        };
+        let io = hyper_util::rt::TokioIo::new(IdleWriteStream {
+            inner: stream,
+            idle: limits.write_idle,
+            stalled: None,
+        });
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .keep_alive(true);
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
+    let _ = closing.send(true);
+    // Every connection holds a permit until it closes: all of them back means all closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = open.acquire_many(all).await;
+}
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
+/// Answers a connection past `max_connections` with a 503 and closes it.
+async fn refuse_over_capacity(mut stream: TcpStream) {
+    use crate::gateway::problem::{Code, Problem};
+    use tokio::io::AsyncWriteExt;
+    let body = Problem::new(
+        Code::TooManyConnections,
+        "the server has as many open connections as it takes; retry shortly",
+    )
+    .to_body()
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 pub struct IdleWriteStream {

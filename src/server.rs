@@ -35,7 +35,7 @@ pub struct Prepared {
     pub state: Arc<AppState>,
     pub listen: SocketAddr,
     pub drain: Duration,
-    pub write_idle: Duration,
+    pub limits: crate::net::ConnectionLimits,
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -50,7 +50,9 @@ fn stale_after(config: &Config) -> Duration {
         .iter()
         .map(|c| c.limits.max_timeout_ms)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        // A shell is an execution too, and may live this long.
+        .max(config.shells.max_duration_ms);
     Duration::from_millis(longest + config.server.drain_timeout_ms) + Duration::from_secs(60)
 }
 
@@ -125,9 +127,14 @@ pub async fn prepare(
         .filter_map(|p| PrincipalPattern::parse(p).ok())
         .collect();
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
-    let write_idle = Duration::from_millis(config.server.write_idle_timeout_ms);
+    let limits = crate::net::ConnectionLimits {
+        write_idle: Duration::from_millis(config.server.write_idle_timeout_ms),
+        header_read: Duration::from_millis(config.server.header_read_timeout_ms),
+        max_connections: config.server.max_connections,
+    };
     let max_concurrent_per_principal = config.server.max_concurrent_per_principal;
     let max_body_bytes = config.server.max_body_bytes;
+    let config_body_read_ms = config.server.body_read_timeout_ms;
     let policy = Policy::new(config.rules.clone(), config.policy_version());
     let notifier = match (&config.reviews.webhook_url, &config.reviews.webhook_secret) {
         (Some(url), Some(secret)) => Some(crate::review::notify::Notifier::new(
@@ -171,6 +178,7 @@ pub async fn prepare(
         masking,
         shells: crate::gateway::shell::Running::default(),
         shells_config,
+        in_flight: Default::default(),
     });
     crate::gateway::review::spawn_sweeper(gateway.clone(), run_grace);
     spawn_retention(gateway.clone(), retention_days);
@@ -180,13 +188,14 @@ pub async fn prepare(
         audit_readers,
         ready: AtomicBool::new(true),
         max_body_bytes,
+        body_read_timeout: Duration::from_millis(config_body_read_ms),
         tickets: crate::api::tickets::Tickets::default(),
     });
     Ok(Prepared {
         state,
         listen,
         drain,
-        write_idle,
+        limits,
     })
 }
 
@@ -257,7 +266,7 @@ pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String>
         state,
         listen,
         drain,
-        write_idle,
+        limits,
     } = prepared;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -292,17 +301,17 @@ pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String>
             });
         }
     };
-    let listener = crate::net::IdleWriteListener::new(listener, write_idle);
     let task = {
         let state = state.clone();
         tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server error");
-            }
+            crate::net::serve(listener, app, limits, graceful).await;
             // Let execution tasks record their end events before the process exits.
             state.gateway.shutdown.cancel();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            state
+                .gateway
+                .in_flight
+                .settled(Duration::from_secs(10))
+                .await;
             if let Err(e) = state.gateway.audit.replay_spool().await {
                 tracing::warn!(error = %e, "audit spool left for the next start");
             }

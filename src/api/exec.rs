@@ -2,7 +2,7 @@
 //!
 //! NDJSON (`Accept: application/x-ndjson`): a header line `{"type":"header", ...}`, then
 //! `{"type":"stdout","data":"..."}` / `{"type":"stderr","data":"..."}` lines as output
-//! arrives, then `{"type":"exit", ...}` or `{"type":"error", ...}`.
+//! arrives, then `{"type":"exit", ...}` or `{"type":"error","problem":{...}}` (the RFC 9457 object).
 
 use std::sync::Arc;
 

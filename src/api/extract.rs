@@ -96,6 +96,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_problem(r: JsonRejection) -> Problem {
+    if body_timed_out(&r) {
+        return body_read_timeout();
+    }
     match r.status() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
             Code::UnsupportedMediaType,
@@ -109,6 +112,26 @@ fn json_problem(r: JsonRejection) -> Problem {
     }
 }
 
+/// The body did not arrive within `server.body_read_timeout_ms`.
+fn body_read_timeout() -> Problem {
+    Problem::new(
+        Code::BodyReadTimeout,
+        "the request body did not arrive in time; send it at once",
+    )
+}
+
+/// Whether reading the body failed because the body-read timer ran out.
+fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// A body that must be empty (or whitespace): `POST /v1/executions/{id}/run` runs exactly
 /// what was approved, so it takes nothing new.
 pub(crate) struct NoBody;
@@ -119,7 +142,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
         let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| Problem::new(Code::MalformedBody, e.body_text()))?;
+            .map_err(bytes_problem)?;
         if body.iter().all(u8::is_ascii_whitespace) {
             Ok(NoBody)
         } else {
@@ -145,7 +168,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             .is_some_and(|v| v.starts_with("application/json"));
         let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| Problem::new(Code::MalformedBody, e.body_text()))?;
+            .map_err(bytes_problem)?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
@@ -194,5 +217,18 @@ impl FromRequestParts<Arc<AppState>> for Entry {
             hold,
             ndjson: super::query::wants_ndjson(&parts.headers),
         })
+    }
+}
+
+fn bytes_problem(e: axum::extract::rejection::BytesRejection) -> Problem {
+    if body_timed_out(&e) {
+        body_read_timeout()
+    } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(
+            Code::BodyTooLarge,
+            "the request body exceeds the server's limit",
+        )
+    } else {
+        Problem::new(Code::MalformedBody, e.body_text())
     }
 }

@@ -3,7 +3,7 @@
 //! NDJSON shape, one JSON value per line:
 //! 1. header object: `{"type":"header","execution_id","rule","columns","limits"}`
 //! 2. one JSON array per row
-//! 3. trailer object: `{"type":"end", ...summary}` or `{"type":"error", ...problem}`
+//! 3. trailer object: `{"type":"end", ...summary}` or `{"type":"error","problem":{...}}`
 //!
 //! A line starting with `[` is a row; the trailer is always the last line. A stream that
 //! ends without a trailer was cut (client too slow, server stopped).

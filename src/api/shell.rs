@@ -105,7 +105,8 @@ pub(crate) struct ShellParams {
               (status = 401, description = "Missing or invalid token or ticket", body = ProblemBody, content_type = "application/problem+json"),
               (status = 403, description = "Denied by policy (`rule`)", body = ProblemBody, content_type = "application/problem+json"),
               (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 503, description = "Audit or recording unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json")))]
+              (status = 429, description = "Too many concurrent requests or shells (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
+              (status = 503, description = "Target, audit store or recording unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn shell(
     State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,

@@ -16,6 +16,8 @@ pub struct AppState {
     /// `false` once shutdown began: `/readyz` answers 503.
     pub ready: AtomicBool,
     pub(crate) max_body_bytes: usize,
+    /// A request body must arrive within this.
+    pub(crate) body_read_timeout: std::time::Duration,
     /// Browser shell tickets (single use, short-lived).
     pub(crate) tickets: super::tickets::Tickets,
 }

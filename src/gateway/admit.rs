@@ -189,6 +189,26 @@ pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Ad
             .map(|a| format!("{}/{}", a.issuer, a.subject))
             .collect();
     }
+    // What was asked is on record even when an early step refuses it (the steps replace it
+    // with the inspected form as they go).
+    let record_masking = gateway.masking.for_record(&connection);
+    match &action {
+        Action::Query { request, .. } => {
+            begin.statement = Some(record_masking.text(&request.sql, &mut Default::default()));
+            begin.params_count = Some(request.params.len());
+        }
+        Action::Exec(request) => {
+            let asked = match (&request.argv, &request.command) {
+                (Some(argv), _) => {
+                    crate::inspect::shell::quote_argv(argv).unwrap_or_else(|_| format!("{argv:?}"))
+                }
+                (None, Some(command)) => command.clone(),
+                (None, None) => String::new(),
+            };
+            begin.statement = Some(record_masking.text(&asked, &mut Default::default()));
+        }
+        _ => {}
+    }
     let steps = Steps {
         gateway,
         caller: &caller,
@@ -248,6 +268,10 @@ pub(crate) async fn refuse(
     }
     if let Some(rule) = problem.extra.get("rule").and_then(|r| r.as_str()) {
         begin.rule = Some(rule.to_string());
+    }
+    if problem.code == Code::MaskingStrict {
+        // Strict masking overrides an allow or a review: nothing is let through or held.
+        begin.decision = Some("deny".into());
     }
     let outcome = if problem.status() >= 500 {
         Outcome::Error
@@ -347,8 +371,6 @@ impl Steps<'_> {
         let (facts, work) = match action {
             Action::Query { request, streaming } => {
                 let limits = query_limits(&conn, &request, streaming)?;
-                begin.statement = Some(record_masking.text(&request.sql, &mut Default::default()));
-                begin.params_count = Some(request.params.len());
                 let facts = self.inspect_sql(&conn, &request.sql, begin)?;
                 let plan = QueryPlan {
                     sql: request.sql,

@@ -177,6 +177,10 @@ pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
         admitted.masking,
     );
     let (Some(backend), Ok(command)) = (conn.exec().cloned(), shell::quote_argv(&plan.argv)) else {
+        // Unreachable (admission checked both); nothing ran, so a claim goes back.
+        if let Some(claim) = admitted.claim {
+            super::review::release_claim(&gateway, claim).await;
+        }
         return Err(Problem::internal(
             "an admitted command lost its backend or quoting",
         ));

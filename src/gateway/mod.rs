@@ -64,6 +64,8 @@ pub struct Gateway {
     /// Running interactive shells, for admin terminate.
     pub(crate) shells: shell::Running,
     pub(crate) shells_config: ShellsConfig,
+    /// Executions whose audit `end` is still to be written.
+    pub(crate) in_flight: Arc<record::InFlight>,
 }
 
 /// Who is asking, as every entry knows it.

@@ -100,6 +100,10 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
         admitted.masking,
     );
     let Some(backend) = conn.sql().cloned() else {
+        // Unreachable (admission checked the operation); nothing ran, so a claim goes back.
+        if let Some(claim) = admitted.claim {
+            super::review::release_claim(&gateway, claim).await;
+        }
         return Err(Problem::internal("an admitted query lost its backend"));
     };
     let started = admitted.started;

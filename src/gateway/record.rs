@@ -74,8 +74,50 @@ impl Ending {
     }
 }
 
+/// Executions whose `end` is not written yet, so shutdown can wait for them.
+#[derive(Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Waits until every opened record has written its `end`, or `limit` passes.
+    pub async fn settled(&self, limit: std::time::Duration) {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+/// Held by a record until its `end` is committed.
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
 pub(crate) struct ExecutionRecord {
     gateway: Arc<Gateway>,
+    /// Counts this execution as in flight until its `end` is written.
+    in_flight: Option<InFlightGuard>,
     begin: AuditEvent,
     started: Instant,
     /// The approved review this execution consumes, claimed (`running`).
@@ -100,8 +142,10 @@ impl ExecutionRecord {
             }
             return Err(Problem::audit_unavailable().with("execution_id", begin.execution_id));
         }
+        let in_flight = Some(gateway.in_flight.enter());
         Ok(ExecutionRecord {
             gateway,
+            in_flight,
             begin,
             started,
             claim,
@@ -130,6 +174,7 @@ impl ExecutionRecord {
             super::review::settle_run(&self.gateway, claim, &end).await;
         }
         self.gateway.audit.commit_end(end).await;
+        self.in_flight = None;
     }
 
     fn end_event(&self, ending: &Ending) -> AuditEvent {
@@ -241,10 +286,14 @@ impl Drop for ExecutionRecord {
         // A claimed approval stays `running`: the review sweeper turns it into `unknown`,
         // which never runs again (the run may or may not have reached the target).
         let audit = self.gateway.audit.clone();
+        let in_flight = self.in_flight.take();
         // Without a runtime (process teardown) the startup sweep closes the begin as
         // `interrupted` instead.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { audit.commit_end(end).await });
+            handle.spawn(async move {
+                audit.commit_end(end).await;
+                drop(in_flight);
+            });
         }
     }
 }

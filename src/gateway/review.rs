@@ -157,11 +157,19 @@ pub(crate) async fn hold(
                 .commit(begin.clone())
                 .await
                 .map_err(|_| Problem::audit_unavailable())?;
-            let inserted = state
-                .store
-                .insert_review(&record)
-                .await
-                .map_err(|_| Problem::audit_unavailable())?;
+            let inserted = match state.store.insert_review(&record).await {
+                Ok(inserted) => inserted,
+                Err(_) => {
+                    // The begin is on record: close it, so nothing looks still in flight.
+                    let problem = Problem::audit_unavailable();
+                    let ending = Ending::failed(Outcome::Error, &problem);
+                    state
+                        .audit
+                        .commit_end(end_of(&begin, started, &ending))
+                        .await;
+                    return Err(problem);
+                }
+            };
             if !inserted {
                 // Lost an idempotency race to a concurrent retry: answer with theirs.
                 let end = end_of(
@@ -347,6 +355,11 @@ pub(crate) async fn claim_run(
     gateway: &Arc<Gateway>,
     mut record: ReviewRecord,
 ) -> Result<ReviewRecord, Problem> {
+    // Admission may have spent a while on the target since the record was read: the run
+    // window is checked again at the moment of the claim.
+    if record.effective_status(Utc::now()) != ReviewStatus::Approved {
+        return Err(status_problem(&record));
+    }
     let expected = record.version;
     record.status = ReviewStatus::Running;
     record.run_started_at = Some(Utc::now());

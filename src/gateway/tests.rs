@@ -189,6 +189,7 @@ async fn harness(per_principal: usize) -> Harness {
         masking: crate::mask::plan::Masking::new(&config.masking, vec![7; 32]).unwrap(),
         shells: shell::Running::default(),
         shells_config: toml::from_str("").unwrap(),
+        in_flight: Default::default(),
     });
     Harness {
         gateway,
@@ -460,14 +461,12 @@ async fn a_slot_is_taken_by_every_entry_and_released_when_it_ends() {
         let (_, end) = audited(&h, &id).await;
         assert_eq!(end.error_class.as_deref(), Some("too_many_requests"));
     }
-    // Running it holds the slot until the result is read to the end ...
+    // Running it holds the slot while the backend works; once the result is complete
+    // (before the client has read its end) the slot is free again.
     let Answer::Rows(mut rows) = start(held).await.unwrap() else {
         panic!("rows expected")
     };
-    let p = refused(&h, agent(&[]), "db", Action::Schema).await;
-    assert_eq!(p.code, Code::TooManyRequests);
     while rows.rows.recv().await.is_some() {}
-    // ... then it is free again.
     for _ in 0..50 {
         if h.gateway.slots.acquire(&agent(&[]).principal).is_ok() {
             break;

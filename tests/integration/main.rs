@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 mod common;
+mod connections_flood;
 
 mod auth;
 mod bad_input;
