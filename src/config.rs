@@ -639,6 +639,30 @@ impl Config {
                 "header and body read timeouts must be at least 1 ms",
             ));
         }
+        // Deadlines are computed from these: bounded so the arithmetic cannot overflow.
+        const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
+        for (key, value) in [
+            ("shells.idle_timeout_ms", self.shells.idle_timeout_ms),
+            ("shells.max_duration_ms", self.shells.max_duration_ms),
+            ("shells.ticket_ttl_ms", self.shells.ticket_ttl_ms),
+            ("server.drain_timeout_ms", self.server.drain_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            (
+                "server.write_idle_timeout_ms",
+                self.server.write_idle_timeout_ms,
+            ),
+        ] {
+            if value > WEEK_MS {
+                return Err(err(key, "at most one week (604800000 ms)"));
+            }
+        }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections", "must be at least 1"));
         }
@@ -830,6 +854,12 @@ impl Config {
             }
             if !(l.principal_share > 0.0 && l.principal_share <= 1.0) {
                 return Err(err(lat("principal_share"), "must be in (0, 1]"));
+            }
+            if l.max_timeout_ms > 7 * 24 * 3600 * 1000 {
+                return Err(err(
+                    lat("max_timeout_ms"),
+                    "at most one week (604800000 ms)",
+                ));
             }
             if l.timeout_ms == 0 || l.timeout_ms > l.max_timeout_ms {
                 return Err(err(lat("timeout_ms"), "must be in 1..=max_timeout_ms"));

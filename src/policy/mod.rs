@@ -407,6 +407,13 @@ impl RuleConfig {
                 if r.expires_in_secs == 0 || r.run_window_secs == 0 {
                     return Err(("review", "expiry and run window must be positive".into()));
                 }
+                // Deadlines are computed from these: bounded so the arithmetic cannot overflow.
+                if r.expires_in_secs > MAX_REVIEW_SECS || r.run_window_secs > MAX_REVIEW_SECS {
+                    return Err((
+                        "review",
+                        format!("expiry and run window are at most {MAX_REVIEW_SECS} s (30 days)"),
+                    ));
+                }
             }
             (_, Some(_)) => return Err(("review", "only review rules take `review`".into())),
             _ => {}
@@ -507,6 +514,9 @@ impl Decision {
         }
     }
 }
+
+/// Longest review expiry or run window: 30 days.
+pub const MAX_REVIEW_SECS: u64 = 30 * 24 * 3600;
 
 /// The loaded rule set.
 #[derive(Debug, Clone)]
