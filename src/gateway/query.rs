@@ -158,9 +158,30 @@ struct Task {
 }
 
 impl Task {
-    /// Database errors echo values (`invalid input syntax: "4111-..."`): masked like rows.
+    /// Database errors echo values (`invalid input syntax: "4111-..."`). Where columns are
+    /// protected, a derived value can be made to appear in any error text
+    /// (`translate(ssn, ...)::int`), which content detectors cannot recognise: the server's
+    /// text is then replaced by a fixed description of the SQLSTATE class, keeping the
+    /// SQLSTATE and position. Only syntax and access-rule errors (class 42), which name
+    /// the statement's own identifiers and types, keep their message. Everything left
+    /// passes the detectors.
     fn problem(&mut self, e: BackendError) -> Problem {
         let e = match e {
+            BackendError::Database(mut db) if self.masking.has_column_rules() => {
+                let class = db.sqlstate.get(..2).unwrap_or("");
+                if class != "42" {
+                    db.message = format!(
+                        "{} (SQLSTATE {}; the server's message is withheld on a connection with protected columns)",
+                        sqlstate_class(class),
+                        db.sqlstate
+                    );
+                }
+                db.detail = None;
+                db.hint = None;
+                let counts = &mut self.masked.detectors;
+                db.message = self.masking.text(&db.message, counts);
+                BackendError::Database(db)
+            }
             BackendError::Database(mut db) if !self.masking.is_empty() => {
                 let counts = &mut self.masked.detectors;
                 db.message = self.masking.text(&db.message, counts);
@@ -320,6 +341,28 @@ impl Task {
         ending.truncated = Some(truncated.is_some());
         ending.masked = self.masked();
         ending
+    }
+}
+
+/// A fixed, value-free description of a SQLSTATE class (the first two characters).
+fn sqlstate_class(class: &str) -> &'static str {
+    match class {
+        "0A" => "feature not supported",
+        "21" => "cardinality violation",
+        "22" => "data exception: a value could not be converted, or is out of range",
+        "23" => "integrity constraint violation",
+        "25" => "invalid transaction state",
+        "28" => "invalid authorization",
+        "2B" | "2D" | "3B" | "40" => "transaction rolled back",
+        "39" | "38" => "error in a function",
+        "53" => "insufficient resources",
+        "54" => "statement too complex",
+        "55" => "object not in prerequisite state",
+        "57" => "operator intervention",
+        "P0" => "error raised by a procedure",
+        "XX" => "internal error",
+        "HY" | "S1" => "general error",
+        _ => "the statement failed",
     }
 }
 

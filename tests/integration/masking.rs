@@ -193,6 +193,41 @@ columns = [{{ column = "customers.email", strategy = "redact" }}, {{ column = "s
         .await;
     assert_eq!(s, 400, "{b}");
     assert!(!b.to_string().contains("ada@example.com"), "{b}");
+    // A derived value no detector recognises, pushed into the error text by a cast: the
+    // server's text is withheld, the SQLSTATE stays.
+    let (s, b) = a
+        .query(
+            &t,
+            "pg",
+            json!({"sql": "SELECT ('x' || translate(ssn, '0123456789', 'abcdefghij'))::int FROM customers"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["database"]["sqlstate"], "22P02", "{b}");
+    let text = b.to_string();
+    assert!(
+        !text.contains("bcd-ef-ghij") && !text.contains("123-45-6789"),
+        "{b}"
+    );
+    let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains("bcd-ef-ghij")
+    );
+    // Syntax errors keep their message: it names the statement, not data.
+    let (s, b) = a
+        .query(
+            &t,
+            "pg",
+            json!({"sql": "SELECT nosuchcolumn FROM customers"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("nosuchcolumn"),
+        "{b}"
+    );
     a.stop().await;
 }
 
