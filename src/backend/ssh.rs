@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{self, Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
@@ -30,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::pump::{self, Ending, Outcome, SHELL_INPUT_BUFFER, Step, deadline_after};
 use super::{
     BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream, ShellInput, ShellPlan,
     ShellSession,
@@ -535,13 +537,6 @@ fn session_config(pin: &HostKeyPin) -> client::Config {
     }
 }
 
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    // An absurd timeout must not overflow the clock; a year is "no deadline" in practice.
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
 async fn disconnect(session: &Session) {
     // Best effort: the peer may already be gone. Dropping the handle closes the socket.
     let _ = session
@@ -724,15 +719,6 @@ async fn await_reply(
     }
 }
 
-/// Why a running command is stopped early.
-enum Stop {
-    Timeout,
-    Cancelled,
-    ConsumerGone,
-    /// Shell only: the client sent [`ShellInput::Close`] or dropped every input sender.
-    InputClosed,
-}
-
 /// One running command: the producer side of an [`ExecStream`].
 struct Job {
     session: Session,
@@ -746,30 +732,40 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
-/// What the read loop ended with.
-enum Outcome {
-    /// The command ended and the channel closed: send this as the last event.
-    Exited(ExecEvent),
-    /// The connection or channel went away without an exit status.
-    Lost,
-    Stopped(Stop),
-}
-
 impl Job {
     async fn run(mut self) {
-        let outcome = self.pump().await;
-        match outcome {
-            Outcome::Exited(event) => {
-                // The consumer may be gone by now; nothing left to stop either way.
-                let _ = self.tx.send(Ok(event)).await;
-                disconnect(&self.session).await;
+        let write = &self.write;
+        let stdin = self.stdin.take();
+        // Stdin is written while output is read: a command may fill its stdout before it
+        // reads all its input, and writing stdin first would then deadlock on the SSH
+        // window. A command that exits without reading stdin makes the write fail; that
+        // is the command's business, not an error of the run.
+        let feed = async move {
+            if let Some(bytes) = stdin
+                && !bytes.is_empty()
+                && write.data(&bytes[..]).await.is_err()
+            {
+                return None;
             }
-            Outcome::Lost => {
-                let _ = self
-                    .tx
-                    .send(Err(BackendError::Internal(
-                        "the host closed the connection before the command exited".into(),
-                    )))
+            let _ = write.eof().await;
+            None
+        };
+        let mut output = ChannelOutput::new(&mut self.read, false);
+        let outcome = pump::pump(
+            &mut output,
+            feed,
+            &self.tx,
+            &self.cancel,
+            Some(self.deadline),
+        )
+        .await;
+        match outcome {
+            Outcome::Ended(ending) => {
+                ending
+                    .report(
+                        &self.tx,
+                        "the host closed the connection before the command exited",
+                    )
                     .await;
                 disconnect(&self.session).await;
             }
@@ -781,93 +777,70 @@ impl Job {
                     Sweep::IfSignalRefused,
                 )
                 .await;
-                let last = match stop {
-                    Stop::Timeout => Some(BackendError::Timeout),
-                    Stop::Cancelled => Some(BackendError::Cancelled),
-                    Stop::ConsumerGone | Stop::InputClosed => None,
-                };
-                if let Some(e) = last {
-                    let _ = self.tx.send(Err(e)).await;
-                }
-            }
-        }
-    }
-
-    /// Moves output to the consumer until the command exits or must be stopped. Stdin is
-    /// written concurrently: a command may fill its stdout before it reads all its input,
-    /// and writing stdin first would then deadlock on the SSH window.
-    async fn pump(&mut self) -> Outcome {
-        let stdin = self.stdin.take();
-        let write = &self.write;
-        let feed = async move {
-            if let Some(bytes) = stdin
-                && !bytes.is_empty()
-            {
-                write.data(&bytes[..]).await?;
-            }
-            write.eof().await
-        };
-        tokio::pin!(feed);
-        let mut feeding = true;
-        let mut exit: Option<ExecEvent> = None;
-
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
-                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
-                // A command that exits without reading stdin makes this fail (channel
-                // closed); that is the command's business, not an error of the run.
-                _ = &mut feed, if feeding => { feeding = false; continue; }
-                msg = self.read.wait() => msg,
-            };
-            let event = match msg {
-                Some(ChannelMsg::Data { data }) => ExecEvent::Stdout(data),
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => ExecEvent::Stderr(data),
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: Some(exit_status),
-                        signal: None,
-                    });
-                    continue;
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: None,
-                        signal: Some(signal_name_of(&signal_name)),
-                    });
-                    continue;
-                }
-                // Output may still follow the exit status (sshd drains the pipes after the
-                // child exits), so the run ends at Close, not at the exit message.
-                Some(ChannelMsg::Close) | None => {
-                    return match exit.take() {
-                        Some(e) => Outcome::Exited(e),
-                        None => Outcome::Lost,
-                    };
-                }
-                // Eof, window adjustments, other extended streams: nothing to forward.
-                Some(_) => continue,
-            };
-            // Waiting for the consumer is where backpressure happens; keep honouring the
-            // deadline and cancellation meanwhile.
-            let sent = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
-                ok = self.tx.send(Ok(event)) => ok,
-            };
-            if !sent {
-                return Outcome::Stopped(Stop::ConsumerGone);
+                stop.report(&self.tx).await;
             }
         }
     }
 }
 
-/// Input messages that may wait between the caller and the channel writer. Small: writes
-/// wait for the SSH window, so a full queue is how a stalled host pushes back on the client.
-const SHELL_INPUT_BUFFER: usize = 16;
+/// A channel's output as the pump reads it. The run ends at the channel's close, not at the
+/// exit status: sshd may still send output after the status (it drains the command's pipes
+/// or the terminal after the child exits).
+struct ChannelOutput<'a> {
+    read: &'a mut ChannelReadHalf,
+    /// A terminal merges stdout and stderr; sshd sends everything as data. Extended data,
+    /// should a server send any on a terminal, is terminal output all the same.
+    terminal: bool,
+    /// The exit status or signal, once seen; delivered at the close.
+    exit: Option<ExecEvent>,
+}
+
+impl<'a> ChannelOutput<'a> {
+    fn new(read: &'a mut ChannelReadHalf, terminal: bool) -> Self {
+        ChannelOutput {
+            read,
+            terminal,
+            exit: None,
+        }
+    }
+}
+
+impl pump::Output for ChannelOutput<'_> {
+    async fn next(&mut self) -> Step {
+        // Cancel safe: `wait` is a queue receive, and the exit status is kept in `self`.
+        loop {
+            match self.read.wait().await {
+                Some(ChannelMsg::Data { data }) => return Step::Output(ExecEvent::Stdout(data)),
+                Some(ChannelMsg::ExtendedData { data, .. }) if self.terminal => {
+                    return Step::Output(ExecEvent::Stdout(data));
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    return Step::Output(ExecEvent::Stderr(data));
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    self.exit = Some(ExecEvent::Exit {
+                        code: Some(exit_status),
+                        signal: None,
+                    });
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    self.exit = Some(ExecEvent::Exit {
+                        code: None,
+                        signal: Some(signal_name_of(&signal_name)),
+                    });
+                }
+                Some(ChannelMsg::Close) | None => {
+                    return Step::Ended(match self.exit.take() {
+                        Some(exit) => Ending::Exited(exit),
+                        None => Ending::Lost,
+                    });
+                }
+                // Eof, window adjustments, other extended streams: nothing to forward.
+                Some(_) => {}
+            }
+        }
+    }
+}
 
 /// One interactive shell: drains the client's input into the channel and its output into an
 /// [`ExecStream`]. Both directions run in this one task so that stopping is a single
@@ -886,21 +859,20 @@ struct ShellJob {
 
 impl ShellJob {
     async fn run(mut self) {
-        let outcome = self.pump().await;
+        let mut terminal = ChannelTerminal(&self.write);
+        let feed = pump::feed_terminal(&mut self.input, &mut terminal);
+        let mut output = ChannelOutput::new(&mut self.read, true);
+        let outcome = pump::pump(&mut output, feed, &self.tx, &self.cancel, None).await;
         // Refuse input from here on, before the output stream can end: a client that sees
         // the end must find its sends failing, not silently buffered.
         self.input.close();
         match outcome {
-            Outcome::Exited(event) => {
-                let _ = self.tx.send(Ok(event)).await;
-                disconnect(&self.session).await;
-            }
-            Outcome::Lost => {
-                let _ = self
-                    .tx
-                    .send(Err(BackendError::Internal(
-                        "the host closed the connection before the shell exited".into(),
-                    )))
+            Outcome::Ended(ending) => {
+                ending
+                    .report(
+                        &self.tx,
+                        "the host closed the connection before the shell exited",
+                    )
                     .await;
                 disconnect(&self.session).await;
             }
@@ -908,104 +880,23 @@ impl ShellJob {
                 kill_and_close(&self.session, &mut self.read, &self.write, Sweep::Always).await;
                 // A client that closed or dropped its side asked for the end; a cancelled
                 // session says so, as `exec` does.
-                if matches!(stop, Stop::Cancelled) {
-                    let _ = self.tx.send(Err(BackendError::Cancelled)).await;
-                }
+                stop.report(&self.tx).await;
             }
         }
     }
+}
 
-    /// Moves input to the channel and output to the consumer until the shell exits or must
-    /// be stopped. Input is written concurrently with reading output: a write waits for the
-    /// SSH window, which the server only re-opens while we keep reading what it sends.
-    async fn pump(&mut self) -> Outcome {
-        let write = &self.write;
-        let input = &mut self.input;
-        // `Some(stop)`: the client ended the session. `None`: the channel can no longer be
-        // written (it is closing); the output side will see the close and the exit status.
-        let feed = async move {
-            while let Some(msg) = input.recv().await {
-                let written = match msg {
-                    ShellInput::Data(bytes) => write.data_bytes(bytes).await,
-                    ShellInput::Resize { cols, rows } => {
-                        write.window_change(cols, rows, 0, 0).await
-                    }
-                    ShellInput::Close => return Some(Stop::InputClosed),
-                };
-                if written.is_err() {
-                    return None;
-                }
-            }
-            // Every sender was dropped: the client is gone.
-            Some(Stop::InputClosed)
-        };
-        tokio::pin!(feed);
-        let mut feeding = true;
-        let mut exit: Option<ExecEvent> = None;
+/// The shell's input side: a write waits for the SSH window, which the server only re-opens
+/// while the pump keeps reading what it sends.
+struct ChannelTerminal<'a>(&'a ChannelWriteHalf<Msg>);
 
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
-                end = &mut feed, if feeding => match end {
-                    Some(stop) => return Outcome::Stopped(stop),
-                    None => { feeding = false; continue; }
-                },
-                msg = self.read.wait() => msg,
-            };
-            let event = match msg {
-                // A terminal merges stdout and stderr; sshd sends everything as data. Extended
-                // data, should a server send any, is terminal output all the same.
-                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    ExecEvent::Stdout(data)
-                }
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: Some(exit_status),
-                        signal: None,
-                    });
-                    continue;
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: None,
-                        signal: Some(signal_name_of(&signal_name)),
-                    });
-                    continue;
-                }
-                // Output may still follow the exit status (sshd drains the terminal after the
-                // shell exits), so the session ends at Close.
-                Some(ChannelMsg::Close) | None => {
-                    return match exit.take() {
-                        Some(e) => Outcome::Exited(e),
-                        None => Outcome::Lost,
-                    };
-                }
-                Some(_) => continue,
-            };
-            // Backpressure: wait for the consumer, but keep taking input meanwhile (a Close
-            // must not wait for the consumer to catch up) and keep honouring cancellation.
-            // The send future is kept across input steps so the event is never lost.
-            let send = self.tx.send(Ok(event));
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                    end = &mut feed, if feeding => match end {
-                        Some(stop) => return Outcome::Stopped(stop),
-                        None => feeding = false,
-                    },
-                    sent = &mut send => {
-                        if !sent {
-                            return Outcome::Stopped(Stop::ConsumerGone);
-                        }
-                        break;
-                    }
-                }
-            }
-        }
+impl pump::Terminal for ChannelTerminal<'_> {
+    async fn write(&mut self, bytes: Bytes) -> bool {
+        self.0.data_bytes(bytes).await.is_ok()
+    }
+
+    async fn resize(&mut self, cols: u32, rows: u32) -> bool {
+        self.0.window_change(cols, rows, 0, 0).await.is_ok()
     }
 }
 
