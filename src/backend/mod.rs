@@ -20,6 +20,7 @@
 pub mod kube;
 pub mod mysql;
 pub mod postgres;
+mod pump;
 pub mod sqlite;
 pub mod ssh;
 

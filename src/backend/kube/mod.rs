@@ -21,12 +21,11 @@
 //!   the process's stdio. A TTY session gets a hang-up (SIGHUP to the shell's session), but
 //!   a non-TTY process that ignores its closed pipes (e.g. `sleep 600`) may keep running in
 //!   the container until it exits by itself: the container runtime does not kill exec'd
-//!   processes when their stream goes away. See [`Outcome::Stopped`].
+//!   processes when their stream goes away. See [`ExecJob::run`].
 //! - Errors never carry the token; they name the API server (host and port), the namespace
 //!   and the pod only.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,18 +36,22 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::Client;
 use kube::api::{Api, AttachParams, AttachedProcess, ListParams, TerminalSize};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, SimplexStream, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::pump::{self, Ending, Outcome, SHELL_INPUT_BUFFER, Step, deadline_after};
 use super::{
     BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream, PodTarget, ShellInput,
     ShellPlan, ShellSession,
 };
 use crate::config::ConnectionConfig;
 use crate::policy::glob;
+
+mod client;
+
+use client::{client_config, describe_server};
 
 /// Seconds a client is told to wait after the API server could not be reached.
 const RETRY_UNREACHABLE_SECS: u64 = 5;
@@ -65,9 +68,6 @@ const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-l
 const PIPE_BUFFER: usize = 32 * 1024;
 /// Largest output chunk forwarded as one event.
 const READ_CHUNK: usize = 16 * 1024;
-/// Input messages that may wait between the caller and the shell's stdin. Small: a full
-/// queue is how a stalled pod pushes back on the client.
-const SHELL_INPUT_BUFFER: usize = 16;
 /// What an interactive session runs. Exec runs a program directly (no login): `/bin/sh` is
 /// the one shell every non-distroless image has.
 const SHELL_COMMAND: &str = "/bin/sh";
@@ -332,119 +332,6 @@ impl KubeBackend {
     }
 }
 
-/// The kube client configuration from exactly one credential source.
-fn client_config(config: &ConnectionConfig) -> Result<kube::Config, String> {
-    let sources = usize::from(config.kubeconfig.is_some())
-        + usize::from(config.in_cluster)
-        + usize::from(config.url.is_some());
-    if sources != 1 {
-        return Err("give exactly one of kubeconfig, in_cluster = true, or url (+ token)".into());
-    }
-    if config.url.is_none() && (config.token.is_some() || config.tls.ca.is_some()) {
-        return Err(
-            "token and tls.ca only apply with url; a kubeconfig or the in-cluster service \
-             account brings its own"
-                .into(),
-        );
-    }
-    if let Some(path) = &config.kubeconfig {
-        let file = Kubeconfig::read_from(path)
-            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-        // `from_custom_kubeconfig` is async in signature only: it picks the current
-        // context's cluster and user out of the parsed file (reading a CA file at most)
-        // without awaiting anything, so one poll completes it and `new` stays synchronous.
-        // Should a later kube version really wait, refuse rather than block a runtime thread.
-        return match kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-            .now_or_never()
-        {
-            Some(Ok(c)) => Ok(c),
-            Some(Err(e)) => Err(format!("kubeconfig {}: {e}", path.display())),
-            None => Err(format!(
-                "kubeconfig {}: loading did not complete synchronously",
-                path.display()
-            )),
-        };
-    }
-    if config.in_cluster {
-        return kube::Config::incluster()
-            .map_err(|e| format!("in_cluster: not running in a pod with a service account ({e})"));
-    }
-    let url = config.url.as_deref().unwrap_or_default();
-    check_api_url(url)?;
-    let mut kc = kube::Config::new(
-        url.parse()
-            .map_err(|_| format!("url `{url}` is not a valid API server URL"))?,
-    );
-    let token = config
-        .token
-        .as_ref()
-        .ok_or("a url needs a token reference (token = \"env:NAME\" or \"file:PATH\")")?
-        .resolve()
-        .map_err(|m| format!("token: {m}"))?;
-    if token.expose().trim().is_empty() {
-        return Err("token: the referenced token is empty".into());
-    }
-    kc.auth_info.token = Some(token.expose().trim().to_string().into());
-    if let Some(ca) = &config.tls.ca {
-        let pem = ca.resolve().map_err(|m| format!("tls.ca: {m}"))?;
-        kc.root_cert = Some(parse_ca(pem.expose())?);
-    }
-    Ok(kc)
-}
-
-/// `https://`, or `http://` to a loopback address only: a bearer token must not cross a
-/// network in the clear.
-fn check_api_url(url: &str) -> Result<(), String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("url `{url}` is not a valid URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            // `host_str` keeps the brackets of an IPv6 literal.
-            let host = parsed
-                .host_str()
-                .unwrap_or_default()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let loopback = host.eq_ignore_ascii_case("localhost")
-                || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if loopback {
-                Ok(())
-            } else {
-                Err(format!(
-                    "url `{url}` is plain http; the API server must be reached over https"
-                ))
-            }
-        }
-        other => Err(format!(
-            "url `{url}`: unsupported scheme `{other}` (use https://)"
-        )),
-    }
-}
-
-/// DER certificates from a PEM bundle.
-fn parse_ca(pem: &str) -> Result<Vec<Vec<u8>>, String> {
-    let mut ders = Vec::new();
-    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("tls.ca is not valid PEM: {e}"))?;
-        ders.push(cert.as_ref().to_vec());
-    }
-    if ders.is_empty() {
-        return Err("tls.ca contains no PEM certificate".into());
-    }
-    Ok(ders)
-}
-
-/// `host:port` of the API server (never userinfo or path).
-fn describe_server(config: &kube::Config) -> String {
-    let uri = &config.cluster_url;
-    match (uri.host(), uri.port_u16()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_string(),
-        (None, _) => "(no host)".into(),
-    }
-}
-
 /// The one answer for a pod that is missing, outside the allow-lists, or not under the
 /// label selector: the caller cannot tell these apart.
 fn unreachable(target: &PodTarget) -> BackendError {
@@ -486,13 +373,6 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    // An absurd timeout must not overflow the clock; a year is "no deadline" in practice.
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
 /// The exit code the exec protocol reports in its final `Status`: `Success` is 0, a
 /// `NonZeroExitCode` failure carries the code as the message of its `ExitCode` cause.
 /// Any other failure means the command did not run to an exit (e.g. the executable was not
@@ -524,17 +404,17 @@ fn exit_code_of(status: &Status) -> Result<u32, String> {
 }
 
 /// The final event for a status, or the error that takes its place.
-fn ending_of(status: Option<Status>) -> Outcome {
+fn ending_of(status: Option<Status>) -> Ending {
     match status {
         Some(s) => match exit_code_of(&s) {
-            Ok(code) => Outcome::Exited(ExecEvent::Exit {
+            Ok(code) => Ending::Exited(ExecEvent::Exit {
                 code: Some(code),
                 // Kubernetes reports a death by signal as exit code 128 + n, like a shell.
                 signal: None,
             }),
-            Err(m) => Outcome::Failed(m),
+            Err(m) => Ending::Failed(m),
         },
-        None => Outcome::Lost,
+        None => Ending::Lost,
     }
 }
 
@@ -585,42 +465,61 @@ impl Pipe {
 
 type StatusFuture = Pin<Box<dyn Future<Output = Option<Status>> + Send>>;
 
-/// Why a running command is stopped early.
-enum Stop {
-    Timeout,
-    Cancelled,
-    ConsumerGone,
-    /// Shell only: the client sent [`ShellInput::Close`] or dropped every input sender.
-    InputClosed,
+/// A command's output pipes and its final status, as the pump reads them.
+struct PodOutput {
+    stdout: Pipe,
+    stderr: Pipe,
+    status: StatusFuture,
+    /// Set once the status (or the stream's end) is known: the output still buffered is
+    /// forwarded, then this is the ending.
+    ended: Option<Option<Status>>,
 }
 
-/// What the pump ended with.
-enum Outcome {
-    /// The command exited: send this as the last event.
-    Exited(ExecEvent),
-    /// The API server reported that the command could not run to an exit.
-    Failed(String),
-    /// The stream ended without a status (connection lost).
-    Lost,
-    /// Stopped by us: the stream is aborted. Kubernetes then ends the exec session and
-    /// closes the process's stdio (a TTY gets a hang-up); a process that ignores this may
-    /// keep running in the container — the exec API offers no way to kill it.
-    Stopped(Stop),
+impl PodOutput {
+    fn new(stdout: Pipe, stderr: Pipe, status: StatusFuture) -> Self {
+        PodOutput {
+            stdout,
+            stderr,
+            status,
+            ended: None,
+        }
+    }
 }
 
-/// Sends `event`, waiting for the consumer (backpressure) while honouring cancellation and
-/// the deadline. `Err` is the reason to stop.
-async fn forward(
-    tx: &ExecSender,
-    event: ExecEvent,
-    cancel: &CancellationToken,
-    deadline: Instant,
-) -> Result<(), Stop> {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(Stop::Cancelled),
-        _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
-        sent = tx.send(Ok(event)) => if sent { Ok(()) } else { Err(Stop::ConsumerGone) },
+impl pump::Output for PodOutput {
+    /// Cancel safe: the pipes read nothing when dropped mid-read, and the status is kept in
+    /// `self` once it resolved.
+    async fn next(&mut self) -> Step {
+        loop {
+            if let Some(status) = &mut self.ended {
+                // kube's task handles WebSocket messages in order and writes each output
+                // frame fully before it reads the next, so when the status is known every
+                // byte of output is already in the pipes: nothing needs to be waited for.
+                // (Waiting for EOF would hang when the task failed: it drops its pipe ends
+                // without closing them.)
+                if let Some(b) = self.stdout.try_next() {
+                    return Step::Output(ExecEvent::Stdout(b));
+                }
+                if let Some(b) = self.stderr.try_next() {
+                    return Step::Output(ExecEvent::Stderr(b));
+                }
+                return Step::Ended(ending_of(status.take()));
+            }
+            tokio::select! {
+                biased;
+                chunk = self.stdout.next(), if self.stdout.is_open() => {
+                    if let Some(b) = chunk {
+                        return Step::Output(ExecEvent::Stdout(b));
+                    }
+                }
+                chunk = self.stderr.next(), if self.stderr.is_open() => {
+                    if let Some(b) = chunk {
+                        return Step::Output(ExecEvent::Stderr(b));
+                    }
+                }
+                status = &mut self.status => self.ended = Some(status),
+            }
+        }
     }
 }
 
@@ -628,10 +527,8 @@ async fn forward(
 struct ExecJob {
     /// Owns kube's WebSocket task; dropping or aborting it closes the stream.
     process: AttachedProcess,
-    stdout: Pipe,
-    stderr: Pipe,
+    output: PodOutput,
     stdin: Option<(WriteHalf<SimplexStream>, Vec<u8>)>,
-    status: StatusFuture,
     tx: ExecSender,
     cancel: CancellationToken,
     deadline: Instant,
@@ -641,44 +538,9 @@ struct ExecJob {
 
 impl ExecJob {
     async fn run(mut self) {
-        let outcome = self.pump().await;
-        match outcome {
-            Outcome::Exited(event) => {
-                // The consumer may be gone by now; nothing left to stop either way.
-                let _ = self.tx.send(Ok(event)).await;
-            }
-            Outcome::Failed(m) => {
-                let _ = self.tx.send(Err(BackendError::Internal(m))).await;
-            }
-            Outcome::Lost => {
-                let _ = self
-                    .tx
-                    .send(Err(BackendError::Internal(
-                        "the API server closed the exec stream before the command exited".into(),
-                    )))
-                    .await;
-            }
-            Outcome::Stopped(stop) => {
-                self.process.abort();
-                let last = match stop {
-                    Stop::Timeout => Some(BackendError::Timeout),
-                    Stop::Cancelled => Some(BackendError::Cancelled),
-                    Stop::ConsumerGone | Stop::InputClosed => None,
-                };
-                if let Some(e) = last {
-                    let _ = self.tx.send(Err(e)).await;
-                }
-            }
-        }
-        // Dropping `self.process` here aborts kube's task if it is still running.
-    }
-
-    /// Moves output to the consumer until the command's status arrives or it must be
-    /// stopped. Stdin is written concurrently: a command may fill its stdout before it
-    /// reads all its input, and writing stdin first would then deadlock on the pipes.
-    async fn pump(&mut self) -> Outcome {
         let stdin = self.stdin.take();
-        let feeding_at_start = stdin.is_some();
+        // Stdin is written while output is read: a command may fill its stdout before it
+        // reads all its input, and writing stdin first would then deadlock on the pipes.
         let feed = async move {
             if let Some((mut writer, bytes)) = stdin {
                 // A command that exits without reading its stdin makes this fail; that is
@@ -689,54 +551,34 @@ impl ExecJob {
                 // off output the command writes after reading its input.
                 let _ = writer.shutdown().await;
             }
+            None
         };
-        tokio::pin!(feed);
-        let mut feeding = feeding_at_start;
-
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
-                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
-                _ = &mut feed, if feeding => { feeding = false; continue; }
-                chunk = self.stdout.next(), if self.stdout.is_open() => match chunk {
-                    Some(b) => ExecEvent::Stdout(b),
-                    None => continue,
-                },
-                chunk = self.stderr.next(), if self.stderr.is_open() => match chunk {
-                    Some(b) => ExecEvent::Stderr(b),
-                    None => continue,
-                },
-                status = &mut self.status => {
-                    return match self.drain().await {
-                        Ok(()) => ending_of(status),
-                        Err(stop) => Outcome::Stopped(stop),
-                    };
-                }
-            };
-            if let Err(stop) = forward(&self.tx, event, &self.cancel, self.deadline).await {
-                return Outcome::Stopped(stop);
+        let outcome = pump::pump(
+            &mut self.output,
+            feed,
+            &self.tx,
+            &self.cancel,
+            Some(self.deadline),
+        )
+        .await;
+        match outcome {
+            Outcome::Ended(ending) => {
+                ending
+                    .report(
+                        &self.tx,
+                        "the API server closed the exec stream before the command exited",
+                    )
+                    .await;
+            }
+            Outcome::Stopped(stop) => {
+                // Aborting the stream is the only stop the exec API offers: the API server
+                // then ends the exec session and closes the process's stdio (a TTY gets a
+                // hang-up); a process that ignores this may keep running in the container.
+                self.process.abort();
+                stop.report(&self.tx).await;
             }
         }
-    }
-
-    /// Forwards the output still buffered once the status (or the stream's end) is known.
-    /// kube's task handles WebSocket messages in order and writes each output frame fully
-    /// before it reads the next, so when the status is known every byte of output is
-    /// already in the pipes: nothing needs to be waited for. (Waiting for EOF would hang
-    /// when the task failed: it drops its pipe ends without closing them.)
-    async fn drain(&mut self) -> Result<(), Stop> {
-        loop {
-            let event = if let Some(b) = self.stdout.try_next() {
-                ExecEvent::Stdout(b)
-            } else if let Some(b) = self.stderr.try_next() {
-                ExecEvent::Stderr(b)
-            } else {
-                return Ok(());
-            };
-            forward(&self.tx, event, &self.cancel, self.deadline).await?;
-        }
+        // Dropping `self.process` here aborts kube's task if it is still running.
     }
 }
 
@@ -746,10 +588,9 @@ impl ExecJob {
 /// input receiver (further sends fail) and the output sender (the stream ends) are dropped.
 struct ShellJob {
     process: AttachedProcess,
-    output: Pipe,
+    output: PodOutput,
     stdin: WriteHalf<SimplexStream>,
     resize: futures::channel::mpsc::Sender<TerminalSize>,
-    status: StatusFuture,
     tx: ExecSender,
     input: mpsc::Receiver<ShellInput>,
     cancel: CancellationToken,
@@ -759,23 +600,22 @@ struct ShellJob {
 
 impl ShellJob {
     async fn run(mut self) {
-        let outcome = self.pump().await;
+        let mut terminal = PodTerminal {
+            stdin: &mut self.stdin,
+            resize: &mut self.resize,
+        };
+        let feed = pump::feed_terminal(&mut self.input, &mut terminal);
+        let outcome = pump::pump(&mut self.output, feed, &self.tx, &self.cancel, None).await;
         // Refuse input from here on, before the output stream can end: a client that sees
         // the end must find its sends failing, not silently buffered.
         self.input.close();
         match outcome {
-            Outcome::Exited(event) => {
-                let _ = self.tx.send(Ok(event)).await;
-            }
-            Outcome::Failed(m) => {
-                let _ = self.tx.send(Err(BackendError::Internal(m))).await;
-            }
-            Outcome::Lost => {
-                let _ = self
-                    .tx
-                    .send(Err(BackendError::Internal(
-                        "the API server closed the shell session before it exited".into(),
-                    )))
+            Outcome::Ended(ending) => {
+                ending
+                    .report(
+                        &self.tx,
+                        "the API server closed the shell session before it exited",
+                    )
                     .await;
             }
             Outcome::Stopped(stop) => {
@@ -783,90 +623,26 @@ impl ShellJob {
                 self.process.abort();
                 // A client that closed or dropped its side asked for the end; a cancelled
                 // session says so, as `exec` does.
-                if matches!(stop, Stop::Cancelled) {
-                    let _ = self.tx.send(Err(BackendError::Cancelled)).await;
-                }
+                stop.report(&self.tx).await;
             }
         }
     }
+}
 
-    /// Moves input to the pod and output to the consumer until the shell exits or must be
-    /// stopped. Input is written concurrently with reading output: a write may wait for
-    /// the stdin pipe, which kube's task only empties while it is not blocked on output.
-    async fn pump(&mut self) -> Outcome {
-        let input = &mut self.input;
-        let stdin = &mut self.stdin;
-        let resize = &mut self.resize;
-        // `Some(stop)`: the client ended the session. `None`: the stream can no longer be
-        // written (it is closing); the output side will see the end and the status.
-        let feed = async move {
-            while let Some(msg) = input.recv().await {
-                let written = match msg {
-                    ShellInput::Data(bytes) => stdin.write_all(&bytes).await.is_ok(),
-                    ShellInput::Resize { cols, rows } => {
-                        resize.send(terminal_size(cols, rows)).await.is_ok()
-                    }
-                    ShellInput::Close => return Some(Stop::InputClosed),
-                };
-                if !written {
-                    return None;
-                }
-            }
-            // Every sender was dropped: the client is gone.
-            Some(Stop::InputClosed)
-        };
-        tokio::pin!(feed);
-        let mut feeding = true;
-        // A shell has no deadline of its own: the caller cancels on idle or maximum length.
-        let no_deadline = deadline_after(Duration::MAX);
+/// The shell's input side: a write may wait for the stdin pipe, which kube's task only
+/// empties while it is not blocked on output, that is while the pump keeps reading.
+struct PodTerminal<'a> {
+    stdin: &'a mut WriteHalf<SimplexStream>,
+    resize: &'a mut futures::channel::mpsc::Sender<TerminalSize>,
+}
 
-        loop {
-            let chunk = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
-                end = &mut feed, if feeding => match end {
-                    Some(stop) => return Outcome::Stopped(stop),
-                    None => { feeding = false; continue; }
-                },
-                chunk = self.output.next(), if self.output.is_open() => match chunk {
-                    Some(b) => b,
-                    None => continue,
-                },
-                status = &mut self.status => {
-                    // See `ExecJob::drain`: all output is already in the pipe.
-                    while let Some(b) = self.output.try_next() {
-                        if let Err(stop) =
-                            forward(&self.tx, ExecEvent::Stdout(b), &self.cancel, no_deadline).await
-                        {
-                            return Outcome::Stopped(stop);
-                        }
-                    }
-                    return ending_of(status);
-                }
-            };
-            // Backpressure: wait for the consumer, but keep taking input meanwhile (a Close
-            // must not wait for the consumer to catch up) and keep honouring cancellation.
-            // The send future is kept across input steps so the chunk is never lost.
-            let send = self.tx.send(Ok(ExecEvent::Stdout(chunk)));
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                    end = &mut feed, if feeding => match end {
-                        Some(stop) => return Outcome::Stopped(stop),
-                        None => feeding = false,
-                    },
-                    sent = &mut send => {
-                        if !sent {
-                            return Outcome::Stopped(Stop::ConsumerGone);
-                        }
-                        break;
-                    }
-                }
-            }
-        }
+impl pump::Terminal for PodTerminal<'_> {
+    async fn write(&mut self, bytes: Bytes) -> bool {
+        self.stdin.write_all(&bytes).await.is_ok()
+    }
+
+    async fn resize(&mut self, cols: u32, rows: u32) -> bool {
+        self.resize.send(terminal_size(cols, rows)).await.is_ok()
     }
 }
 
@@ -957,11 +733,13 @@ impl ExecBackend for KubeBackend {
         };
         let (tx, stream) = ExecStream::channel();
         let job = ExecJob {
-            stdout: Pipe::new(process.stdout()),
-            stderr: Pipe::new(process.stderr()),
+            output: PodOutput::new(
+                Pipe::new(process.stdout()),
+                Pipe::new(process.stderr()),
+                status,
+            ),
             process,
             stdin,
-            status,
             tx,
             cancel,
             deadline,
@@ -1020,11 +798,15 @@ impl ExecBackend for KubeBackend {
         let (tx, output) = ExecStream::channel();
         let (input, input_rx) = mpsc::channel(SHELL_INPUT_BUFFER);
         let job = ShellJob {
-            output: Pipe::new(process.stdout()),
+            // The terminal's output comes as stdout only.
+            output: PodOutput::new(
+                Pipe::new(process.stdout()),
+                Pipe::new(None),
+                Box::pin(status),
+            ),
             process,
             stdin,
             resize,
-            status: Box::pin(status),
             tx,
             input: input_rx,
             cancel,
@@ -1166,18 +948,18 @@ mod tests {
     fn endings() {
         assert!(matches!(
             ending_of(Some(status("Success", None, vec![]))),
-            Outcome::Exited(ExecEvent::Exit {
+            Ending::Exited(ExecEvent::Exit {
                 code: Some(0),
                 signal: None
             })
         ));
-        assert!(matches!(ending_of(None), Outcome::Lost));
+        assert!(matches!(ending_of(None), Ending::Lost));
         assert!(matches!(
             ending_of(Some(Status {
                 status: Some("Failure".into()),
                 ..Default::default()
             })),
-            Outcome::Failed(_)
+            Ending::Failed(_)
         ));
     }
 
@@ -1187,22 +969,5 @@ mod tests {
         assert_eq!((t.width, t.height), (1, u16::MAX));
         let t = terminal_size(80, 24);
         assert_eq!((t.width, t.height), (80, 24));
-    }
-
-    #[test]
-    fn api_urls() {
-        assert!(check_api_url("https://k8s.example:6443").is_ok());
-        assert!(check_api_url("http://127.0.0.1:8080").is_ok());
-        assert!(check_api_url("http://localhost:8080").is_ok());
-        assert!(check_api_url("http://[::1]:8080").is_ok());
-        assert!(check_api_url("http://10.0.0.1:8080").is_err());
-        assert!(check_api_url("ftp://k8s.example").is_err());
-        assert!(check_api_url("not a url").is_err());
-    }
-
-    #[test]
-    fn ca_bundles() {
-        assert!(parse_ca("").is_err());
-        assert!(parse_ca("no pem here").is_err());
     }
 }

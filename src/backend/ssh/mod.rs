@@ -19,22 +19,27 @@
 //!   user only.
 
 use std::borrow::Cow;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use russh::client::{self, Handle, Msg};
-use russh::keys::{self, Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{self, Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::pump::{self, Ending, Outcome, SHELL_INPUT_BUFFER, Step, deadline_after};
 use super::{
     BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream, ShellInput, ShellPlan,
     ShellSession,
 };
 use crate::config::ConnectionConfig;
+
+mod target;
+
+use target::{HostKeyPin, Target, parse_host_key_pin, parse_ssh_url};
 
 /// Seconds a client is told to wait after the host could not be reached.
 const RETRY_UNREACHABLE_SECS: u64 = 5;
@@ -50,202 +55,6 @@ const WINDOW_SIZE: u32 = 512 * 1024;
 /// Messages russh may queue for one channel before its session task stops reading the
 /// socket. Each is at most `maximum_packet_size` (32 KiB) of data.
 const CHANNEL_BUFFER: usize = 16;
-
-/// The pinned host key, parsed at startup.
-#[derive(Debug, Clone, PartialEq)]
-enum HostKeyPin {
-    /// `SHA256:<base64>`: the server's key must have this SHA-256 fingerprint.
-    Fingerprint(keys::ssh_key::Fingerprint),
-    /// From a known_hosts line: the server's key must be exactly this key.
-    Key(PublicKey),
-}
-
-impl HostKeyPin {
-    fn matches(&self, key: &PublicKey) -> bool {
-        match self {
-            HostKeyPin::Fingerprint(fp) => key.fingerprint(HashAlg::Sha256) == *fp,
-            // Compare the key material only: the comment is not part of the identity.
-            HostKeyPin::Key(pinned) => pinned.key_data() == key.key_data(),
-        }
-    }
-
-    /// What the operator configured, for error messages.
-    fn describe(&self) -> String {
-        match self {
-            HostKeyPin::Fingerprint(fp) => fp.to_string(),
-            HostKeyPin::Key(k) => format!(
-                "{} {}",
-                k.algorithm().as_str(),
-                k.fingerprint(HashAlg::Sha256)
-            ),
-        }
-    }
-
-    /// Host key algorithms to offer in key exchange. With a pinned key we only offer its
-    /// type, so a server holding several host keys presents the pinned one instead of
-    /// failing the pin with another. A bare fingerprint does not say which type it is, so
-    /// russh's default order applies (ed25519 first); the mismatch error names the type the
-    /// server presented so the operator can pin the right one.
-    fn host_key_algorithms(&self) -> Option<Vec<Algorithm>> {
-        let HostKeyPin::Key(k) = self else {
-            return None;
-        };
-        let pinned = k.algorithm();
-        let algs: Vec<Algorithm> = russh::Preferred::DEFAULT
-            .key
-            .iter()
-            .filter(|a| {
-                if matches!(pinned, Algorithm::Rsa { .. }) {
-                    // One RSA key signs with any of the rsa-sha2-* / ssh-rsa algorithms.
-                    matches!(a, Algorithm::Rsa { .. })
-                } else {
-                    **a == pinned
-                }
-            })
-            .cloned()
-            .collect();
-        if algs.is_empty() { None } else { Some(algs) }
-    }
-}
-
-/// Parses `host_key`: a `SHA256:` fingerprint or a known_hosts line (with or without the
-/// host field). The message names what is wrong; a pin is public, so echoing it is fine.
-fn parse_host_key_pin(raw: &str) -> Result<HostKeyPin, String> {
-    let s = raw.trim();
-    if s.is_empty() {
-        return Err(
-            "host_key is empty; pin the host key (SHA256:... or a known_hosts line)".into(),
-        );
-    }
-    if let Some(b64) = s.strip_prefix("SHA256:") {
-        if b64.is_empty() || b64.contains(char::is_whitespace) {
-            return Err(format!(
-                "host_key `{s}` is not a SHA256:<base64> fingerprint"
-            ));
-        }
-        return keys::ssh_key::Fingerprint::from_str(s)
-            .map(HostKeyPin::Fingerprint)
-            .map_err(|e| format!("host_key `{s}` is not a valid SHA256 fingerprint: {e}"));
-    }
-    if s.starts_with("MD5:") || s.starts_with("SHA1:") || s.starts_with("SHA512:") {
-        return Err(format!(
-            "host_key `{s}`: only SHA256 fingerprints are accepted (ssh-keygen -lf -E sha256)"
-        ));
-    }
-    if s.starts_with('@') {
-        return Err(
-            "host_key: known_hosts markers (@cert-authority, @revoked) are not pins; give the host's own key"
-                .into(),
-        );
-    }
-    let tokens: Vec<&str> = s.split_whitespace().collect();
-    // `type base64 [comment]` or `hosts type base64 [comment]`.
-    let at = tokens
-        .iter()
-        .take(2)
-        .position(|t| Algorithm::new(t).is_ok())
-        .ok_or_else(|| {
-            format!(
-                "host_key `{s}` is neither a SHA256:... fingerprint nor a known_hosts line \
-                 (`[host]:port ssh-ed25519 AAAA...` or `ssh-ed25519 AAAA...`): no key type found"
-            )
-        })?;
-    let type_name = tokens.get(at).copied().unwrap_or_default();
-    let blob = tokens
-        .get(at + 1)
-        .ok_or_else(|| format!("host_key: the known_hosts line has no key after `{type_name}`"))?;
-    let key = keys::parse_public_key_base64(blob).map_err(|e| {
-        format!("host_key: the `{type_name}` key is not valid base64 key data: {e}")
-    })?;
-    let declared = Algorithm::new(type_name)
-        .map_err(|e| format!("host_key: unknown key type `{type_name}`: {e}"))?;
-    if key.algorithm() != declared {
-        return Err(format!(
-            "host_key: the line says `{type_name}` but the key is `{}`",
-            key.algorithm().as_str()
-        ));
-    }
-    Ok(HostKeyPin::Key(key))
-}
-
-/// Where to connect and as whom, from `ssh://user@host:port`.
-#[derive(Debug, Clone, PartialEq)]
-struct Target {
-    host: String,
-    port: u16,
-    user: String,
-}
-
-impl Target {
-    fn label(&self) -> String {
-        if self.host.contains(':') {
-            format!("{}@[{}]:{}", self.user, self.host, self.port)
-        } else {
-            format!("{}@{}:{}", self.user, self.host, self.port)
-        }
-    }
-}
-
-fn parse_ssh_url(raw: &str) -> Result<Target, String> {
-    let url =
-        reqwest::Url::parse(raw).map_err(|e| format!("url `{raw}` is not a valid URL: {e}"))?;
-    if url.scheme() != "ssh" {
-        return Err(format!(
-            "url must start with ssh://, not {}://",
-            url.scheme()
-        ));
-    }
-    if url.password().is_some() {
-        // Do not echo the URL: it carries a password.
-        return Err("the ssh url carries a password; use `password = \"env:NAME\"`".into());
-    }
-    let user = percent_decode(url.username())
-        .ok_or_else(|| format!("url `{raw}`: the user name is not valid percent-encoded UTF-8"))?;
-    if user.is_empty() {
-        return Err(format!(
-            "url `{raw}`: name the remote user: ssh://user@host:port"
-        ));
-    }
-    // `host_str` keeps the brackets of an IPv6 literal; the socket API wants them off.
-    let host = url
-        .host_str()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-        .unwrap_or_default();
-    if host.is_empty() {
-        return Err(format!("url `{raw}` has no host"));
-    }
-    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "url `{raw}`: an ssh url is ssh://user@host:port, without path or query"
-        ));
-    }
-    Ok(Target {
-        host,
-        port: url.port().unwrap_or(22),
-        user,
-    })
-}
-
-/// `%XX` decoding for the user part of the URL (`url` keeps it encoded).
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// Credentials, resolved once at startup. Never printed.
 struct Credentials {
@@ -535,13 +344,6 @@ fn session_config(pin: &HostKeyPin) -> client::Config {
     }
 }
 
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    // An absurd timeout must not overflow the clock; a year is "no deadline" in practice.
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
 async fn disconnect(session: &Session) {
     // Best effort: the peer may already be gone. Dropping the handle closes the socket.
     let _ = session
@@ -724,15 +526,6 @@ async fn await_reply(
     }
 }
 
-/// Why a running command is stopped early.
-enum Stop {
-    Timeout,
-    Cancelled,
-    ConsumerGone,
-    /// Shell only: the client sent [`ShellInput::Close`] or dropped every input sender.
-    InputClosed,
-}
-
 /// One running command: the producer side of an [`ExecStream`].
 struct Job {
     session: Session,
@@ -746,30 +539,40 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
-/// What the read loop ended with.
-enum Outcome {
-    /// The command ended and the channel closed: send this as the last event.
-    Exited(ExecEvent),
-    /// The connection or channel went away without an exit status.
-    Lost,
-    Stopped(Stop),
-}
-
 impl Job {
     async fn run(mut self) {
-        let outcome = self.pump().await;
-        match outcome {
-            Outcome::Exited(event) => {
-                // The consumer may be gone by now; nothing left to stop either way.
-                let _ = self.tx.send(Ok(event)).await;
-                disconnect(&self.session).await;
+        let write = &self.write;
+        let stdin = self.stdin.take();
+        // Stdin is written while output is read: a command may fill its stdout before it
+        // reads all its input, and writing stdin first would then deadlock on the SSH
+        // window. A command that exits without reading stdin makes the write fail; that
+        // is the command's business, not an error of the run.
+        let feed = async move {
+            if let Some(bytes) = stdin
+                && !bytes.is_empty()
+                && write.data(&bytes[..]).await.is_err()
+            {
+                return None;
             }
-            Outcome::Lost => {
-                let _ = self
-                    .tx
-                    .send(Err(BackendError::Internal(
-                        "the host closed the connection before the command exited".into(),
-                    )))
+            let _ = write.eof().await;
+            None
+        };
+        let mut output = ChannelOutput::new(&mut self.read, false);
+        let outcome = pump::pump(
+            &mut output,
+            feed,
+            &self.tx,
+            &self.cancel,
+            Some(self.deadline),
+        )
+        .await;
+        match outcome {
+            Outcome::Ended(ending) => {
+                ending
+                    .report(
+                        &self.tx,
+                        "the host closed the connection before the command exited",
+                    )
                     .await;
                 disconnect(&self.session).await;
             }
@@ -781,93 +584,70 @@ impl Job {
                     Sweep::IfSignalRefused,
                 )
                 .await;
-                let last = match stop {
-                    Stop::Timeout => Some(BackendError::Timeout),
-                    Stop::Cancelled => Some(BackendError::Cancelled),
-                    Stop::ConsumerGone | Stop::InputClosed => None,
-                };
-                if let Some(e) = last {
-                    let _ = self.tx.send(Err(e)).await;
-                }
-            }
-        }
-    }
-
-    /// Moves output to the consumer until the command exits or must be stopped. Stdin is
-    /// written concurrently: a command may fill its stdout before it reads all its input,
-    /// and writing stdin first would then deadlock on the SSH window.
-    async fn pump(&mut self) -> Outcome {
-        let stdin = self.stdin.take();
-        let write = &self.write;
-        let feed = async move {
-            if let Some(bytes) = stdin
-                && !bytes.is_empty()
-            {
-                write.data(&bytes[..]).await?;
-            }
-            write.eof().await
-        };
-        tokio::pin!(feed);
-        let mut feeding = true;
-        let mut exit: Option<ExecEvent> = None;
-
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
-                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
-                // A command that exits without reading stdin makes this fail (channel
-                // closed); that is the command's business, not an error of the run.
-                _ = &mut feed, if feeding => { feeding = false; continue; }
-                msg = self.read.wait() => msg,
-            };
-            let event = match msg {
-                Some(ChannelMsg::Data { data }) => ExecEvent::Stdout(data),
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => ExecEvent::Stderr(data),
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: Some(exit_status),
-                        signal: None,
-                    });
-                    continue;
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: None,
-                        signal: Some(signal_name_of(&signal_name)),
-                    });
-                    continue;
-                }
-                // Output may still follow the exit status (sshd drains the pipes after the
-                // child exits), so the run ends at Close, not at the exit message.
-                Some(ChannelMsg::Close) | None => {
-                    return match exit.take() {
-                        Some(e) => Outcome::Exited(e),
-                        None => Outcome::Lost,
-                    };
-                }
-                // Eof, window adjustments, other extended streams: nothing to forward.
-                Some(_) => continue,
-            };
-            // Waiting for the consumer is where backpressure happens; keep honouring the
-            // deadline and cancellation meanwhile.
-            let sent = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = tokio::time::sleep_until(self.deadline) => return Outcome::Stopped(Stop::Timeout),
-                ok = self.tx.send(Ok(event)) => ok,
-            };
-            if !sent {
-                return Outcome::Stopped(Stop::ConsumerGone);
+                stop.report(&self.tx).await;
             }
         }
     }
 }
 
-/// Input messages that may wait between the caller and the channel writer. Small: writes
-/// wait for the SSH window, so a full queue is how a stalled host pushes back on the client.
-const SHELL_INPUT_BUFFER: usize = 16;
+/// A channel's output as the pump reads it. The run ends at the channel's close, not at the
+/// exit status: sshd may still send output after the status (it drains the command's pipes
+/// or the terminal after the child exits).
+struct ChannelOutput<'a> {
+    read: &'a mut ChannelReadHalf,
+    /// A terminal merges stdout and stderr; sshd sends everything as data. Extended data,
+    /// should a server send any on a terminal, is terminal output all the same.
+    terminal: bool,
+    /// The exit status or signal, once seen; delivered at the close.
+    exit: Option<ExecEvent>,
+}
+
+impl<'a> ChannelOutput<'a> {
+    fn new(read: &'a mut ChannelReadHalf, terminal: bool) -> Self {
+        ChannelOutput {
+            read,
+            terminal,
+            exit: None,
+        }
+    }
+}
+
+impl pump::Output for ChannelOutput<'_> {
+    async fn next(&mut self) -> Step {
+        // Cancel safe: `wait` is a queue receive, and the exit status is kept in `self`.
+        loop {
+            match self.read.wait().await {
+                Some(ChannelMsg::Data { data }) => return Step::Output(ExecEvent::Stdout(data)),
+                Some(ChannelMsg::ExtendedData { data, .. }) if self.terminal => {
+                    return Step::Output(ExecEvent::Stdout(data));
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    return Step::Output(ExecEvent::Stderr(data));
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    self.exit = Some(ExecEvent::Exit {
+                        code: Some(exit_status),
+                        signal: None,
+                    });
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    self.exit = Some(ExecEvent::Exit {
+                        code: None,
+                        signal: Some(signal_name_of(&signal_name)),
+                    });
+                }
+                Some(ChannelMsg::Close) | None => {
+                    return Step::Ended(match self.exit.take() {
+                        Some(exit) => Ending::Exited(exit),
+                        None => Ending::Lost,
+                    });
+                }
+                // Eof, window adjustments, other extended streams: nothing to forward.
+                Some(_) => {}
+            }
+        }
+    }
+}
 
 /// One interactive shell: drains the client's input into the channel and its output into an
 /// [`ExecStream`]. Both directions run in this one task so that stopping is a single
@@ -886,21 +666,20 @@ struct ShellJob {
 
 impl ShellJob {
     async fn run(mut self) {
-        let outcome = self.pump().await;
+        let mut terminal = ChannelTerminal(&self.write);
+        let feed = pump::feed_terminal(&mut self.input, &mut terminal);
+        let mut output = ChannelOutput::new(&mut self.read, true);
+        let outcome = pump::pump(&mut output, feed, &self.tx, &self.cancel, None).await;
         // Refuse input from here on, before the output stream can end: a client that sees
         // the end must find its sends failing, not silently buffered.
         self.input.close();
         match outcome {
-            Outcome::Exited(event) => {
-                let _ = self.tx.send(Ok(event)).await;
-                disconnect(&self.session).await;
-            }
-            Outcome::Lost => {
-                let _ = self
-                    .tx
-                    .send(Err(BackendError::Internal(
-                        "the host closed the connection before the shell exited".into(),
-                    )))
+            Outcome::Ended(ending) => {
+                ending
+                    .report(
+                        &self.tx,
+                        "the host closed the connection before the shell exited",
+                    )
                     .await;
                 disconnect(&self.session).await;
             }
@@ -908,104 +687,23 @@ impl ShellJob {
                 kill_and_close(&self.session, &mut self.read, &self.write, Sweep::Always).await;
                 // A client that closed or dropped its side asked for the end; a cancelled
                 // session says so, as `exec` does.
-                if matches!(stop, Stop::Cancelled) {
-                    let _ = self.tx.send(Err(BackendError::Cancelled)).await;
-                }
+                stop.report(&self.tx).await;
             }
         }
     }
+}
 
-    /// Moves input to the channel and output to the consumer until the shell exits or must
-    /// be stopped. Input is written concurrently with reading output: a write waits for the
-    /// SSH window, which the server only re-opens while we keep reading what it sends.
-    async fn pump(&mut self) -> Outcome {
-        let write = &self.write;
-        let input = &mut self.input;
-        // `Some(stop)`: the client ended the session. `None`: the channel can no longer be
-        // written (it is closing); the output side will see the close and the exit status.
-        let feed = async move {
-            while let Some(msg) = input.recv().await {
-                let written = match msg {
-                    ShellInput::Data(bytes) => write.data_bytes(bytes).await,
-                    ShellInput::Resize { cols, rows } => {
-                        write.window_change(cols, rows, 0, 0).await
-                    }
-                    ShellInput::Close => return Some(Stop::InputClosed),
-                };
-                if written.is_err() {
-                    return None;
-                }
-            }
-            // Every sender was dropped: the client is gone.
-            Some(Stop::InputClosed)
-        };
-        tokio::pin!(feed);
-        let mut feeding = true;
-        let mut exit: Option<ExecEvent> = None;
+/// The shell's input side: a write waits for the SSH window, which the server only re-opens
+/// while the pump keeps reading what it sends.
+struct ChannelTerminal<'a>(&'a ChannelWriteHalf<Msg>);
 
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                _ = self.tx.closed() => return Outcome::Stopped(Stop::ConsumerGone),
-                end = &mut feed, if feeding => match end {
-                    Some(stop) => return Outcome::Stopped(stop),
-                    None => { feeding = false; continue; }
-                },
-                msg = self.read.wait() => msg,
-            };
-            let event = match msg {
-                // A terminal merges stdout and stderr; sshd sends everything as data. Extended
-                // data, should a server send any, is terminal output all the same.
-                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    ExecEvent::Stdout(data)
-                }
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: Some(exit_status),
-                        signal: None,
-                    });
-                    continue;
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                    exit = Some(ExecEvent::Exit {
-                        code: None,
-                        signal: Some(signal_name_of(&signal_name)),
-                    });
-                    continue;
-                }
-                // Output may still follow the exit status (sshd drains the terminal after the
-                // shell exits), so the session ends at Close.
-                Some(ChannelMsg::Close) | None => {
-                    return match exit.take() {
-                        Some(e) => Outcome::Exited(e),
-                        None => Outcome::Lost,
-                    };
-                }
-                Some(_) => continue,
-            };
-            // Backpressure: wait for the consumer, but keep taking input meanwhile (a Close
-            // must not wait for the consumer to catch up) and keep honouring cancellation.
-            // The send future is kept across input steps so the event is never lost.
-            let send = self.tx.send(Ok(event));
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return Outcome::Stopped(Stop::Cancelled),
-                    end = &mut feed, if feeding => match end {
-                        Some(stop) => return Outcome::Stopped(stop),
-                        None => feeding = false,
-                    },
-                    sent = &mut send => {
-                        if !sent {
-                            return Outcome::Stopped(Stop::ConsumerGone);
-                        }
-                        break;
-                    }
-                }
-            }
-        }
+impl pump::Terminal for ChannelTerminal<'_> {
+    async fn write(&mut self, bytes: Bytes) -> bool {
+        self.0.data_bytes(bytes).await.is_ok()
+    }
+
+    async fn resize(&mut self, cols: u32, rows: u32) -> bool {
+        self.0.window_change(cols, rows, 0, 0).await.is_ok()
     }
 }
 
@@ -1153,93 +851,6 @@ fn signal_name_of(sig: &Sig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJtmxfHZaM1Xoh36ie6nXFjJwXGbmZ47HLy+oAIzyyNy";
-    const ED25519_FP: &str = "SHA256:K0HneSmHup7kXHqw6tpOYTtWo3BntRr7NPLCA/vnMgk";
-
-    fn key() -> PublicKey {
-        keys::parse_public_key_base64(ED25519).unwrap()
-    }
-
-    #[test]
-    fn fingerprint_pin_matches_its_key_only() {
-        let pin = parse_host_key_pin(ED25519_FP).unwrap();
-        assert!(matches!(pin, HostKeyPin::Fingerprint(_)));
-        assert!(pin.matches(&key()));
-        let other =
-            parse_host_key_pin("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
-        assert!(!other.matches(&key()));
-        assert_eq!(pin.describe(), ED25519_FP);
-    }
-
-    #[test]
-    fn known_hosts_lines_pin_the_key() {
-        for line in [
-            format!("[127.0.0.1]:2222 ssh-ed25519 {ED25519}"),
-            format!("ssh-ed25519 {ED25519}"),
-            format!("  host.example,10.0.0.1 ssh-ed25519 {ED25519} root@vm  "),
-            format!("ssh-ed25519 {ED25519} some comment"),
-        ] {
-            let pin = parse_host_key_pin(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert!(matches!(pin, HostKeyPin::Key(_)), "{line}");
-            assert!(pin.matches(&key()), "{line}");
-            assert_eq!(
-                pin.host_key_algorithms(),
-                Some(vec![Algorithm::Ed25519]),
-                "{line}"
-            );
-        }
-    }
-
-    #[test]
-    fn invalid_pins_are_refused_with_a_reason() {
-        let cases = [
-            ("", "empty"),
-            ("SHA256:", "not a SHA256"),
-            ("SHA256:!!!notbase64", "not a valid SHA256"),
-            ("MD5:12:34", "only SHA256"),
-            ("@cert-authority * ssh-ed25519 AAAA", "markers"),
-            ("just some text", "no key type"),
-            ("ssh-ed25519", "no key after"),
-            ("ssh-ed25519 not_base64!!", "not valid base64"),
-            (
-                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJtmxfHZaM1Xoh36ie6nXFjJwXGbmZ47HLy+oAIzyyNy",
-                "the line says",
-            ),
-        ];
-        for (raw, want) in cases {
-            let e = parse_host_key_pin(raw).unwrap_err();
-            assert!(e.contains(want), "{raw:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn ssh_urls() {
-        assert_eq!(
-            parse_ssh_url("ssh://deploy@db1.example:2222").unwrap(),
-            Target {
-                host: "db1.example".into(),
-                port: 2222,
-                user: "deploy".into()
-            }
-        );
-        let t = parse_ssh_url("ssh://root@127.0.0.1").unwrap();
-        assert_eq!((t.port, t.user.as_str()), (22, "root"));
-        let t = parse_ssh_url("ssh://a%40b@[::1]:22/").unwrap();
-        assert_eq!((t.host.as_str(), t.user.as_str()), ("::1", "a@b"));
-        assert_eq!(t.label(), "a@b@[::1]:22");
-        for bad in [
-            "ssh://host:22",
-            "http://u@host",
-            "ssh://u@host/path",
-            "ssh://u@host?x=1",
-            "not a url",
-        ] {
-            assert!(parse_ssh_url(bad).is_err(), "{bad}");
-        }
-        let e = parse_ssh_url("ssh://u:hunter2@host").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
-    }
 
     #[test]
     fn signal_names() {
