@@ -18,6 +18,13 @@ use serde::Deserialize;
 
 use crate::policy::RuleConfig;
 
+mod connections;
+use connections::RawConnection;
+pub use connections::{
+    ConnectionConfig, DatabaseConfig, KubeCredentials, KubernetesConfig, SqliteConfig, SshConfig,
+    TargetConfig,
+};
+
 /// The configuration used when no `--config` is given: the zero-setup quick start.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default_config.toml");
 
@@ -30,7 +37,11 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     #[serde(default)]
     pub store: StoreConfig,
-    #[serde(default)]
+    /// `[[connections]]` as written; checked and typed into `connections` by `parse`.
+    #[serde(default, rename = "connections")]
+    raw_connections: Vec<RawConnection>,
+    /// The connections, typed per kind.
+    #[serde(skip)]
     pub connections: Vec<ConnectionConfig>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -339,54 +350,6 @@ impl ConnectionKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectionConfig {
-    pub name: String,
-    pub kind: ConnectionKind,
-    #[serde(default)]
-    pub description: String,
-    /// postgres:// or mysql:// URL without a password.
-    pub url: Option<String>,
-    pub password: Option<SecretRef>,
-    /// SQLite file; relative paths are under the data directory.
-    pub path: Option<PathBuf>,
-    /// SSH: private key (OpenSSH PEM) by reference; or `password`.
-    pub private_key: Option<SecretRef>,
-    /// SSH: the pinned host key, as `SHA256:...` fingerprint or a known_hosts line
-    /// (`[host]:port ssh-ed25519 AAAA...` or `ssh-ed25519 AAAA...`). Mandatory.
-    pub host_key: Option<String>,
-    /// Kubernetes: credentials from a kubeconfig file (its current context)...
-    pub kubeconfig: Option<PathBuf>,
-    /// ...or the in-cluster service account...
-    #[serde(default)]
-    pub in_cluster: bool,
-    /// ...or `url` (the API server) plus this bearer token (and `tls.ca` for its CA).
-    pub token: Option<SecretRef>,
-    /// Kubernetes: globs of the namespaces agents may reach. `kube-system`, `kube-public` and
-    /// `kube-node-lease` are refused unless named exactly here.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Kubernetes: globs of the pod names agents may reach (default: any in an allowed
-    /// namespace).
-    #[serde(default)]
-    pub pods: Vec<String>,
-    /// Kubernetes: only pods matching this label selector (needs get/list on pods).
-    pub label_selector: Option<String>,
-    /// SSH: TCP connect plus handshake and authentication must finish within this.
-    #[serde(default = "default_connect_ms")]
-    pub connect_timeout_ms: u64,
-    #[serde(default)]
-    pub read_only: bool,
-    /// Permit a superuser / FILE / SUPER account (refused by default).
-    #[serde(default)]
-    pub allow_privileged: bool,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default)]
-    pub limits: LimitsConfig,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -587,6 +550,11 @@ impl Config {
         })?;
         let mut config = config;
         config.validate()?;
+        config.connections = std::mem::take(&mut config.raw_connections)
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| connections::typed(raw, i))
+            .collect::<Result<_, _>>()?;
         if let Ok(table) = text.parse::<toml::Table>() {
             config.versions = Versions::of(&table);
         }
@@ -733,7 +701,7 @@ impl Config {
             p.resolve().map_err(|m| err("store.password", m))?;
         }
         let mut conn_names = HashSet::new();
-        for (i, c) in self.connections.iter().enumerate() {
+        for (i, c) in self.raw_connections.iter().enumerate() {
             let at = |k: &str| format!("connections[{i}].{k}");
             check_name(&c.name).map_err(|m| err(at("name"), m))?;
             if !conn_names.insert(c.name.as_str()) {
@@ -741,111 +709,6 @@ impl Config {
                     at("name"),
                     format!("duplicate connection `{}`", c.name),
                 ));
-            }
-            match c.kind {
-                ConnectionKind::Postgres | ConnectionKind::Mysql => {
-                    let url = c
-                        .url
-                        .as_deref()
-                        .ok_or_else(|| err(at("url"), "required for this kind"))?;
-                    let schemes: &[&str] = if c.kind == ConnectionKind::Postgres {
-                        &["postgres", "postgresql"]
-                    } else {
-                        &["mysql", "mariadb"]
-                    };
-                    check_db_url(url, schemes).map_err(|m| err(at("url"), m))?;
-                    if c.path.is_some() {
-                        return Err(err(at("path"), "only for sqlite connections"));
-                    }
-                    if c.private_key.is_some() || c.host_key.is_some() {
-                        return Err(err(at("host_key"), "only for ssh connections"));
-                    }
-                }
-                ConnectionKind::Kubernetes => {
-                    let sources = usize::from(c.kubeconfig.is_some())
-                        + usize::from(c.in_cluster)
-                        + usize::from(c.url.is_some());
-                    if sources != 1 {
-                        return Err(err(
-                            at("url"),
-                            "give exactly one of kubeconfig, in_cluster = true, or url (+ token)",
-                        ));
-                    }
-                    if let Some(url) = &c.url {
-                        check_http_url(url, true).map_err(|m| err(at("url"), m))?;
-                        if c.token.is_none() {
-                            return Err(err(at("token"), "a url needs a token reference"));
-                        }
-                    }
-                    if let Some(t) = &c.token {
-                        t.resolve().map_err(|m| err(at("token"), m))?;
-                    }
-                    if c.namespaces.is_empty() {
-                        return Err(err(
-                            at("namespaces"),
-                            "name the namespaces agents may reach (globs)",
-                        ));
-                    }
-                    if c.path.is_some() || c.read_only || c.host_key.is_some() {
-                        return Err(err(
-                            at("kind"),
-                            "path, read_only and host_key do not apply to kubernetes",
-                        ));
-                    }
-                }
-                ConnectionKind::Ssh => {
-                    let url = c
-                        .url
-                        .as_deref()
-                        .ok_or_else(|| err(at("url"), "required: ssh://user@host:port"))?;
-                    check_db_url(url, &["ssh"]).map_err(|m| err(at("url"), m))?;
-                    if reqwest::Url::parse(url)
-                        .map(|u| u.username().is_empty())
-                        .unwrap_or(true)
-                    {
-                        return Err(err(at("url"), "name the remote user: ssh://user@host:port"));
-                    }
-                    if c.host_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
-                        return Err(err(
-                            at("host_key"),
-                            "pin the host key (SHA256:... fingerprint or a known_hosts line); unknown hosts are refused",
-                        ));
-                    }
-                    if c.private_key.is_none() && c.password.is_none() {
-                        return Err(err(
-                            at("private_key"),
-                            "give a private_key or a password reference",
-                        ));
-                    }
-                    if let Some(k) = &c.private_key {
-                        k.resolve().map_err(|m| err(at("private_key"), m))?;
-                    }
-                    if c.path.is_some() || c.tls.mode != TlsMode::Disable || c.read_only {
-                        return Err(err(
-                            at("kind"),
-                            "path, tls and read_only do not apply to ssh",
-                        ));
-                    }
-                }
-                ConnectionKind::Sqlite => {
-                    if c.path.is_none() {
-                        return Err(err(at("path"), "required for sqlite connections"));
-                    }
-                    if c.url.is_some() || c.password.is_some() {
-                        return Err(err(at("url"), "sqlite connections take `path`, not a URL"));
-                    }
-                    if c.tls.mode != TlsMode::Disable {
-                        return Err(err(at("tls"), "not applicable to sqlite"));
-                    }
-                }
-            }
-            if let Some(p) = &c.password {
-                p.resolve().map_err(|m| err(at("password"), m))?;
-            }
-            if let Some(ca) = &c.tls.ca {
-                ca.resolve().map_err(|m| err(at("tls.ca"), m))?;
-            } else if c.tls.mode == TlsMode::VerifyFull {
-                return Err(err(at("tls.ca"), "verify-full needs a CA reference"));
             }
             let l = &c.limits;
             let lat = |k: &str| format!("connections[{i}].limits.{k}");
@@ -1003,6 +866,30 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.path, "connections[0].url");
         assert!(!e.to_string().contains("pw@"));
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_refused_by_name() {
+        let e = Config::parse(
+            "[[connections]]\nname='a'\nkind='postgres'\nurl='postgres://u@h/db'\nhost_key='SHA256:x'\n",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "connections[0].host_key");
+        let e = Config::parse(
+            "[[connections]]\nname='s'\nkind='ssh'\nurl='ssh://u@h:22'\nhost_key='SHA256:x'\npassword='env:PATH'\nread_only=true\n",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "connections[0].read_only");
+        let c = Config::parse(
+            "[[connections]]\nname='s'\nkind='ssh'\nurl='ssh://u@h:22'\nhost_key='SHA256:x'\npassword='env:PATH'\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.connections[0].target, TargetConfig::Ssh(s) if s.host_key == "SHA256:x")
+        );
     }
 
     #[test]

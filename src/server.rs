@@ -22,7 +22,7 @@ pub use crate::api::AppState;
 use crate::audit::Outcome;
 use crate::audit::writer::AuditWriter;
 use crate::backend::{self, BackendContext, BackendError};
-use crate::config::Config;
+use crate::config::{Config, TargetConfig};
 use crate::gateway::record::{Ending, closing};
 use crate::gateway::{Connection, Gateway};
 use crate::identity::Authenticator;
@@ -76,7 +76,7 @@ pub async fn prepare(
     if config
         .connections
         .iter()
-        .any(|c| c.path.as_deref() == Some(Path::new(crate::demo::DEMO_FILE)))
+        .any(|c| matches!(&c.target, TargetConfig::Sqlite(s) if s.path == Path::new(crate::demo::DEMO_FILE)))
     {
         crate::demo::ensure(data_dir)?;
     }

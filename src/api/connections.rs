@@ -47,7 +47,7 @@ fn view(c: &Connection) -> ConnectionView {
         name: c.config.name.clone(),
         kind: c.config.kind,
         description: c.config.description.clone(),
-        read_only: c.config.read_only,
+        read_only: c.config.read_only(),
         placeholder: match c.config.kind {
             ConnectionKind::Postgres => "$1",
             ConnectionKind::Mysql | ConnectionKind::Sqlite => "?",

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConnectionConfig, ConnectionKind};
+use crate::config::{ConnectionConfig, ConnectionKind, TargetConfig};
 
 /// How many events may sit between a backend's producer task and the client.
 pub const STREAM_BUFFER: usize = 64;
@@ -236,14 +236,20 @@ impl Target {
 }
 
 pub fn build(config: &ConnectionConfig, ctx: &BackendContext) -> Result<Target, String> {
-    Ok(match config.kind {
-        ConnectionKind::Postgres => {
-            Target::Sql(Arc::new(postgres::PostgresBackend::new(config, ctx)?))
+    Ok(match (&config.target, config.kind) {
+        (TargetConfig::Database(db), ConnectionKind::Postgres) => {
+            Target::Sql(Arc::new(postgres::PostgresBackend::new(config, db, ctx)?))
         }
-        ConnectionKind::Mysql => Target::Sql(Arc::new(mysql::MysqlBackend::new(config, ctx)?)),
-        ConnectionKind::Sqlite => Target::Sql(Arc::new(sqlite::SqliteBackend::new(config, ctx)?)),
-        ConnectionKind::Ssh => Target::Exec(Arc::new(ssh::SshBackend::new(config)?)),
-        ConnectionKind::Kubernetes => Target::Exec(Arc::new(kube::KubeBackend::new(config)?)),
+        (TargetConfig::Database(db), _) => {
+            Target::Sql(Arc::new(mysql::MysqlBackend::new(config, db)?))
+        }
+        (TargetConfig::Sqlite(file), _) => {
+            Target::Sql(Arc::new(sqlite::SqliteBackend::new(config, file, ctx)?))
+        }
+        (TargetConfig::Ssh(ssh), _) => Target::Exec(Arc::new(ssh::SshBackend::new(config, ssh)?)),
+        (TargetConfig::Kubernetes(kube), _) => {
+            Target::Exec(Arc::new(kube::KubeBackend::new(config, kube)?))
+        }
     })
 }
 

@@ -26,7 +26,7 @@ use super::{
     BackendContext, BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent,
     RowSender, RowStream, SqlBackend, TableInfo,
 };
-use crate::config::{ConnectionConfig, ConnectionKind};
+use crate::config::{ConnectionConfig, ConnectionKind, SqliteConfig};
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -37,11 +37,12 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
-    pub fn new(config: &ConnectionConfig, ctx: &BackendContext) -> Result<SqliteBackend, String> {
-        let path = config
-            .path
-            .clone()
-            .ok_or_else(|| format!("connection {}: sqlite needs a path", config.name))?;
+    pub fn new(
+        config: &ConnectionConfig,
+        file: &SqliteConfig,
+        ctx: &BackendContext,
+    ) -> Result<SqliteBackend, String> {
+        let path = file.path.clone();
         let path = if path.is_absolute() {
             path
         } else {
@@ -49,7 +50,7 @@ impl SqliteBackend {
         };
         Ok(SqliteBackend {
             path,
-            read_only: config.read_only,
+            read_only: file.read_only,
             slots: Arc::new(Semaphore::new(config.limits.pool_size)),
             pool_wait: config.limits.pool_wait(),
             store_identity: ctx.store_identity.clone(),

@@ -19,7 +19,9 @@ use crate::backend::{
     BackendError, ColumnInfo, ExecBackend, ExecEvent, ExecPlan, ExecStream, QueryPlan, RowEvent,
     RowStream, ShellPlan, SqlBackend, TableInfo, Target,
 };
-use crate::config::{ConnectionConfig, ConnectionKind, PrincipalKind};
+use crate::config::{
+    ConnectionConfig, ConnectionKind, DatabaseConfig, PrincipalKind, SshConfig, TargetConfig,
+};
 use crate::store::AuditQuery;
 
 /// Counts what reached the target.
@@ -133,13 +135,35 @@ struct Harness {
 }
 
 fn connection_config(name: &str, kind: &str) -> ConnectionConfig {
-    let text = match kind {
-        "ssh" => format!("name = \"{name}\"\nkind = \"ssh\"\nurl = \"ssh://u@127.0.0.1:1\""),
-        _ => {
-            format!("name = \"{name}\"\nkind = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/d\"")
-        }
+    let (kind, target) = match kind {
+        "ssh" => (
+            ConnectionKind::Ssh,
+            TargetConfig::Ssh(SshConfig {
+                url: "ssh://u@127.0.0.1:1".into(),
+                private_key: None,
+                password: None,
+                host_key: "SHA256:unused".into(),
+                connect_timeout_ms: 1000,
+            }),
+        ),
+        _ => (
+            ConnectionKind::Postgres,
+            TargetConfig::Database(DatabaseConfig {
+                url: "postgres://u@127.0.0.1:1/d".into(),
+                password: None,
+                tls: Default::default(),
+                read_only: false,
+                allow_privileged: false,
+            }),
+        ),
     };
-    toml::from_str(&text).unwrap()
+    ConnectionConfig {
+        name: name.into(),
+        kind,
+        description: String::new(),
+        limits: Default::default(),
+        target,
+    }
 }
 
 async fn harness(per_principal: usize) -> Harness {

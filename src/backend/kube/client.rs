@@ -10,62 +10,49 @@ use std::net::IpAddr;
 use futures::FutureExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::config::ConnectionConfig;
+use crate::config::KubeCredentials;
 
-/// The kube client configuration from exactly one credential source.
-pub(super) fn client_config(config: &ConnectionConfig) -> Result<kube::Config, String> {
-    let sources = usize::from(config.kubeconfig.is_some())
-        + usize::from(config.in_cluster)
-        + usize::from(config.url.is_some());
-    if sources != 1 {
-        return Err("give exactly one of kubeconfig, in_cluster = true, or url (+ token)".into());
-    }
-    if config.url.is_none() && (config.token.is_some() || config.tls.ca.is_some()) {
-        return Err(
-            "token and tls.ca only apply with url; a kubeconfig or the in-cluster service \
-             account brings its own"
-                .into(),
-        );
-    }
-    if let Some(path) = &config.kubeconfig {
-        let file = Kubeconfig::read_from(path)
-            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-        // `from_custom_kubeconfig` is async in signature only: it picks the current
-        // context's cluster and user out of the parsed file (reading a CA file at most)
-        // without awaiting anything, so one poll completes it and `new` stays synchronous.
-        // Should a later kube version really wait, refuse rather than block a runtime thread.
-        return match kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-            .now_or_never()
-        {
-            Some(Ok(c)) => Ok(c),
-            Some(Err(e)) => Err(format!("kubeconfig {}: {e}", path.display())),
-            None => Err(format!(
-                "kubeconfig {}: loading did not complete synchronously",
-                path.display()
-            )),
-        };
-    }
-    if config.in_cluster {
-        return kube::Config::incluster()
-            .map_err(|e| format!("in_cluster: not running in a pod with a service account ({e})"));
-    }
-    let url = config.url.as_deref().unwrap_or_default();
+/// The kube client configuration from the connection's one credential source (the
+/// config already refused none or several).
+pub(super) fn client_config(credentials: &KubeCredentials) -> Result<kube::Config, String> {
+    let (url, token, tls) = match credentials {
+        KubeCredentials::Kubeconfig(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            // `from_custom_kubeconfig` is async in signature only: it picks the current
+            // context's cluster and user out of the parsed file (reading a CA file at most)
+            // without awaiting anything, so one poll completes it and `new` stays
+            // synchronous. Should a later kube version really wait, refuse rather than
+            // block a runtime thread.
+            return match kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .now_or_never()
+            {
+                Some(Ok(c)) => Ok(c),
+                Some(Err(e)) => Err(format!("kubeconfig {}: {e}", path.display())),
+                None => Err(format!(
+                    "kubeconfig {}: loading did not complete synchronously",
+                    path.display()
+                )),
+            };
+        }
+        KubeCredentials::InCluster => {
+            return kube::Config::incluster().map_err(|e| {
+                format!("in_cluster: not running in a pod with a service account ({e})")
+            });
+        }
+        KubeCredentials::Token { url, token, tls } => (url, token, tls),
+    };
     check_api_url(url)?;
     let mut kc = kube::Config::new(
         url.parse()
             .map_err(|_| format!("url `{url}` is not a valid API server URL"))?,
     );
-    let token = config
-        .token
-        .as_ref()
-        .ok_or("a url needs a token reference (token = \"env:NAME\" or \"file:PATH\")")?
-        .resolve()
-        .map_err(|m| format!("token: {m}"))?;
+    let token = token.resolve().map_err(|m| format!("token: {m}"))?;
     if token.expose().trim().is_empty() {
         return Err("token: the referenced token is empty".into());
     }
     kc.auth_info.token = Some(token.expose().trim().to_string().into());
-    if let Some(ca) = &config.tls.ca {
+    if let Some(ca) = &tls.ca {
         let pem = ca.resolve().map_err(|m| format!("tls.ca: {m}"))?;
         kc.root_cert = Some(parse_ca(pem.expose())?);
     }

@@ -46,7 +46,7 @@ use super::{
     BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream, PodTarget, ShellInput,
     ShellPlan, ShellSession,
 };
-use crate::config::ConnectionConfig;
+use crate::config::{ConnectionConfig, KubernetesConfig};
 use crate::policy::glob;
 
 mod client;
@@ -91,27 +91,9 @@ pub struct KubeBackend {
 impl KubeBackend {
     /// Validates the connection and builds the API client. Must be called inside a tokio
     /// runtime (the client spawns its request buffer task); outside one it is refused.
-    pub fn new(config: &ConnectionConfig) -> Result<KubeBackend, String> {
-        if config.namespaces.is_empty() {
-            return Err(
-                "kubernetes connection needs namespaces (globs of the namespaces agents may reach)"
-                    .into(),
-            );
-        }
-        for pattern in config.namespaces.iter().chain(&config.pods) {
-            if pattern.trim().is_empty() {
-                return Err("namespaces and pods must not contain empty patterns".into());
-            }
-        }
-        let label_selector = match config.label_selector.as_deref().map(str::trim) {
-            Some("") => return Err("label_selector is empty; remove it or give a selector".into()),
-            Some(s) => Some(s.to_string()),
-            None => None,
-        };
-        if config.limits.pool_size == 0 {
-            return Err("limits.pool_size must be at least 1".into());
-        }
-        let mut kc = client_config(config)?;
+    pub fn new(config: &ConnectionConfig, kube: &KubernetesConfig) -> Result<KubeBackend, String> {
+        let label_selector = kube.label_selector.clone();
+        let mut kc = client_config(&kube.credentials)?;
         if kc.accept_invalid_certs {
             return Err(
                 "the kubeconfig sets insecure-skip-tls-verify; Airlock only talks to a verified \
@@ -119,7 +101,7 @@ impl KubeBackend {
                     .into(),
             );
         }
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let connect_timeout = Duration::from_millis(kube.connect_timeout_ms.max(1));
         kc.connect_timeout = Some(connect_timeout);
         // An exec stream may be silent for as long as its command; the plan's timeout (or
         // the shell's idle limit) bounds it, not a transport read timeout.
@@ -133,8 +115,8 @@ impl KubeBackend {
         Ok(KubeBackend {
             client,
             server,
-            namespaces: config.namespaces.clone(),
-            pods: config.pods.clone(),
+            namespaces: kube.namespaces.clone(),
+            pods: kube.pods.clone(),
             label_selector,
             connect_timeout,
             slots: Arc::new(Semaphore::new(config.limits.pool_size)),

@@ -68,10 +68,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BackendContext, BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent,
-    RowSender, RowStream, SqlBackend, TableInfo, bounded,
+    BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent, RowSender, RowStream,
+    SqlBackend, TableInfo, bounded,
 };
-use crate::config::{ConnectionConfig, ConnectionKind, TlsMode};
+use crate::config::{ConnectionConfig, ConnectionKind, DatabaseConfig, TlsMode};
 
 mod grants;
 mod session;
@@ -132,17 +132,14 @@ struct Shared {
 }
 
 impl MysqlBackend {
-    pub fn new(config: &ConnectionConfig, _ctx: &BackendContext) -> Result<Self, String> {
-        // `_ctx`: Airlock's own store is SQLite or PostgreSQL, so a MySQL target can never be it.
+    /// Airlock's own store is SQLite or PostgreSQL, so a MySQL target can never be it.
+    pub fn new(config: &ConnectionConfig, db: &DatabaseConfig) -> Result<Self, String> {
         let name = config.name.as_str();
         let context = |message: String| format!("connection `{name}`: {message}");
 
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| context("a mysql connection needs `url`".into()))?;
+        let url = db.url.as_str();
         let base = parse_url(url).map_err(context)?;
-        let password = match &config.password {
+        let password = match &db.password {
             Some(reference) => Some(
                 reference
                     .resolve()
@@ -150,9 +147,9 @@ impl MysqlBackend {
             ),
             None => None,
         };
-        let ssl = match config.tls.mode {
+        let ssl = match db.tls.mode {
             TlsMode::Disable => None,
-            TlsMode::VerifyFull => Some(ssl_opts(config).map_err(context)?),
+            TlsMode::VerifyFull => Some(ssl_opts(&db.tls).map_err(context)?),
         };
         let limits = &config.limits;
         let constraints = PoolConstraints::new(0, limits.pool_size)
@@ -175,7 +172,7 @@ impl MysqlBackend {
 
         let main = common
             .clone()
-            .setup(vec![setup_sql(config.read_only)])
+            .setup(vec![setup_sql(db.read_only)])
             .pool_opts(
                 PoolOpts::default()
                     .with_constraints(constraints)
@@ -201,8 +198,8 @@ impl MysqlBackend {
                 side: Pool::new(Opts::from(side)),
                 flavor: OnceLock::new(),
             }),
-            read_only: config.read_only,
-            allow_privileged: config.allow_privileged,
+            read_only: db.read_only,
+            allow_privileged: db.allow_privileged,
             pool_wait: limits.pool_wait(),
             admin_timeout: Duration::from_millis(limits.timeout_ms),
         })

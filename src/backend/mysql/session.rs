@@ -11,7 +11,7 @@ use std::time::Duration;
 use mysql_async::{Opts, SslOpts};
 
 use super::Flavor;
-use crate::config::ConnectionConfig;
+use crate::config::TlsConfig;
 
 /// The `sql_mode` every session runs with. Strict, and free of every mode that changes how the
 /// statement text is lexed or parsed (see the `mysql` module comment).
@@ -67,9 +67,8 @@ pub(super) fn parse_url(url: &str) -> Result<Opts, String> {
 
 /// TLS with only the configured CA as trust anchor; hostname verification stays on (the
 /// driver's default: neither `skip_domain_validation` nor `accept_invalid_certs` is set).
-pub(super) fn ssl_opts(config: &ConnectionConfig) -> Result<SslOpts, String> {
-    let reference = config
-        .tls
+pub(super) fn ssl_opts(tls: &TlsConfig) -> Result<SslOpts, String> {
+    let reference = tls
         .ca
         .as_ref()
         .ok_or_else(|| "tls.mode = verify-full needs tls.ca".to_string())?;

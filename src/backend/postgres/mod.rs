@@ -37,7 +37,7 @@ use super::{
     BackendContext, BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent,
     RowSender, RowStream, SqlBackend, TableInfo, bounded,
 };
-use crate::config::{ConnectionConfig, ConnectionKind, TlsMode};
+use crate::config::{ConnectionConfig, ConnectionKind, DatabaseConfig, TlsConfig, TlsMode};
 use crate::store::StoreIdentity;
 
 mod params;
@@ -177,12 +177,13 @@ pub struct PostgresBackend {
 
 impl PostgresBackend {
     /// Builds the pool; no connection is opened until the first request or `verify()`.
-    pub fn new(config: &ConnectionConfig, ctx: &BackendContext) -> Result<Self, String> {
+    pub fn new(
+        config: &ConnectionConfig,
+        db: &DatabaseConfig,
+        ctx: &BackendContext,
+    ) -> Result<Self, String> {
         let name = &config.name;
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| format!("connection `{name}`: a postgres connection needs `url`"))?;
+        let url = db.url.as_str();
         let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
             format!(
                 "connection `{name}`: invalid postgres URL: {}",
@@ -194,7 +195,7 @@ impl PostgresBackend {
                 "connection `{name}`: the URL carries a password; put it in `password = \"env:NAME\"` instead"
             ));
         }
-        if let Some(secret) = &config.password {
+        if let Some(secret) = &db.password {
             let password = secret
                 .resolve()
                 .map_err(|e| format!("connection `{name}`: password: {e}"))?;
@@ -210,7 +211,7 @@ impl PostgresBackend {
         let pool_wait = config.limits.pool_wait();
         pg.connect_timeout(pool_wait);
 
-        let tls = match config.tls.mode {
+        let tls = match db.tls.mode {
             // Never silently downgrade a URL that asked for encryption.
             TlsMode::Disable if pg.get_ssl_mode() == SslMode::Require => {
                 return Err(format!(
@@ -224,7 +225,7 @@ impl PostgresBackend {
             }
             TlsMode::VerifyFull => {
                 pg.ssl_mode(SslMode::Require);
-                Tls::VerifyFull(rustls_connector(config)?)
+                Tls::VerifyFull(rustls_connector(name, &db.tls)?)
             }
         };
         let endpoint = Endpoint::from_config(&pg);
@@ -257,8 +258,8 @@ impl PostgresBackend {
             name: name.clone(),
             pool,
             tls,
-            read_only: config.read_only,
-            allow_privileged: config.allow_privileged,
+            read_only: db.read_only,
+            allow_privileged: db.allow_privileged,
             endpoint,
             store: ctx.store_identity.clone(),
             pool_wait,
@@ -326,10 +327,8 @@ impl PostgresBackend {
 
 /// rustls with only the configured CA as trust anchor and the aws-lc-rs provider passed
 /// explicitly, so no process-wide default provider has to be installed.
-fn rustls_connector(config: &ConnectionConfig) -> Result<MakeRustlsConnect, String> {
-    let name = &config.name;
-    let ca = config
-        .tls
+fn rustls_connector(name: &str, tls: &TlsConfig) -> Result<MakeRustlsConnect, String> {
+    let ca = tls
         .ca
         .as_ref()
         .ok_or_else(|| format!("connection `{name}`: tls mode verify-full needs `tls.ca`"))?

@@ -35,7 +35,7 @@ use super::{
     BackendError, ExecBackend, ExecEvent, ExecPlan, ExecSender, ExecStream, ShellInput, ShellPlan,
     ShellSession,
 };
-use crate::config::ConnectionConfig;
+use crate::config::{ConnectionConfig, SshConfig};
 
 mod target;
 
@@ -119,16 +119,10 @@ pub struct SshBackend {
 }
 
 impl SshBackend {
-    pub fn new(config: &ConnectionConfig) -> Result<SshBackend, String> {
-        let url = config
-            .url
-            .as_deref()
-            .ok_or("ssh connection needs url = \"ssh://user@host:port\"")?;
-        let target = parse_ssh_url(url)?;
-        let pin = parse_host_key_pin(config.host_key.as_deref().ok_or(
-            "ssh connection needs host_key (SHA256:... fingerprint or a known_hosts line)",
-        )?)?;
-        let key = match &config.private_key {
+    pub fn new(config: &ConnectionConfig, ssh: &SshConfig) -> Result<SshBackend, String> {
+        let target = parse_ssh_url(&ssh.url)?;
+        let pin = parse_host_key_pin(&ssh.host_key)?;
+        let key = match &ssh.private_key {
             Some(r) => {
                 let text = r.resolve().map_err(|m| format!("private_key: {m}"))?;
                 // The parse error names the format problem, never the key text.
@@ -142,7 +136,7 @@ impl SshBackend {
             }
             None => None,
         };
-        let password = match &config.password {
+        let password = match &ssh.password {
             Some(r) => Some(
                 r.resolve()
                     .map_err(|m| format!("password: {m}"))?
@@ -151,18 +145,12 @@ impl SshBackend {
             ),
             None => None,
         };
-        if key.is_none() && password.is_none() {
-            return Err("ssh connection needs a private_key or a password reference".into());
-        }
-        if config.limits.pool_size == 0 {
-            return Err("limits.pool_size must be at least 1".into());
-        }
         Ok(SshBackend {
             config: Arc::new(session_config(&pin)),
             target,
             pin: Arc::new(pin),
             credentials: Arc::new(Credentials { key, password }),
-            connect_timeout: Duration::from_millis(config.connect_timeout_ms.max(1)),
+            connect_timeout: Duration::from_millis(ssh.connect_timeout_ms.max(1)),
             slots: Arc::new(Semaphore::new(config.limits.pool_size)),
             pool_size: config.limits.pool_size,
             pool_wait: config.limits.pool_wait(),
