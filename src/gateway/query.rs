@@ -162,14 +162,18 @@ impl Task {
     /// protected, a derived value can be made to appear in any error text
     /// (`translate(ssn, ...)::int`), which content detectors cannot recognise: the server's
     /// text is then replaced by a fixed description of the SQLSTATE class, keeping the
-    /// SQLSTATE and position. Only syntax and access-rule errors (class 42), which name
-    /// the statement's own identifiers and types, keep their message. Everything left
+    /// SQLSTATE and position. Only syntax and access-rule errors (class 42, SQLite's
+    /// `SQLITE_ERROR`), which name the statement's own identifiers and types, keep their
+    /// message. Everything left
     /// passes the detectors.
     fn problem(&mut self, e: BackendError) -> Problem {
         let e = match e {
             BackendError::Database(mut db) if self.masking.has_column_rules() => {
                 let class = db.sqlstate.get(..2).unwrap_or("");
-                if class != "42" {
+                // SQLite reports result-code names; SQLITE_ERROR is its prepare-time error
+                // (syntax, unknown names), the class-42 equivalent.
+                let names_only = class == "42" || db.sqlstate == "SQLITE_ERROR";
+                if !names_only {
                     db.message = format!(
                         "{} (SQLSTATE {}; the server's message is withheld on a connection with protected columns)",
                         sqlstate_class(class),
