@@ -253,6 +253,14 @@ pub fn build(config: &ConnectionConfig, ctx: &BackendContext) -> Result<Target, 
     })
 }
 
+/// The instant `timeout` from now — the one way backends compute deadlines. An absurd
+/// timeout must not overflow the clock; a year is "no deadline" in practice.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// Runs `fut` but gives up when `cancel` fires or `deadline` passes.
 pub async fn bounded<T>(
     fut: impl std::future::Future<Output = T>,

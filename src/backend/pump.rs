@@ -21,7 +21,6 @@
 //!   still deliver the exit status or report the loss.
 
 use std::future::Future;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -173,13 +172,7 @@ async fn expiry(deadline: Option<Instant>) {
     }
 }
 
-/// The instant `timeout` from now. An absurd timeout must not overflow the clock; a year is
-/// "no deadline" in practice.
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
+pub(crate) use super::deadline_after;
 
 /// Where an interactive shell's input goes.
 pub(crate) trait Terminal {
@@ -216,6 +209,7 @@ mod tests {
     use super::*;
     use crate::backend::ExecStream;
     use std::collections::VecDeque;
+    use std::time::Duration;
 
     /// Output that replays a script; `pending_forever` after it runs out.
     struct Script(VecDeque<Step>);

@@ -10,8 +10,7 @@
 //! - A connection is visible to a principal when some allow or review rule names both.
 
 pub mod builtin;
-// Kept for the backends until they import `crate::glob` directly.
-pub(crate) use crate::glob;
+use crate::glob;
 
 use serde::{Deserialize, Serialize};
 

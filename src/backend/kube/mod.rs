@@ -47,7 +47,7 @@ use super::{
     ShellPlan, ShellSession,
 };
 use crate::config::{ConnectionConfig, KubernetesConfig};
-use crate::policy::glob;
+use crate::glob;
 
 mod client;
 

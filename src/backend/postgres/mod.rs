@@ -33,6 +33,7 @@ use tokio_postgres::{CancelToken, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
+use super::deadline_after;
 use super::{
     BackendContext, BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent,
     RowSender, RowStream, SqlBackend, TableInfo, bounded,
@@ -563,13 +564,6 @@ fn describe(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    // An absurd timeout must not overflow the clock; a year is "no deadline" in practice.
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn server_timeout_ms(timeout: Duration) -> u64 {
