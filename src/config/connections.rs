@@ -155,16 +155,6 @@ pub enum KubeCredentials {
 /// error names the key (`connections[1].host_key`).
 pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, ConfigError> {
     let at = |k: &str| format!("connections[{i}].{k}");
-    let not_for = |key: &str, set: bool| -> Result<(), ConfigError> {
-        if set {
-            Err(err(
-                at(key),
-                format!("does not apply to {} connections", raw.kind.as_str()),
-            ))
-        } else {
-            Ok(())
-        }
-    };
     let resolves = |key: &str, secret: &Option<SecretRef>| -> Result<(), ConfigError> {
         match secret {
             Some(s) => s.resolve().map(|_| ()).map_err(|m| err(at(key), m)),
@@ -178,6 +168,44 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
         return Err(err(at("tls.ca"), "verify-full needs a CA reference"));
     }
     let tls_set = raw.tls.mode != TlsMode::Disable || raw.tls.ca.is_some();
+    // Which kind-specific keys this connection set, and which its kind takes.
+    let set = [
+        ("path", raw.path.is_some()),
+        ("password", raw.password.is_some()),
+        ("tls", tls_set),
+        ("read_only", raw.read_only),
+        ("allow_privileged", raw.allow_privileged),
+        ("private_key", raw.private_key.is_some()),
+        ("host_key", raw.host_key.is_some()),
+        ("kubeconfig", raw.kubeconfig.is_some()),
+        ("in_cluster", raw.in_cluster),
+        ("token", raw.token.is_some()),
+        ("namespaces", !raw.namespaces.is_empty()),
+        ("pods", !raw.pods.is_empty()),
+        ("label_selector", raw.label_selector.is_some()),
+    ];
+    let takes: &[&str] = match raw.kind {
+        ConnectionKind::Postgres | ConnectionKind::Mysql => {
+            &["password", "tls", "read_only", "allow_privileged"]
+        }
+        ConnectionKind::Sqlite => &["path", "read_only"],
+        ConnectionKind::Ssh => &["password", "private_key", "host_key"],
+        ConnectionKind::Kubernetes => &[
+            "tls",
+            "kubeconfig",
+            "in_cluster",
+            "token",
+            "namespaces",
+            "pods",
+            "label_selector",
+        ],
+    };
+    if let Some((key, _)) = set.iter().find(|(k, on)| *on && !takes.contains(k)) {
+        return Err(err(
+            at(key),
+            format!("does not apply to {} connections", raw.kind.as_str()),
+        ));
+    }
     let target = match raw.kind {
         ConnectionKind::Postgres | ConnectionKind::Mysql => {
             let url = raw
@@ -190,15 +218,6 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
                 &["mysql", "mariadb"]
             };
             check_db_url(&url, schemes).map_err(|m| err(at("url"), m))?;
-            not_for("path", raw.path.is_some())?;
-            not_for("private_key", raw.private_key.is_some())?;
-            not_for("host_key", raw.host_key.is_some())?;
-            not_for("kubeconfig", raw.kubeconfig.is_some())?;
-            not_for("in_cluster", raw.in_cluster)?;
-            not_for("token", raw.token.is_some())?;
-            not_for("namespaces", !raw.namespaces.is_empty())?;
-            not_for("pods", !raw.pods.is_empty())?;
-            not_for("label_selector", raw.label_selector.is_some())?;
             TargetConfig::Database(DatabaseConfig {
                 url,
                 password: raw.password,
@@ -215,16 +234,6 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
             if raw.url.is_some() {
                 return Err(err(at("url"), "sqlite connections take `path`, not a URL"));
             }
-            not_for("password", raw.password.is_some())?;
-            not_for("tls", tls_set)?;
-            not_for("private_key", raw.private_key.is_some())?;
-            not_for("host_key", raw.host_key.is_some())?;
-            not_for("kubeconfig", raw.kubeconfig.is_some())?;
-            not_for("in_cluster", raw.in_cluster)?;
-            not_for("token", raw.token.is_some())?;
-            not_for("namespaces", !raw.namespaces.is_empty())?;
-            not_for("pods", !raw.pods.is_empty())?;
-            not_for("label_selector", raw.label_selector.is_some())?;
             TargetConfig::Sqlite(SqliteConfig {
                 path,
                 read_only: raw.read_only,
@@ -258,16 +267,6 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
                 ));
             }
             resolves("private_key", &raw.private_key)?;
-            not_for("path", raw.path.is_some())?;
-            not_for("tls", tls_set)?;
-            not_for("read_only", raw.read_only)?;
-            not_for("allow_privileged", raw.allow_privileged)?;
-            not_for("kubeconfig", raw.kubeconfig.is_some())?;
-            not_for("in_cluster", raw.in_cluster)?;
-            not_for("token", raw.token.is_some())?;
-            not_for("namespaces", !raw.namespaces.is_empty())?;
-            not_for("pods", !raw.pods.is_empty())?;
-            not_for("label_selector", raw.label_selector.is_some())?;
             TargetConfig::Ssh(SshConfig {
                 url,
                 private_key: raw.private_key,
@@ -334,15 +333,12 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
                 }
                 other => other.map(str::to_string),
             };
-            if !matches!(credentials, KubeCredentials::Token { .. }) {
-                not_for("tls", tls_set)?;
+            if tls_set && !matches!(credentials, KubeCredentials::Token { .. }) {
+                return Err(err(
+                    at("tls"),
+                    "only with url: a kubeconfig or the in-cluster service account brings its own",
+                ));
             }
-            not_for("path", raw.path.is_some())?;
-            not_for("read_only", raw.read_only)?;
-            not_for("host_key", raw.host_key.is_some())?;
-            not_for("private_key", raw.private_key.is_some())?;
-            not_for("password", raw.password.is_some())?;
-            not_for("allow_privileged", raw.allow_privileged)?;
             TargetConfig::Kubernetes(KubernetesConfig {
                 credentials,
                 namespaces: raw.namespaces,

@@ -212,24 +212,20 @@ impl Task {
         started_tx: oneshot::Sender<Result<Vec<Column>, Problem>>,
         started: Instant,
     ) -> Ending {
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                let problem = self.problem(e);
-                let mut ending = Ending::failed(outcome_of(&problem), &problem);
-                ending.masked = self.masked();
-                self.slot = None;
-                let _ = started_tx.send(Err(problem));
-                return ending;
+        // Until the header is known, a failure goes back to the waiting handler.
+        let header = async {
+            let mut stream = stream?;
+            match stream.next().await {
+                Some(Ok(RowEvent::Columns(c))) => Ok((stream, c)),
+                Some(Err(e)) => Err(e),
+                _ => Err(BackendError::Internal(
+                    "the backend ended without a result header".into(),
+                )),
             }
         };
-        let columns = match stream.next().await {
-            Some(Ok(RowEvent::Columns(c))) => c,
-            other => {
-                let e = match other {
-                    Some(Err(e)) => e,
-                    _ => BackendError::Internal("the backend ended without a result header".into()),
-                };
+        let (mut stream, columns) = match header.await {
+            Ok(started) => started,
+            Err(e) => {
                 let problem = self.problem(e);
                 let mut ending = Ending::failed(outcome_of(&problem), &problem);
                 ending.masked = self.masked();
