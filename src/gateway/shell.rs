@@ -136,6 +136,12 @@ pub(crate) fn error_message(problem: &Problem) -> Value {
 
 /// An open shell: admitted, recorded, audited, connected to the host.
 pub(crate) struct ShellSession {
+    /// Taken by `run`; still here when the session is dropped unrun (the client never
+    /// completed the upgrade): then `Drop` closes it.
+    opened: Option<Opened>,
+}
+
+struct Opened {
     gateway: Arc<Gateway>,
     record: ExecutionRecord,
     recorder: Recorder,
@@ -143,6 +149,26 @@ pub(crate) struct ShellSession {
     masking: RequestMasking,
     cancel: CancellationToken,
     _slot: Slot,
+}
+
+impl Drop for ShellSession {
+    /// A shell opened but never run: the remote side ends with its dropped channels, the
+    /// record writes `interrupted`, and the recording is closed as failed.
+    fn drop(&mut self) {
+        let Some(opened) = self.opened.take() else {
+            return;
+        };
+        opened.cancel.cancel();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let Opened {
+                    record, recorder, ..
+                } = opened;
+                let _ = recorder.finish("failed", None).await;
+                drop(record);
+            });
+        }
+    }
 }
 
 /// Records the session header and the audit begin, then opens the remote shell.
@@ -191,20 +217,22 @@ pub(crate) async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
         }
     };
     Ok(ShellSession {
-        gateway,
-        record,
-        recorder,
-        session,
-        masking: admitted.masking,
-        cancel,
-        _slot: admitted.slot,
+        opened: Some(Opened {
+            gateway,
+            record,
+            recorder,
+            session,
+            masking: admitted.masking,
+            cancel,
+            _slot: admitted.slot,
+        }),
     })
 }
 
 impl ShellSession {
     /// Runs the session over `terminal` until it ends, then records the end.
-    pub(crate) async fn run(self, terminal: &mut dyn Terminal) {
-        let ShellSession {
+    pub(crate) async fn run(mut self, terminal: &mut dyn Terminal) {
+        let Some(Opened {
             gateway,
             record,
             mut recorder,
@@ -212,7 +240,10 @@ impl ShellSession {
             masking,
             cancel,
             _slot: slot,
-        } = self;
+        }) = self.opened.take()
+        else {
+            return;
+        };
         let session_id = recorder.session_id().to_string();
         let terminate = CancellationToken::new();
         gateway.shells.add(&session_id, terminate.clone());
