@@ -15,6 +15,9 @@
 //!   `signal` request with `KILL` (OpenSSH: `killpg` of the session, non-root users only),
 //!   then for root a kill of this connection's processes from a second channel. Closing
 //!   the channel alone does *not* stop a non-PTY command on OpenSSH.
+//! - **A shell's input is paced to what the host consumes** (OpenSSH): sshd must never hold
+//!   so much unwritten input that its reply to a write outgrows russh's packet limit, which
+//!   would drop the connection and the shell's exit status with it. See `flow.rs`.
 //! - Errors never carry secrets (password, private key text); they name the host, port and
 //!   user only.
 
@@ -25,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{self, Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg};
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +40,10 @@ use super::{
 };
 use crate::config::{ConnectionConfig, SshConfig};
 
+mod flow;
 mod target;
 
+use flow::{Admission, InputGate, InputWindow};
 use target::{HostKeyPin, Target, parse_host_key_pin, parse_ssh_url};
 
 /// Seconds a client is told to wait after the host could not be reached.
@@ -63,11 +68,13 @@ struct Credentials {
 }
 
 /// The russh handler: checks the host key against the pin and remembers what it saw, so a
-/// refusal can be reported with the fingerprint the server presented.
+/// refusal can be reported with the fingerprint the server presented. It also passes what
+/// the server tells about a channel's window to the shell's input flow control.
 struct PinningHandler {
     pin: Arc<HostKeyPin>,
     /// Set when the server presented a key that is not the pinned one.
     rejected: Arc<Mutex<Option<String>>>,
+    input: Arc<InputWindow>,
 }
 
 impl client::Handler for PinningHandler {
@@ -99,6 +106,32 @@ impl client::Handler for PinningHandler {
             *slot = Some(seen);
         }
         Ok(false)
+    }
+
+    async fn channel_open_confirmation(
+        &mut self,
+        id: ChannelId,
+        max_packet_size: u32,
+        window_size: u32,
+        session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.input.opened(
+            id.into(),
+            max_packet_size,
+            window_size,
+            session.remote_sshid(),
+        );
+        Ok(())
+    }
+
+    async fn window_adjusted(
+        &mut self,
+        channel: ChannelId,
+        new_size: u32,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.input.adjusted(channel.into(), new_size);
+        Ok(())
     }
 }
 
@@ -159,12 +192,13 @@ impl SshBackend {
 
     /// TCP connect, key exchange (host key check), authentication — all within
     /// `connect_timeout`, and abandoned when `cancel` fires or `deadline` (the command's
-    /// overall deadline) passes first.
+    /// overall deadline) passes first. Also returns what the connection's handler learns
+    /// about the window of its first channel.
     async fn connect(
         &self,
         cancel: &CancellationToken,
         deadline: Instant,
-    ) -> Result<Session, BackendError> {
+    ) -> Result<(Session, Arc<InputWindow>), BackendError> {
         let connect_deadline = Instant::now() + self.connect_timeout;
         let step = async {
             let tcp = tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port));
@@ -206,11 +240,16 @@ impl SshBackend {
         super::bounded(step, cancel, deadline).await?
     }
 
-    async fn handshake(&self, socket: tokio::net::TcpStream) -> Result<Session, BackendError> {
+    async fn handshake(
+        &self,
+        socket: tokio::net::TcpStream,
+    ) -> Result<(Session, Arc<InputWindow>), BackendError> {
         let rejected = Arc::new(Mutex::new(None));
+        let input = InputWindow::new();
         let handler = PinningHandler {
             pin: self.pin.clone(),
             rejected: rejected.clone(),
+            input: input.clone(),
         };
         let mut session = match client::connect_stream(self.config.clone(), socket, handler).await {
             Ok(s) => s,
@@ -234,7 +273,7 @@ impl SshBackend {
             }
         };
         self.authenticate(&mut session).await?;
-        Ok(session)
+        Ok((session, input))
     }
 
     async fn authenticate(&self, session: &mut Session) -> Result<(), BackendError> {
@@ -343,7 +382,7 @@ async fn disconnect(session: &Session) {
 impl ExecBackend for SshBackend {
     async fn verify(&self) -> Result<(), BackendError> {
         let cancel = CancellationToken::new();
-        let session = self
+        let (session, _) = self
             .connect(&cancel, deadline_after(self.connect_timeout * 2))
             .await?;
         disconnect(&session).await;
@@ -357,7 +396,7 @@ impl ExecBackend for SshBackend {
     ) -> Result<ExecStream, BackendError> {
         let deadline = deadline_after(plan.timeout);
         let permit = self.acquire_slot(&cancel, deadline).await?;
-        let session = self.connect(&cancel, deadline).await?;
+        let (session, _) = self.connect(&cancel, deadline).await?;
         let label = self.target.label();
 
         let start = async {
@@ -418,7 +457,7 @@ impl ExecBackend for SshBackend {
         // `connect_timeout`, the pty and shell requests by `connect_timeout` below.
         let no_deadline = deadline_after(Duration::MAX);
         let permit = self.acquire_slot(&cancel, no_deadline).await?;
-        let session = self.connect(&cancel, no_deadline).await?;
+        let (session, input_window) = self.connect(&cancel, no_deadline).await?;
         let label = self.target.label();
 
         let start = async {
@@ -476,6 +515,7 @@ impl ExecBackend for SshBackend {
         let (tx, output) = ExecStream::channel();
         let (input, input_rx) = mpsc::channel(SHELL_INPUT_BUFFER);
         let job = ShellJob {
+            gate: input_window.gate(write.id().into()),
             session,
             read,
             write,
@@ -645,6 +685,8 @@ struct ShellJob {
     session: Session,
     read: ChannelReadHalf,
     write: ChannelWriteHalf<Msg>,
+    /// Input flow control, for servers that need it (see `flow.rs`).
+    gate: Option<InputGate>,
     tx: ExecSender,
     input: mpsc::Receiver<ShellInput>,
     cancel: CancellationToken,
@@ -654,7 +696,11 @@ struct ShellJob {
 
 impl ShellJob {
     async fn run(mut self) {
-        let mut terminal = ChannelTerminal(&self.write);
+        let mut terminal = ChannelTerminal {
+            session: &self.session,
+            write: &self.write,
+            gate: self.gate.as_mut(),
+        };
         let feed = pump::feed_terminal(&mut self.input, &mut terminal);
         let mut output = ChannelOutput::new(&mut self.read, true);
         let outcome = pump::pump(&mut output, feed, &self.tx, &self.cancel, None).await;
@@ -682,16 +728,46 @@ impl ShellJob {
 }
 
 /// The shell's input side: a write waits for the SSH window, which the server only re-opens
-/// while the pump keeps reading what it sends.
-struct ChannelTerminal<'a>(&'a ChannelWriteHalf<Msg>);
+/// while the pump keeps reading what it sends, and with a gate also for the server to
+/// write what it was sent (see `flow.rs`).
+struct ChannelTerminal<'a> {
+    session: &'a Session,
+    write: &'a ChannelWriteHalf<Msg>,
+    gate: Option<&'a mut InputGate>,
+}
 
 impl pump::Terminal for ChannelTerminal<'_> {
     async fn write(&mut self, bytes: Bytes) -> bool {
-        self.0.data_bytes(bytes).await.is_ok()
+        let Some(gate) = self.gate.as_deref_mut() else {
+            return self.write.data_bytes(bytes).await.is_ok();
+        };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(flow::PIECE));
+            loop {
+                match gate.admission(piece.len()) {
+                    Admission::Go => break,
+                    Admission::Settle => {
+                        // russh queues the keepalive behind the input handed to it, so its
+                        // answer means that input is on the wire. A failure means the
+                        // connection is gone; the write below then fails too.
+                        let _ = self.session.send_ping().await;
+                        gate.settle();
+                    }
+                    Admission::Wait => gate.changed().await,
+                }
+            }
+            let len = piece.len();
+            if self.write.data_bytes(piece).await.is_err() {
+                return false;
+            }
+            gate.handed(len);
+        }
+        true
     }
 
     async fn resize(&mut self, cols: u32, rows: u32) -> bool {
-        self.0.window_change(cols, rows, 0, 0).await.is_ok()
+        self.write.window_change(cols, rows, 0, 0).await.is_ok()
     }
 }
 
