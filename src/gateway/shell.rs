@@ -9,7 +9,9 @@
 //!   Keystrokes are recorded only when `shells.record_input` is on (they can hold
 //!   passwords).
 //! - Input is back-pressured: a message is read from the client only when the previous
-//!   one was taken by the host side; nothing is buffered without bound.
+//!   one was taken by the host side; nothing is buffered without bound. Waiting for the
+//!   host to take input never stops output from being read (no deadlock with an echoing
+//!   host).
 //! - Every session ends (exit, client gone, idle, max length, admin terminate, shutdown)
 //!   with the remote shell killed, a close when the client is still there, the recording
 //!   finished and one audit end.
@@ -262,6 +264,8 @@ impl ShellSession {
         let mut reason: Option<Problem> = None;
         // Set when the host side stopped taking input: only its remaining output is read.
         let mut host_done = false;
+        // A client message read but not yet taken by the host side.
+        let mut pending: Option<ShellInput> = None;
 
         loop {
             let idle_at = last_activity + idle;
@@ -302,29 +306,38 @@ impl ShellSession {
                     }
                     None => break,
                 },
-                msg = terminal.recv(), if !host_done => match msg {
+                // Back-pressure without blocking the loop: a client message is read only
+                // when the previous one has been handed to the host side, and handing it
+                // over waits in its own branch, so output keeps flowing meanwhile (a host
+                // echoing input must be able to write while it is slow to read).
+                permit = input.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => {
+                        if let Some(item) = pending.take() {
+                            permit.send(item);
+                        }
+                    }
+                    Err(_) => {
+                        // The shell ended while input was still coming: its exit status is
+                        // (or will be) in the output; stop reading the client.
+                        pending = None;
+                        host_done = true;
+                    }
+                },
+                msg = terminal.recv(), if !host_done && pending.is_none() => match msg {
                     ClientEvent::Input(data) => {
                         last_activity = tokio::time::Instant::now();
                         if config.record_input && recorder.input(&String::from_utf8_lossy(&data)).await.is_err() {
                             reason = Some(Problem::recording_unavailable("the recording could not be written"));
                             break;
                         }
-                        // Awaiting here is the back-pressure: no more messages are read
-                        // until the host side took this one.
-                        if input.send(ShellInput::Data(data)).await.is_err() {
-                            // The shell ended while input was still coming: its exit status
-                            // is (or will be) in the output; stop reading the client.
-                            host_done = true;
-                        }
+                        pending = Some(ShellInput::Data(data));
                     }
                     ClientEvent::Control(text) => {
                         last_activity = tokio::time::Instant::now();
                         match serde_json::from_str::<Control>(&text) {
                             Ok(Control::Resize { cols, rows }) if size_ok(cols, rows) => {
                                 let _ = recorder.resize(cols, rows).await;
-                                if input.send(ShellInput::Resize { cols, rows }).await.is_err() {
-                                    host_done = true;
-                                }
+                                pending = Some(ShellInput::Resize { cols, rows });
                             }
                             Ok(Control::Resize { .. }) => {
                                 let p = Problem::new(Code::InvalidResize, format!("cols must be 1..={MAX_COLS} and rows 1..={MAX_ROWS}"));
