@@ -216,7 +216,13 @@ pub(crate) async fn hold(
             Box::pin(super::admit::admit(state, run)).await
         }
         ReviewStatus::Pending => Ok(Admission::Held(held_view(&decided))),
-        _ => Err(status_problem(&decided)),
+        // Rejected or expired while the request waited: a refusal like any other.
+        _ => {
+            let mut begin = run_begin(&decided);
+            begin.request_id = ctx.request_id.clone();
+            begin.principal = Some((&ctx.principal).into());
+            Err(super::admit::refuse(state, begin, Instant::now(), status_problem(&decided)).await)
+        }
     }
 }
 
@@ -332,11 +338,7 @@ pub(crate) async fn load_for_run(
                 return Ok(record);
             }
             // The requester's own attempt: audited under the held execution's id.
-            let mut begin = AuditEvent::new(Phase::Begin, execution_id, "run");
-            begin.connection = Some(record.connection.clone());
-            begin.review_id = Some(record.id.clone());
-            begin.rule = Some(record.rule.clone());
-            (begin, status_problem(&record))
+            (run_begin(&record), status_problem(&record))
         }
         // Someone else's, or none: the same 404, under an id of its own.
         _ => {
@@ -348,6 +350,15 @@ pub(crate) async fn load_for_run(
     begin.request_id = caller.request_id.clone();
     begin.principal = Some(caller_id);
     Err(super::admit::refuse(gateway, begin, started, problem).await)
+}
+
+/// The `begin` of an attempt to run `record` (refused ones included).
+fn run_begin(record: &ReviewRecord) -> AuditEvent {
+    let mut begin = AuditEvent::new(Phase::Begin, &record.execution_id, "run");
+    begin.connection = Some(record.connection.clone());
+    begin.review_id = Some(record.id.clone());
+    begin.rule = Some(record.rule.clone());
+    begin
 }
 
 /// Claims the run: approved → running, exactly once (a compare-and-swap in the store).
