@@ -60,6 +60,9 @@ const CONSTANT_DEPTH: usize = 32;
 #[serde(rename_all = "snake_case")]
 pub enum StatementKind {
     Select,
+    /// `SELECT ... FOR UPDATE | FOR SHARE` (with `NOWAIT` / `SKIP LOCKED` too): row locks
+    /// that block writers, so not a plain read; `select` alone does not admit it.
+    LockingRead,
     SelectInto,
     Insert,
     Update,
@@ -828,6 +831,9 @@ impl Visitor for Walker {
             pushed += 1;
         }
         self.query_scopes.push(pushed);
+        if !query.locks.is_empty() && self.executing() {
+            self.kinds.push(StatementKind::LockingRead);
+        }
         if !query.pipe_operators.is_empty() {
             self.unparsed = true;
         }

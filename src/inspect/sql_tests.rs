@@ -836,3 +836,39 @@ fn old_audit_json_still_deserialises() {
         serde_json::json!("program_execution")
     );
 }
+
+#[test]
+fn locking_reads_are_their_own_kind() {
+    for kind in [ConnectionKind::Postgres, ConnectionKind::Mysql] {
+        for sql in [
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t WHERE id = 1 FOR SHARE",
+            "SELECT * FROM t FOR UPDATE SKIP LOCKED",
+            "SELECT * FROM t FOR UPDATE NOWAIT",
+            "SELECT * FROM (SELECT * FROM t FOR UPDATE) x",
+        ] {
+            let f = inspect(kind, sql).unwrap();
+            assert!(
+                f.unparsed || f.kinds.contains(&StatementKind::LockingRead),
+                "{kind:?} {sql}: {f:?}"
+            );
+        }
+        let f = inspect(kind, "SELECT * FROM t").unwrap();
+        assert!(!f.kinds.contains(&StatementKind::LockingRead));
+    }
+    // Forms the parser does not know are unparsed, so denied by default.
+    for (kind, sql) in [
+        (
+            ConnectionKind::Postgres,
+            "SELECT * FROM t FOR NO KEY UPDATE",
+        ),
+        (ConnectionKind::Postgres, "SELECT * FROM t FOR KEY SHARE"),
+        (ConnectionKind::Mysql, "SELECT * FROM t LOCK IN SHARE MODE"),
+    ] {
+        let f = inspect(kind, sql).unwrap();
+        assert!(
+            f.unparsed || f.kinds.contains(&StatementKind::LockingRead),
+            "{kind:?} {sql}: {f:?}"
+        );
+    }
+}

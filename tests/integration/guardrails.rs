@@ -74,6 +74,11 @@ async fn postgres_corpus() {
         .unwrap();
     let a = Airlock::start(&config("pg", "postgres", &db.url())).await;
     let refused = [
+        // Locking reads are not reads: a select-only rule does not admit them.
+        "SELECT * FROM canary FOR UPDATE",
+        "SELECT * FROM canary FOR SHARE SKIP LOCKED",
+        "SELECT * FROM canary FOR NO KEY UPDATE",
+        "SELECT * FROM canary FOR KEY SHARE NOWAIT",
         "DELETE FROM canary",
         "delete/**/from canary where 1=1",
         "DeLeTe FROM \"canary\" WHERE x > 0",
@@ -161,6 +166,9 @@ async fn mariadb_corpus() {
         .unwrap();
     let a = Airlock::start(&config("my", "mysql", &db.url())).await;
     let refused = [
+        "SELECT * FROM canary FOR UPDATE",
+        "SELECT * FROM canary LOCK IN SHARE MODE",
+        "SELECT * FROM canary FOR SHARE NOWAIT",
         "DELETE FROM canary",
         "delete from canary where 1",
         "UPDATE canary SET x = 0",
