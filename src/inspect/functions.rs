@@ -326,7 +326,6 @@ const POSTGRES_SAFE: &[&str] = &[
     "pg_client_encoding",
     "pg_column_size",
     "pg_conf_load_time",
-    "pg_current_xact_id",
     "pg_database_size",
     "pg_encoding_to_char",
     "pg_get_constraintdef",
@@ -469,7 +468,6 @@ const POSTGRES_SAFE: &[&str] = &[
     "tsrange",
     "tstzrange",
     "tsvector_to_array",
-    "txid_current",
     "unistr",
     "unnest",
     "upper",
@@ -567,6 +565,7 @@ const POSTGRES_DANGEROUS: &[(&str, &[FunctionClass])] = &[
     ("pg_create_physical_replication_slot", &[C::ServerAdmin]),
     ("pg_create_restore_point", &[C::ServerAdmin]),
     ("pg_current_logfile", &[C::FileAccess]),
+    ("pg_current_xact_id", &[C::SideEffect]),
     ("pg_drop_replication_slot", &[C::ServerAdmin]),
     ("pg_file_rename", &[C::FileAccess]),
     ("pg_file_sync", &[C::FileAccess]),
@@ -653,6 +652,7 @@ const POSTGRES_DANGEROUS: &[(&str, &[FunctionClass])] = &[
     ("table_to_xmlschema", &[C::DynamicSql]),
     ("ts_rewrite", &[C::DynamicSql]),
     ("ts_stat", &[C::DynamicSql]),
+    ("txid_current", &[C::SideEffect]),
 ];
 
 const MYSQL_SAFE: &[&str] = &[

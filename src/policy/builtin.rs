@@ -30,6 +30,47 @@ fn classes(c: &[F]) -> Option<Vec<F>> {
     Some(c.to_vec())
 }
 
+/// Catalogue tables and views that show what other principals run, sample values of any
+/// column (planner statistics), or credentials. A pattern without a dot matches the name in
+/// any schema (`pg_stats` is `pg_catalog.pg_stats` too); a same-named user table is caught
+/// as well, which is the safe side.
+const EXPOSING_CATALOGS: &[&str] = &[
+    // PostgreSQL: planner statistics hold most-common values and histogram bounds.
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+    // PostgreSQL: live sessions, their statements, locks and peers.
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_locks",
+    "pg_prepared_xacts",
+    "pg_stat_replication",
+    "pg_stat_wal_receiver",
+    "pg_stat_subscription",
+    "pg_stat_ssl",
+    "pg_stat_gssapi",
+    // PostgreSQL: credentials and server configuration files.
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mappings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_file_settings",
+    // MySQL / MariaDB: live sessions and their statements, statement history, logs.
+    "information_schema.processlist",
+    "information_schema.innodb_trx",
+    "performance_schema.*",
+    "sys.*",
+    "mysql.general_log",
+    "mysql.slow_log",
+    "mysql.user",
+    "mysql.global_priv",
+];
+
 fn catalogue() -> Vec<Builtin> {
     vec![
         Builtin {
@@ -144,6 +185,15 @@ fn catalogue() -> Vec<Builtin> {
                 ..Match::default()
             },
             message: "PRAGMA and ATTACH are not allowed",
+        },
+        Builtin {
+            id: "deny-catalog-exposure",
+            action: Action::Deny,
+            matcher: Match {
+                tables: Some(EXPOSING_CATALOGS.iter().map(|t| t.to_string()).collect()),
+                ..Match::default()
+            },
+            message: "catalogue views that expose other sessions' statements, column statistics (sample values) or credentials are not allowed",
         },
         Builtin {
             id: "deny-unparsed",

@@ -18,6 +18,7 @@ const BUILTINS: &[&str] = &[
     "deny-session-tampering",
     "deny-session-functions",
     "deny-server-admin",
+    "deny-catalog-exposure",
     "deny-unparsed",
 ];
 
@@ -74,6 +75,14 @@ async fn postgres_corpus() {
         .unwrap();
     let a = Airlock::start(&config("pg", "postgres", &db.url())).await;
     let refused = [
+        // Catalogue views that expose other sessions or sample values.
+        "SELECT * FROM pg_stats",
+        "SELECT most_common_vals FROM pg_catalog.pg_stats WHERE tablename = 'canary'",
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM PG_CATALOG.PG_STATISTIC",
+        "SELECT * FROM pg_locks",
+        "SELECT txid_current()",
+        "SELECT pg_current_xact_id()",
         // Locking reads are not reads: a select-only rule does not admit them.
         "SELECT * FROM canary FOR UPDATE",
         "SELECT * FROM canary FOR SHARE SKIP LOCKED",
@@ -166,6 +175,10 @@ async fn mariadb_corpus() {
         .unwrap();
     let a = Airlock::start(&config("my", "mysql", &db.url())).await;
     let refused = [
+        "SELECT * FROM information_schema.PROCESSLIST",
+        "SELECT info FROM INFORMATION_SCHEMA.processlist",
+        "SELECT * FROM performance_schema.events_statements_current",
+        "SELECT * FROM mysql.user",
         "SELECT * FROM canary FOR UPDATE",
         "SELECT * FROM canary LOCK IN SHARE MODE",
         "SELECT * FROM canary FOR SHARE NOWAIT",
