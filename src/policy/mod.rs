@@ -101,9 +101,16 @@ impl TryFrom<RawRule> for RuleConfig {
                         builtin::ids().join(", ")
                     )
                 })?;
-                if raw.action.is_some() || raw.matcher.is_some() || raw.review.is_some() {
+                if raw.action.is_some() || raw.matcher.is_some() {
                     return Err(format!(
                         "built-in rule `{name}` brings its own action and match; remove them"
+                    ));
+                }
+                // A built-in review rule takes its approvers, expiry and run window from the
+                // config (validation then requires them); a deny rule has none.
+                if raw.review.is_some() && b.action != Action::Review {
+                    return Err(format!(
+                        "built-in rule `{name}` denies; `review` settings do not apply to it"
                     ));
                 }
                 if raw.id.as_deref().is_some_and(|id| id != name) {
@@ -116,7 +123,7 @@ impl TryFrom<RawRule> for RuleConfig {
                     principals: raw.principals.unwrap_or_else(|| vec!["*".into()]),
                     matcher: Some(b.matcher),
                     message: raw.message.or_else(|| Some(b.message.to_string())),
-                    review: None,
+                    review: raw.review,
                 })
             }
             None => Ok(RuleConfig {
@@ -357,6 +364,15 @@ impl Match {
         // Like wrappers for commands: an allow rule admits a dangerous function (file access,
         // programs, network, admin, session state, locks, sleep, ...) only by naming its class.
         if admit && self.function_classes.is_none() && !facts.function_classes.is_empty() {
+            return false;
+        }
+        // Nor a function that is on no list (user code, extensions): only by naming it
+        // (`functions`, which must then cover every call) or by `function_unlisted = true`.
+        if admit
+            && facts.function_unlisted
+            && self.functions.is_none()
+            && self.function_unlisted != Some(true)
+        {
             return false;
         }
         let flag = |want: Option<bool>, fact: bool| want.is_none_or(|w| w == fact);
@@ -833,6 +849,44 @@ mod tests {
         });
         let pol = Policy::new(vec![opt_in], "test".into());
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "b");
+    }
+
+    #[test]
+    fn allow_admits_an_unlisted_function_only_by_naming_it() {
+        let p = principal(&["agents"]);
+        let mut f = facts();
+        f.functions = vec!["myschema.peek".into()];
+        f.function_unlisted = true;
+        let pol = Policy::new(vec![rule("a", Action::Allow, &["*"])], "test".into());
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), DEFAULT_DENY);
+        let named = with_match(
+            "named",
+            Action::Allow,
+            Match {
+                functions: Some(vec!["myschema.peek".into()]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![named], "test".into());
+        assert_eq!(pol.decide(&p, "demo", &f).rule(), "named");
+    }
+
+    #[test]
+    fn a_builtin_review_rule_takes_its_review_settings() {
+        #[derive(serde::Deserialize)]
+        struct Rules {
+            rules: Vec<RuleConfig>,
+        }
+        let rules: Rules = toml::from_str(
+            "[[rules]]\nbuiltin = \"review-unlisted-functions\"\nreview = { approvers = [\"dba\"] }\n",
+        )
+        .unwrap();
+        assert_eq!(rules.rules[0].action, Action::Review);
+        assert!(rules.rules[0].validate().is_ok());
+        let deny: Result<Rules, _> = toml::from_str(
+            "[[rules]]\nbuiltin = \"deny-ddl\"\nreview = { approvers = [\"dba\"] }\n",
+        );
+        assert!(deny.is_err());
     }
 
     #[test]

@@ -255,6 +255,8 @@ id = "agents"
 action = "allow"
 connections = ["pg"]
 principals = ["group:agents"]
+# Names every function, the user's `peek` included (unlisted functions need naming).
+match = {{ functions = ["*"] }}
 
 [[masking]]
 connections = ["pg"]
