@@ -106,7 +106,8 @@ pub(crate) async fn get(
         .ok_or_else(|| Problem::unknown_connection(&name))
 }
 
-/// Tables and columns of a SQL connection, as its database account sees them.
+/// Tables and columns of a SQL connection, as its database account sees them, limited to the
+/// tables the caller's policy lets it read.
 #[utoipa::path(get, path = "/v1/connections/{name}/schema", tag = "connections",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Connection name")),

@@ -103,6 +103,8 @@ pub(crate) enum Admission {
 /// starting it opens the [`super::record::ExecutionRecord`].
 pub(crate) struct Admitted {
     pub(crate) gateway: Arc<Gateway>,
+    /// Who asked (schema reads list only what the policy lets them read).
+    pub(crate) principal: crate::identity::Principal,
     pub(crate) conn: Arc<Connection>,
     pub(crate) begin: AuditEvent,
     pub(crate) started: Instant,
@@ -232,6 +234,7 @@ pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Ad
             };
             Ok(Admission::Ready(Box::new(Admitted {
                 gateway: gateway.clone(),
+                principal: caller.principal.clone(),
                 conn,
                 begin,
                 started,

@@ -71,16 +71,17 @@ impl SqlBackend for FakeSql {
 
     async fn schema(&self) -> Result<Vec<TableInfo>, BackendError> {
         self.calls.io.fetch_add(1, Ordering::SeqCst);
-        Ok(vec![TableInfo {
+        let table = |name: &str| TableInfo {
             schema: Some("public".into()),
-            name: "t".into(),
+            name: name.into(),
             kind: "table".into(),
             columns: vec![ColumnInfo {
                 name: "secret".into(),
                 type_name: "text".into(),
                 nullable: true,
             }],
-        }])
+        };
+        Ok(vec![table("t"), table("hidden")])
     }
 
     fn kind(&self) -> ConnectionKind {
@@ -624,4 +625,16 @@ async fn one_principal_holds_at_most_its_share_of_a_connection() {
     held.pop();
     let ok = serve(&h.gateway, Request::new(agent(&[]), "db", Action::Schema)).await;
     assert!(matches!(ok, Ok(Answer::Schema(_))));
+}
+
+#[tokio::test]
+async fn a_schema_read_lists_only_tables_the_caller_may_read() {
+    let h = harness(8).await;
+    let Ok(Answer::Schema(view)) =
+        serve(&h.gateway, Request::new(agent(&[]), "db", Action::Schema)).await
+    else {
+        panic!("a schema read answers with the schema");
+    };
+    let names: Vec<&str> = view.tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["t"], "`hidden` is denied to this caller");
 }
