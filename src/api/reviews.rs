@@ -36,8 +36,10 @@ pub(crate) struct ReviewView {
     pub(crate) statement: String,
     /// The same with control and invisible characters made visible (`\u{202e}`).
     pub(crate) statement_visible: String,
-    /// Parameters, masked: their JSON type and size, never their values.
-    pub(crate) params: Vec<String>,
+    /// The parameter values that will be sent, with the connection's content detectors
+    /// applied to their text unless the viewer is exempt from masking.
+    #[schema(value_type = Vec<serde_json::Value>)]
+    pub(crate) params: Vec<serde_json::Value>,
     pub(crate) max_rows: u64,
     pub(crate) timeout_ms: u64,
     pub(crate) facts: Facts,
@@ -58,18 +60,29 @@ pub(crate) struct ReviewView {
     pub(crate) result: Option<serde_json::Value>,
 }
 
-fn masked_param(v: &serde_json::Value) -> String {
+/// A parameter as a viewer may see it: string leaves pass the viewer's masking.
+fn shown_param(
+    v: &serde_json::Value,
+    masking: &crate::mask::plan::RequestMasking,
+) -> serde_json::Value {
+    use serde_json::Value;
     match v {
-        serde_json::Value::Null => "null".into(),
-        serde_json::Value::Bool(_) => "boolean".into(),
-        serde_json::Value::Number(_) => "number".into(),
-        serde_json::Value::String(s) => format!("string({} chars)", s.chars().count()),
-        serde_json::Value::Array(a) => format!("array({} items)", a.len()),
-        serde_json::Value::Object(o) => format!("object({} keys)", o.len()),
+        Value::String(s) => Value::String(masking.text(s, &mut Default::default())),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|i| shown_param(i, masking)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), shown_param(v, masking)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
-pub(crate) fn view(r: &ReviewRecord) -> ReviewView {
+/// A review as `viewer` sees it.
+pub(crate) fn view(state: &AppState, viewer: &Principal, r: &ReviewRecord) -> ReviewView {
+    let masking = state.gateway.masking.for_request(viewer, &r.connection);
     ReviewView {
         id: r.id.clone(),
         execution_id: r.execution_id.clone(),
@@ -78,7 +91,12 @@ pub(crate) fn view(r: &ReviewRecord) -> ReviewView {
         connection: r.connection.clone(),
         statement: r.request.sql.clone(),
         statement_visible: crate::review::visible(&r.request.sql),
-        params: r.request.params.iter().map(masked_param).collect(),
+        params: r
+            .request
+            .params
+            .iter()
+            .map(|p| shown_param(p, &masking))
+            .collect(),
         max_rows: r.request.max_rows,
         timeout_ms: r.request.timeout_ms,
         facts: r.facts.clone(),
@@ -159,7 +177,7 @@ pub(crate) async fn list(
         reviews: records
             .iter()
             .filter(|r| auditor || may_review(r, &p))
-            .map(view)
+            .map(|r| view(&state, &p, r))
             .collect(),
     }))
 }
@@ -180,7 +198,7 @@ pub(crate) async fn get(
     if !(is_auditor(&state, &p) || may_review(&r, &p)) {
         return Err(Problem::not_found(format!("no review `{id}`")));
     }
-    Ok(Json(view(&r)))
+    Ok(Json(view(&state, &p, &r)))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -223,7 +241,7 @@ pub(crate) async fn approve(
         },
     )
     .await?;
-    Ok(Json(view(&r)))
+    Ok(Json(view(&state, &p, &r)))
 }
 
 /// Reject with a reason the agent can read.
@@ -260,7 +278,7 @@ pub(crate) async fn reject(
         },
     )
     .await?;
-    Ok(Json(view(&r)))
+    Ok(Json(view(&state, &p, &r)))
 }
 
 /// An execution as its requester sees it.

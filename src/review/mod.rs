@@ -252,8 +252,9 @@ pub fn approver_refusal(record: &ReviewRecord, who: &Principal) -> Option<&'stat
     None
 }
 
-/// Makes control and invisible characters visible, so a reviewer sees what will run:
-/// `\n` stays a newline, everything else non-printing becomes `\u{...}`.
+/// Makes control, invisible and non-ASCII space characters visible, so a reviewer sees what
+/// will run: `\n` stays a newline, everything else non-printing (and every space but
+/// U+0020) becomes `\u{...}`.
 pub fn visible(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     for c in sql.chars() {
@@ -262,9 +263,12 @@ pub fn visible(sql: &str) -> String {
             '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{00ad}'
         );
+        // Any space but the plain one (U+00A0, U+2000..U+200A, U+3000, ...) can make
+        // two texts look alike that parsers read differently.
+        let odd_space = c.is_whitespace() && c != ' ';
         if c == '\n' {
             out.push(c);
-        } else if c.is_control() || invisible {
+        } else if c.is_control() || invisible || odd_space || c == '\u{180e}' {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);
@@ -340,5 +344,6 @@ mod tests {
     #[test]
     fn invisible_characters_are_shown() {
         assert_eq!(visible("a\u{202e}b\tc\nd"), "a\\u{202e}b\\u{9}c\nd");
+        assert_eq!(visible("--\u{a0}x\u{3000}y z"), "--\\u{a0}x\\u{3000}y z");
     }
 }

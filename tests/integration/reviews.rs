@@ -86,7 +86,7 @@ async fn approve_then_run_exactly_once() {
     assert_eq!(s, 409, "{b}");
     assert_eq!(b["code"], "review_pending");
 
-    // The reviewer sees the statement, the facts and masked params.
+    // The reviewer sees the statement, the facts and the params.
     let alice = human(&a, "alice", &["dba"]);
     let (s, list) = a.get(&alice, "/v1/reviews").await;
     assert_eq!(s, 200, "{list}");
@@ -567,5 +567,42 @@ async fn wait_on_one_instance_approve_on_another_sharing_a_postgres_store() {
     assert_eq!(body["affected_rows"], 5);
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
     b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn reviewers_see_parameter_values_masked_unless_exempt() {
+    let masking =
+        "[[masking]]\nconnections = [\"demo\"]\ndetectors = [\"all\"]\nexempt_groups = [\"pii\"]\n";
+    let a = Airlock::start(&config(masking, "min_approvals = 1")).await;
+    let (s, held) = a
+        .query(
+            &a.agent(),
+            "demo",
+            json!({"sql": "UPDATE cities SET name = ? WHERE id = ?", "params": ["ada@example.com", 7]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{held}");
+    let review = held["review_id"].as_str().unwrap();
+    let (s, b) = a
+        .get(
+            &human(&a, "alice", &["dba"]),
+            &format!("/v1/reviews/{review}"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["params"][1], 7, "{b}");
+    assert!(
+        !b["params"][0].as_str().unwrap().contains("ada@example.com"),
+        "{b}"
+    );
+    let (s, b) = a
+        .get(
+            &human(&a, "erin", &["dba", "pii"]),
+            &format!("/v1/reviews/{review}"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["params"], json!(["ada@example.com", 7]), "{b}");
     a.stop().await;
 }
