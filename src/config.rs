@@ -219,7 +219,9 @@ fn default_write_idle_ms() -> u64 {
     30_000
 }
 fn default_header_read_ms() -> u64 {
-    10_000
+    // Also the keep-alive idle limit: long enough that clients reusing pooled connections
+    // rarely race the close, short enough that idle sockets cannot pile up.
+    30_000
 }
 fn default_body_read_ms() -> u64 {
     30_000
