@@ -216,6 +216,7 @@ pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Ad
         caller: &caller,
         name: &connection,
         approval: approval.as_ref(),
+        record_masking: &record_masking,
     };
     match steps.run(action, slot, &mut begin).await {
         Ok(Verdict::Ready {
@@ -343,6 +344,8 @@ struct Steps<'a> {
     caller: &'a Caller,
     name: &'a str,
     approval: Option<&'a ReviewRecord>,
+    /// The connection's masking for what the audit keeps (whoever asks).
+    record_masking: &'a RequestMasking,
 }
 
 impl Steps<'_> {
@@ -370,7 +373,6 @@ impl Steps<'_> {
             .map_err(|p| p.with("rule", "principal-pool-share"))?;
         check_operation(&conn, &action)?;
         conn.ensure_verified().await.map_err(Problem::from)?;
-        let record_masking = gw.masking.for_record(self.name);
         let (facts, work) = match action {
             Action::Query { request, streaming } => {
                 let limits = query_limits(&conn, &request, streaming)?;
@@ -386,7 +388,7 @@ impl Steps<'_> {
             }
             Action::Exec(request) => {
                 let (facts, plan) =
-                    super::command::inspect(&conn, request, begin, &record_masking)?;
+                    super::command::inspect(&conn, request, begin, self.record_masking)?;
                 (facts, Work::Command(plan))
             }
             Action::Shell(request) => {
