@@ -271,7 +271,7 @@ principals = ["group:agents"]
         .expect("inspect");
     }
     println!(
-        "  inspect (sqlparser)          {:>8.1} µs",
+        "  inspect (both parsers)       {:>8.1} µs",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
     let audit = Arc::new(state.gateway.audit.clone());
@@ -357,7 +357,8 @@ principals = ["group:agents"]
         for _ in 0..n {
             let facts =
                 airlock::inspect::sql::inspect(airlock::config::ConnectionKind::Postgres, &sql)
-                    .expect("inspect");
+                    .expect("inspect")
+                    .facts;
             std::hint::black_box(policy.decide(&agent, "demo", &facts));
         }
         println!(

@@ -112,8 +112,12 @@ pub struct AuditEvent {
     pub connection: Option<String>,
     /// `query`, `schema`, ...
     pub operation: String,
+    /// What runs: for SQL, Airlock's rendering of the inspected statement (masked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
+    /// The SQL text as the agent sent it, masked, when it differs from `statement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_count: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +179,7 @@ impl AuditEvent {
             connection: None,
             operation: operation.to_string(),
             statement: None,
+            submitted: None,
             params_count: None,
             facts: None,
             decision: None,

@@ -376,9 +376,9 @@ impl Steps<'_> {
         let (facts, work) = match action {
             Action::Query { request, streaming } => {
                 let limits = query_limits(&conn, &request, streaming)?;
-                let facts = self.inspect_sql(&conn, &request.sql, begin)?;
+                let (facts, statement) = self.inspect_sql(&conn, &request.sql, begin)?;
                 let plan = QueryPlan {
-                    sql: request.sql,
+                    sql: statement,
                     params: request.params,
                     max_rows: limits.max_rows,
                     timeout: Duration::from_millis(limits.timeout_ms),
@@ -479,20 +479,37 @@ impl Steps<'_> {
             })
     }
 
+    /// The facts of `sql` and the statement that runs: Airlock's rendering of the inspected
+    /// tree. Input the inspector could not account for has no rendering; if a rule admits
+    /// `unparsed` input explicitly, the agent's text runs as sent.
     fn inspect_sql(
         &self,
         conn: &Connection,
         sql: &str,
         begin: &mut AuditEvent,
-    ) -> Result<Facts, Problem> {
+    ) -> Result<(Facts, String), Problem> {
         let kind = conn
             .sql()
             .map(|b| b.kind())
             .ok_or_else(|| Problem::internal("not a SQL connection"))?;
-        let facts = inspect::sql::inspect(kind, sql).map_err(|e| {
+        let inspected = inspect::sql::inspect(kind, sql).map_err(|e| {
             Problem::new(Code::InvalidStatement, e.to_string()).with("rule", "inspect")
         })?;
+        let facts = inspected.facts;
         begin.facts = Some(facts.clone());
+        let statement = match inspected.statement {
+            Some(canonical) => {
+                if canonical != sql {
+                    begin.submitted = begin.statement.take();
+                    begin.statement = Some(
+                        self.record_masking
+                            .text(&canonical, &mut Default::default()),
+                    );
+                }
+                canonical
+            }
+            None => sql.to_string(),
+        };
         // One statement per request is a protocol rule, not a policy choice.
         if facts.statement_count > 1 {
             return Err(Problem::new(
@@ -504,7 +521,7 @@ impl Steps<'_> {
             )
             .with("rule", "single-statement"));
         }
-        Ok(facts)
+        Ok((facts, statement))
     }
 
     /// The policy's decision — or, for an approved run, the approval, if it still holds.

@@ -245,22 +245,91 @@ pub(crate) fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
     }
 }
 
+/// What inspection gives admission: the facts, and the statement to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspected {
+    pub facts: Facts,
+    /// Airlock's rendering of the inspected tree: what is sent to the database, shown to
+    /// reviewers, bound by approvals and kept in the audit. `None` when the input is
+    /// `unparsed` (there is then no inspected tree to render).
+    pub statement: Option<String>,
+}
+
 /// Inspects one request's SQL text.
-pub fn inspect(kind: ConnectionKind, sql: &str) -> Result<Facts, InspectError> {
+///
+/// The statement that runs is rendered from the parsed tree (see `canonical`), and is
+/// accepted only if it reads back to the same tree and facts and, on PostgreSQL, the
+/// server's own grammar agrees with every fact (see `postgres_grammar`). Anything else is
+/// `unparsed`.
+pub fn inspect(kind: ConnectionKind, sql: &str) -> Result<Inspected, InspectError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(InspectError::TooLong(sql.len()));
     }
     if sql.trim().is_empty() {
         return Err(InspectError::Empty);
     }
+    let unparsed = || Inspected {
+        facts: Facts::unparsed(),
+        statement: None,
+    };
+    let Some(tokens) = tokenize(kind, sql) else {
+        return Ok(unparsed());
+    };
+    // MySQL/MariaDB run what sqlparser reads as a comment.
     let executable_comment =
         kind == ConnectionKind::Mysql && (sql.contains("/*!") || sql.contains("/*M!"));
+    let strict = lexical::is_strict(kind, sql, &tokens);
     // No thread (resources exhausted), a panic in the parser, or input that is not exactly
     // parsed statements: nothing was accounted for.
-    let mut facts = with_parsed(kind, sql, |statements| analyse(kind, statements))
-        .unwrap_or_else(Facts::unparsed);
-    facts.unparsed |= executable_comment;
-    Ok(facts)
+    let Some((mut facts, statement)) = with_tokens(kind, tokens, |statements| {
+        let facts = analyse(kind, statements);
+        (facts, canonical::render(kind, statements))
+    }) else {
+        return Ok(unparsed());
+    };
+    facts.unparsed |= executable_comment || !strict;
+    if facts.unparsed || !runs_as_inspected(kind, &statement, &facts) {
+        facts.unparsed = true;
+        return Ok(Inspected {
+            facts,
+            statement: None,
+        });
+    }
+    Ok(Inspected {
+        facts,
+        statement: Some(statement),
+    })
+}
+
+/// Whether `statement` (the rendering of an inspected tree) is what was inspected: it
+/// parses back to a tree with the same rendering and the same facts, and on PostgreSQL the
+/// server's lexer and grammar agree with sqlparser on it.
+fn runs_as_inspected(kind: ConnectionKind, statement: &str, facts: &Facts) -> bool {
+    let Some(tokens) = tokenize(kind, statement) else {
+        return false;
+    };
+    let server_check = (kind == ConnectionKind::Postgres).then(|| tokens.clone());
+    let top_kinds = with_tokens(kind, tokens, |statements| {
+        let same =
+            analyse(kind, statements) == *facts && canonical::render(kind, statements) == statement;
+        same.then(|| statements.iter().map(classify).collect::<Vec<_>>())
+    })
+    .flatten();
+    match (top_kinds, server_check) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(top_kinds), Some(tokens)) => {
+            postgres_grammar::agrees(statement, &tokens, &top_kinds, facts)
+        }
+    }
+}
+
+/// sqlparser's tokens of `sql` in the connection's dialect, literals unescaped.
+fn tokenize(kind: ConnectionKind, sql: &str) -> Option<Vec<TokenWithSpan>> {
+    Tokenizer::new(dialect(kind).as_ref(), sql)
+        .with_unescape(true)
+        .tokenize_with_location()
+        .ok()
 }
 
 /// The one way SQL is parsed here, shared by the inspector and lineage: tokenize (a loop,
@@ -273,24 +342,29 @@ where
     R: Send,
     F: FnOnce(&[Statement]) -> R + Send,
 {
-    let tokens = Tokenizer::new(dialect(kind).as_ref(), sql)
-        .with_unescape(true)
-        .tokenize_with_location()
-        .ok()?;
+    with_tokens(kind, tokenize(kind, sql)?, |statements| walk(statements))
+}
+
+/// [`with_parsed`] from tokens already made; `walk` may rewrite the tree (the rendering does).
+fn with_tokens<R, F>(kind: ConnectionKind, tokens: Vec<TokenWithSpan>, walk: F) -> Option<R>
+where
+    R: Send,
+    F: FnOnce(&mut [Statement]) -> R + Send,
+{
     let weight = weight(&tokens);
     let parse_and_walk = move || {
         let dialect = dialect(kind);
         let mut parser = Parser::new(dialect.as_ref())
             .with_recursion_limit(RECURSION_LIMIT)
             .with_tokens_with_locations(tokens);
-        let statements = parser.parse_statements().ok()?;
+        let mut statements = parser.parse_statements().ok()?;
         // `parse_statements` stops without error at an `END` keyword where it expects a
         // statement delimiter, so `SELECT 1 END DELETE FROM t` would parse as one SELECT.
         if statements.is_empty() || parser.peek_token_ref().token != Token::EOF {
             return None;
         }
         // The tree is dropped at the end of this closure, on the same stack as the walk.
-        Some(walk(&statements))
+        Some(walk(&mut statements))
     };
     if weight <= INLINE_MAX_TOKENS {
         parse_and_walk()
@@ -913,10 +987,18 @@ impl Visitor for Walker {
     }
 }
 
+mod canonical;
 mod helpers;
+mod lexical;
+mod postgres_grammar;
 use helpers::*;
 pub(crate) use helpers::{fold, render};
+pub(crate) use lexical::invisible;
 
 #[cfg(test)]
 #[path = "sql_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "sql_props.rs"]
+mod props;

@@ -5,7 +5,7 @@ use FunctionClass as F;
 use StatementKind as K;
 
 fn facts(kind: ConnectionKind, sql: &str) -> Facts {
-    inspect(kind, sql).unwrap()
+    inspect(kind, sql).unwrap().facts
 }
 fn pg(sql: &str) -> Facts {
     facts(ConnectionKind::Postgres, sql)
@@ -241,7 +241,7 @@ fn garbage_never_panics() {
             ConnectionKind::Mysql,
             ConnectionKind::Sqlite,
         ] {
-            if let Ok(f) = inspect(kind, &sql) {
+            if let Ok(Inspected { facts: f, .. }) = inspect(kind, &sql) {
                 assert!(f.statement_count >= 1);
                 assert!(!f.kinds.is_empty());
             }
@@ -851,13 +851,13 @@ fn locking_reads_are_their_own_kind() {
             "SELECT * FROM t FOR UPDATE NOWAIT",
             "SELECT * FROM (SELECT * FROM t FOR UPDATE) x",
         ] {
-            let f = inspect(kind, sql).unwrap();
+            let f = facts(kind, sql);
             assert!(
                 f.unparsed || f.kinds.contains(&StatementKind::LockingRead),
                 "{kind:?} {sql}: {f:?}"
             );
         }
-        let f = inspect(kind, "SELECT * FROM t").unwrap();
+        let f = facts(kind, "SELECT * FROM t");
         assert!(!f.kinds.contains(&StatementKind::LockingRead));
     }
     // Forms the parser does not know are unparsed, so denied by default.
@@ -869,7 +869,7 @@ fn locking_reads_are_their_own_kind() {
         (ConnectionKind::Postgres, "SELECT * FROM t FOR KEY SHARE"),
         (ConnectionKind::Mysql, "SELECT * FROM t LOCK IN SHARE MODE"),
     ] {
-        let f = inspect(kind, sql).unwrap();
+        let f = facts(kind, sql);
         assert!(
             f.unparsed || f.kinds.contains(&StatementKind::LockingRead),
             "{kind:?} {sql}: {f:?}"

@@ -258,17 +258,13 @@ pub fn approver_refusal(record: &ReviewRecord, who: &Principal) -> Option<&'stat
 pub fn visible(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     for c in sql.chars() {
-        let invisible = matches!(
-            c,
-            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{00ad}'
-        );
+        let invisible = crate::inspect::sql::invisible(c);
         // Any space but the plain one (U+00A0, U+2000..U+200A, U+3000, ...) can make
         // two texts look alike that parsers read differently.
         let odd_space = c.is_whitespace() && c != ' ';
         if c == '\n' {
             out.push(c);
-        } else if c.is_control() || invisible || odd_space || c == '\u{180e}' {
+        } else if c.is_control() || invisible || odd_space {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);

@@ -20,4 +20,5 @@ mod postgres;
 mod quickstart;
 mod reviews;
 mod shells;
+mod sql_integrity;
 mod ssh;

@@ -222,7 +222,7 @@ async fn timeout_cancels_the_statement_on_the_server() {
         .query(
             &a.agent(),
             "pg",
-            json!({"sql": "SELECT pg_sleep(30) /* t-timeout */", "timeout_ms": 500}),
+            json!({"sql": "SELECT pg_sleep(30), 't-timeout'", "timeout_ms": 500}),
         )
         .await;
     assert_eq!(s, 504, "{b}");
@@ -245,7 +245,7 @@ async fn client_disconnect_cancels_the_statement_and_audit_says_so() {
         .http
         .post(format!("{}/v1/connections/pg/query", a.base))
         .bearer_auth(a.agent())
-        .json(&json!({"sql": "SELECT pg_sleep(30) /* t-disconnect */"}))
+        .json(&json!({"sql": "SELECT pg_sleep(30), 't-disconnect'"}))
         .send();
     // Give up on the request while it runs: the client goes away.
     let _ = tokio::time::timeout(Duration::from_millis(1500), req).await;
@@ -277,7 +277,7 @@ async fn audit_begin_is_stored_before_the_statement_runs() {
         reqwest::Client::new()
             .post(format!("{base}/v1/connections/pg/query"))
             .bearer_auth(token)
-            .json(&json!({"sql": "SELECT pg_sleep(2) /* t-order */"}))
+            .json(&json!({"sql": "SELECT pg_sleep(2), 't-order'"}))
             .send()
             .await
             .unwrap()
@@ -461,7 +461,7 @@ async fn pool_exhaustion_is_503_with_retry_after() {
         reqwest::Client::new()
             .post(format!("{base}/v1/connections/pg/query"))
             .bearer_auth(token)
-            .json(&json!({"sql": "SELECT pg_sleep(2) /* t-busy */"}))
+            .json(&json!({"sql": "SELECT pg_sleep(2), 't-busy'"}))
             .send()
             .await
             .unwrap()
@@ -511,7 +511,7 @@ async fn one_agents_slow_queries_leave_the_pool_to_others() {
             reqwest::Client::new()
                 .post(format!("{base}/v1/connections/pg/query"))
                 .bearer_auth(token)
-                .json(&json!({"sql": "SELECT pg_sleep(2) /* t-hog */"}))
+                .json(&json!({"sql": "SELECT pg_sleep(2), 't-hog'"}))
                 .send()
                 .await
                 .unwrap()
@@ -566,7 +566,7 @@ async fn a_client_that_stops_reading_is_cut_and_its_query_cancelled() {
     // Raw socket: send the request, then never read the response.
     let addr = a.base.trim_start_matches("http://").to_string();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let body = json!({"sql": "SELECT g, repeat('x', 200) /* t-slow */ FROM generate_series(1, 5000000) g"}).to_string();
+    let body = json!({"sql": "SELECT g, repeat('x', 200), 't-slow' FROM generate_series(1, 5000000) g"}).to_string();
     let req = format!(
         "POST /v1/connections/pg/query HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\naccept: application/x-ndjson\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         a.agent(),
@@ -610,7 +610,7 @@ async fn shutdown_drains_then_cancels_and_audits() {
             reqwest::Client::new()
                 .post(format!("{base}/v1/connections/pg/query"))
                 .bearer_auth(token)
-                .json(&json!({"sql": "SELECT pg_sleep(1) /* t-drain */"}))
+                .json(&json!({"sql": "SELECT pg_sleep(1), 't-drain'"}))
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
@@ -620,7 +620,7 @@ async fn shutdown_drains_then_cancels_and_audits() {
         reqwest::Client::new()
             .post(format!("{base}/v1/connections/pg/query"))
             .bearer_auth(token)
-            .json(&json!({"sql": "SELECT pg_sleep(60) /* t-long */"}))
+            .json(&json!({"sql": "SELECT pg_sleep(60), 't-long'"}))
             .send()
             .await
             .map(|r| r.status().as_u16())

@@ -173,21 +173,28 @@ pub(crate) fn fold(kind: ConnectionKind, ident: &Ident) -> String {
 
 /// A qualified name, parts folded and joined by '.'; `None` for an empty name.
 pub(crate) fn render(kind: ConnectionKind, parts: &[&Ident]) -> Option<String> {
+    let folded: Vec<String> = parts.iter().map(|ident| fold(kind, ident)).collect();
+    join_parts(&folded)
+}
+
+/// Folded name parts joined by '.': a part that contains `.` or `"` is written
+/// double-quoted, so a table named `a.b` cannot pose as schema `a`, table `b`.
+pub(crate) fn join_parts<S: AsRef<str>>(parts: &[S]) -> Option<String> {
     if parts.is_empty() {
         return None;
     }
     let mut out = String::new();
-    for (i, ident) in parts.iter().enumerate() {
+    for (i, part) in parts.iter().enumerate() {
+        let part = part.as_ref();
         if i > 0 {
             out.push('.');
         }
-        let part = fold(kind, ident);
         if part.contains(['.', '"']) {
             out.push('"');
             out.push_str(&part.replace('"', "\"\""));
             out.push('"');
         } else {
-            out.push_str(&part);
+            out.push_str(part);
         }
     }
     Some(out)
