@@ -82,6 +82,13 @@ pub struct Lineage {
     /// Some reference could not be resolved at all (unknown table, unparsed input,
     /// unsupported construct).
     pub incomplete: bool,
+    /// Per output, whether it is a stored value passed through unchanged: a bare column of a
+    /// table named in the FROM list of a plain `SELECT` (no set operation, no CTE, no
+    /// derived table, no function in FROM). Anything else — any function, operator, cast,
+    /// aggregate, `RETURNING`, `UNION` with other values — may be a value the agent chose or
+    /// shaped, so `partial` and `hash` do not apply to it (see `mask::plan`). Conservative:
+    /// `false` wherever this cannot be shown; missing entries count as `false`.
+    pub unchanged: Vec<bool>,
 }
 
 /// Rounds of a recursive CTE's fixpoint before its lineage is given up as `Unknown`. Each
@@ -105,6 +112,7 @@ pub fn lineage(
         return unfollowed(result_columns);
     };
     let mut incomplete = analysis.incomplete;
+    let unchanged = analysis.unchanged.resolve(result_columns);
     let outputs = match analysis.relation {
         Some(Relation::Columns(columns)) if columns.len() == result_columns => {
             columns.into_iter().map(|c| c.lineage).collect()
@@ -123,6 +131,7 @@ pub fn lineage(
         outputs,
         predicate_columns: analysis.predicates,
         incomplete,
+        unchanged,
     }
 }
 
@@ -133,17 +142,19 @@ pub fn lineage_before_running(kind: ConnectionKind, sql: &str, schema: &SchemaIn
     let Some(analysis) = analysis(kind, sql, schema) else {
         return unfollowed(0);
     };
-    let (outputs, opaque) = match analysis.relation {
+    let (outputs, opaque): (Vec<OutputLineage>, bool) = match analysis.relation {
         Some(Relation::Columns(columns)) => {
             (columns.into_iter().map(|c| c.lineage).collect(), false)
         }
         Some(Relation::Opaque(union)) => (vec![union], true),
         None => (Vec::new(), false),
     };
+    let unchanged = analysis.unchanged.resolve(outputs.len());
     Lineage {
         outputs,
         predicate_columns: analysis.predicates,
         incomplete: analysis.incomplete || opaque,
+        unchanged,
     }
 }
 
@@ -164,6 +175,7 @@ fn unfollowed(result_columns: usize) -> Lineage {
         outputs: vec![OutputLineage::Unknown; result_columns],
         predicate_columns: BTreeSet::new(),
         incomplete: true,
+        unchanged: Vec::new(),
     }
 }
 
@@ -172,6 +184,72 @@ struct Analysis {
     relation: Option<Relation>,
     predicates: BTreeSet<SourceColumn>,
     incomplete: bool,
+    unchanged: Unchanged,
+}
+
+/// Which outputs pass a stored value through unchanged (see [`Lineage::unchanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unchanged {
+    /// Every output, however many a wildcard expands to.
+    All,
+    /// Per projection item, when no wildcard makes the count unknown.
+    Each(Vec<bool>),
+    None,
+}
+
+impl Unchanged {
+    /// Aligned to `outputs` outputs; a count that does not match is not trusted.
+    fn resolve(&self, outputs: usize) -> Vec<bool> {
+        match self {
+            Unchanged::All => vec![true; outputs],
+            Unchanged::Each(each) if each.len() == outputs => each.clone(),
+            Unchanged::Each(_) | Unchanged::None => vec![false; outputs],
+        }
+    }
+
+    /// For one statement.
+    fn of(statement: &Statement) -> Unchanged {
+        let Statement::Query(query) = statement else {
+            return Unchanged::None;
+        };
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return Unchanged::None;
+        };
+        let plain_from = select.from.iter().all(|twj| {
+            std::iter::once(&twj.relation)
+                .chain(twj.joins.iter().map(|j| &j.relation))
+                .all(|f| matches!(f, TableFactor::Table { args: None, .. }))
+        });
+        if query.with.is_some() || !plain_from || select.into.is_some() {
+            return Unchanged::None;
+        }
+        let mut each = Vec::new();
+        let mut wildcard = false;
+        for item in &select.projection {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    each.push(matches!(
+                        e,
+                        Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+                    ));
+                }
+                // `* REPLACE (expr AS col)` puts an expression under a column's name.
+                SelectItem::Wildcard(options) | SelectItem::QualifiedWildcard(_, options)
+                    if options.opt_replace.is_some() =>
+                {
+                    return Unchanged::None;
+                }
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => wildcard = true,
+                // One expression under several names: its output count is not one.
+                SelectItem::ExprWithAliases { .. } => return Unchanged::None,
+            }
+        }
+        match (wildcard, each.iter().all(|b| *b)) {
+            (true, true) => Unchanged::All,
+            (true, false) => Unchanged::None,
+            (false, _) => Unchanged::Each(each),
+        }
+    }
 }
 
 /// Analyses the parsed statements; `None` unless they are exactly one statement.
@@ -193,6 +271,7 @@ fn analyse(
     let relation = ctx.statement(statement);
     Some(Analysis {
         relation,
+        unchanged: Unchanged::of(statement),
         predicates: ctx.predicates,
         incomplete: ctx.incomplete,
     })

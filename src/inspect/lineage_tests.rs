@@ -742,3 +742,42 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn only_bare_columns_of_plain_selects_are_unchanged() {
+    let schema = schema();
+    let unchanged =
+        |sql: &str, n: usize| super::lineage(ConnectionKind::Postgres, sql, &schema, n).unchanged;
+    assert_eq!(
+        unchanged("SELECT card, c.name AS n FROM customers c", 2),
+        [true, true]
+    );
+    assert_eq!(unchanged("SELECT * FROM customers", 5), [true; 5]);
+    assert_eq!(
+        unchanged(
+            "SELECT c.card FROM customers c JOIN orders o ON o.customer_id = c.id",
+            1
+        ),
+        [true]
+    );
+    for sql in [
+        "SELECT '00000' || substr(card, 1, 4) FROM customers",
+        "SELECT card FROM customers UNION SELECT 'guess'",
+        "SELECT upper(card) FROM customers",
+        "SELECT card::text FROM customers",
+        "WITH c AS (SELECT substr(card, 1, 4) AS card FROM customers) SELECT card FROM c",
+        "SELECT card FROM (SELECT substr(card, 1, 4) AS card FROM customers) d",
+        "SELECT max(card) FROM customers",
+        "SELECT coalesce(card, 'x') FROM customers",
+    ] {
+        assert_eq!(unchanged(sql, 1), [false], "{sql}");
+    }
+    assert_eq!(
+        unchanged("SELECT *, upper(card) FROM customers", 6),
+        [false; 6]
+    );
+    assert_eq!(
+        unchanged("SELECT card, upper(card) FROM customers", 2),
+        [true, false]
+    );
+}

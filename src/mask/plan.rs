@@ -166,12 +166,18 @@ impl RequestMasking {
         })
     }
 
-    /// Per output column, from the statement's lineage.
+    /// Per output column, from the statement's lineage. `partial` and `hash` apply only to
+    /// a stored value passed through unchanged: on anything derived from a protected column
+    /// (`'00000' || substr(card, k, 4)` would give up four new digits per projection) or
+    /// anything the agent could have chosen (a literal `UNION`ed into a hashed column turns
+    /// the pseudonym into a dictionary oracle) they become `redact`.
     pub fn plan(&self, lineage: &Lineage) -> Vec<ColumnTreatment> {
         lineage
             .outputs
             .iter()
-            .map(|out| match out {
+            .enumerate()
+            .map(|(i, out)| (lineage.unchanged.get(i).copied().unwrap_or(false), out))
+            .map(|(unchanged, out)| match out {
                 _ if !self.has_column_rules() => ColumnTreatment::Scan,
                 OutputLineage::Unknown => ColumnTreatment::Whole(ColumnStrategy::Redact),
                 OutputLineage::Known(sources) => {
@@ -190,7 +196,13 @@ impl RequestMasking {
                             });
                         }
                     }
-                    best.map_or(ColumnTreatment::Scan, ColumnTreatment::Whole)
+                    match best {
+                        None => ColumnTreatment::Scan,
+                        Some(ColumnStrategy::Partial | ColumnStrategy::Hash) if !unchanged => {
+                            ColumnTreatment::Whole(ColumnStrategy::Redact)
+                        }
+                        Some(strategy) => ColumnTreatment::Whole(strategy),
+                    }
                 }
             })
             .collect()

@@ -289,3 +289,123 @@ columns = [{{ column = "ssn", strategy = "redact" }}, {{ column = "customers.ema
     assert!(b["rows"][0][2].as_str().unwrap().starts_with("h:"), "{b}");
     a.stop().await;
 }
+
+/// `partial` and `hash` apply only to a stored value passed through unchanged: derived
+/// values and values the agent could have chosen are redacted whole, on both databases.
+#[tokio::test]
+async fn partial_and_hash_apply_only_to_unchanged_values() {
+    const CARD: &str = "4111111111111111";
+    const EMAIL: &str = "ada@example.com";
+    let pg = PgDb::create().await;
+    pg.owner()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE customers (id int PRIMARY KEY, card text, email text);
+             INSERT INTO customers VALUES (1, '{CARD}', '{EMAIL}');"
+        ))
+        .await
+        .unwrap();
+    let my = MyDb::create().await;
+    {
+        use mysql_async::prelude::Queryable;
+        my.admin()
+            .await
+            .query_drop(format!(
+                "CREATE TABLE customers (id INT PRIMARY KEY, card TEXT, email TEXT);
+                 INSERT INTO customers VALUES (1, '{CARD}', '{EMAIL}');"
+            ))
+            .await
+            .unwrap();
+    }
+    let a = Airlock::start(&format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "pg"
+kind = "postgres"
+url = "{pg}"
+[[connections]]
+name = "my"
+kind = "mysql"
+url = "{my}"
+
+[[rules]]
+id = "agents"
+action = "allow"
+connections = ["pg", "my"]
+principals = ["group:agents"]
+
+[[masking]]
+connections = ["pg", "my"]
+columns = [{{ column = "customers.card", strategy = "partial" }}, {{ column = "customers.email", strategy = "hash" }}]
+"#,
+        pg = pg.url(),
+        my = my.url()
+    ))
+    .await;
+    let t = a.agent();
+    for conn in ["pg", "my"] {
+        let concat = if conn == "pg" {
+            "'00000' || substr(card, {k}, 4)"
+        } else {
+            "CONCAT('00000', SUBSTR(card, {k}, 4))"
+        };
+        // The stored value, unchanged: the last four digits stay, the email is a pseudonym.
+        let (s, b) = a
+            .query(
+                &t,
+                conn,
+                json!({ "sql": "SELECT card, email FROM customers" }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let card = b["rows"][0][0].as_str().unwrap().to_string();
+        let pseudonym = b["rows"][0][1].as_str().unwrap().to_string();
+        assert!(card.ends_with("1111") && !card.contains(CARD), "{card}");
+        assert_ne!(pseudonym, EMAIL);
+        // Four projections of shifted substrings: each is derived, so each is redacted.
+        let projections: Vec<String> = [1, 5, 9, 13]
+            .iter()
+            .map(|k| concat.replace("{k}", &k.to_string()))
+            .collect();
+        let sql = format!("SELECT {} FROM customers", projections.join(", "));
+        let (s, b) = a.query(&t, conn, json!({ "sql": sql })).await;
+        assert_eq!(s, 200, "{b}");
+        let text = b["rows"].to_string();
+        for chunk in ["4111", "1111"] {
+            assert!(
+                !text.contains(chunk),
+                "{conn}: {sql} leaked {chunk}: {text}"
+            );
+        }
+        // A guess UNIONed into the hashed column would be hashed with the same key: the
+        // union is redacted, so no pseudonym can be matched against a dictionary.
+        let (s, b) = a
+            .query(
+                &t,
+                conn,
+                json!({ "sql": format!("SELECT email FROM customers UNION ALL SELECT '{EMAIL}'") }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let rows = b["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows.iter()
+                .all(|r| r[0].as_str() != Some(pseudonym.as_str())),
+            "{conn}: the pseudonym was computed over an agent's value: {b}"
+        );
+        assert!(!b.to_string().contains(EMAIL));
+        // `lower(email)` is derived: redacted, not hashed.
+        let (s, b) = a
+            .query(
+                &t,
+                conn,
+                json!({ "sql": "SELECT lower(email) FROM customers" }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        assert_ne!(b["rows"][0][0].as_str(), Some(pseudonym.as_str()), "{b}");
+        assert!(!b.to_string().contains(EMAIL));
+    }
+    a.stop().await;
+}

@@ -566,7 +566,9 @@ async fn a_client_that_stops_reading_is_cut_and_its_query_cancelled() {
     // Raw socket: send the request, then never read the response.
     let addr = a.base.trim_start_matches("http://").to_string();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let body = json!({"sql": "SELECT g, repeat('x', 200), 't-slow' FROM generate_series(1, 5000000) g"}).to_string();
+    let body =
+        json!({"sql": "SELECT g, repeat('x', 200), 't-slow' FROM generate_series(1, 5000000) g"})
+            .to_string();
     let req = format!(
         "POST /v1/connections/pg/query HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\naccept: application/x-ndjson\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         a.agent(),
