@@ -638,23 +638,26 @@ fn query_limits(
     })
 }
 
-/// Why strict masking refuses the statement, if it does. A protected column may not be
-/// used to filter, join, group or sort (`WHERE ssn LIKE '1%'` answers questions about it
-/// one row count at a time), and every output must be traceable. Protected columns inside
-/// projected expressions are not refused: such outputs are masked whole.
+/// Why strict masking refuses the statement, if it does. The guarantee: a protected column
+/// appears only as a directly selected column of a plain top-level `SELECT` (then masked).
+/// Anywhere else — a predicate, join, grouping, ordering, window, LIMIT, a function argument
+/// (in the projection or in FROM, where a set-returning function's row count spells the
+/// value out), an expression, a subquery — it answers questions about the value, so the
+/// statement is refused; so is a statement whose outputs cannot all be traced.
 async fn strict_refusal(masking: &RequestMasking, conn: &Connection, sql: &str) -> Option<String> {
     if !masking.strict() || !masking.has_column_rules() {
         return None;
     }
+    let kind = conn.config.kind;
     let schema = conn.schema_info().await;
-    let lineage = crate::inspect::lineage::lineage_before_running(conn.config.kind, sql, &schema);
+    let lineage = crate::inspect::lineage::lineage_before_running(kind, sql, &schema);
     if let Some(c) = lineage
         .predicate_columns
         .iter()
         .find(|c| masking.protection(c).is_some())
     {
         return Some(format!(
-            "the statement filters, joins, groups or sorts on the protected column `{}.{}`; strict masking does not allow that",
+            "the statement filters, joins, groups, sorts or generates rows on the protected column `{}.{}`; strict masking does not allow that",
             c.table, c.column
         ));
     }
@@ -665,6 +668,29 @@ async fn strict_refusal(masking: &RequestMasking, conn: &Connection, sql: &str) 
     if lineage.incomplete || unknown {
         return Some(
             "strict masking cannot trace where every output column comes from; name the columns and avoid functions it does not know"
+                .into(),
+        );
+    }
+    let derived = lineage.outputs.iter().enumerate().any(|(i, o)| {
+        let crate::inspect::lineage::OutputLineage::Known(sources) = o else {
+            return true;
+        };
+        !lineage.unchanged.get(i).copied().unwrap_or(false)
+            && sources.iter().any(|s| masking.protection(s).is_some())
+    });
+    let protected_name = |column: &str| {
+        masking
+            .protection(&crate::inspect::lineage::SourceColumn {
+                table: "*".into(),
+                column: column.to_string(),
+            })
+            .is_some()
+    };
+    let references = crate::inspect::lineage::protected_references(kind, sql, &protected_name);
+    let indirect = references.is_none_or(|(total, direct)| total > direct);
+    if derived || indirect {
+        return Some(
+            "strict masking allows a protected column only as a directly selected column of a plain SELECT (`SELECT ssn FROM customers`); here it is used in an expression, a function, a subquery or a clause"
                 .into(),
         );
     }

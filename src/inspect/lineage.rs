@@ -158,6 +158,77 @@ pub fn lineage_before_running(kind: ConnectionKind, sql: &str, schema: &SchemaIn
     }
 }
 
+/// References to columns that may be protected, for strict masking: how many identifiers
+/// anywhere in the statement name such a column (`protected` is asked by the column name
+/// alone, folded like an identifier), and how many of those are bare columns projected by a
+/// plain top-level `SELECT` (see [`Lineage::unchanged`]). `None`: not one parsed statement.
+/// Syntactic on purpose: a reference in a subquery, a FROM function, an expression or a
+/// clause counts whatever the lineage makes of it.
+pub fn protected_references(
+    kind: ConnectionKind,
+    sql: &str,
+    protected: &(dyn Fn(&str) -> bool + Sync),
+) -> Option<(usize, usize)> {
+    sql::with_parsed(kind, sql, |statements| {
+        let [statement] = statements else {
+            return None;
+        };
+        let mut counter = References {
+            kind,
+            protected,
+            total: 0,
+        };
+        let _ = statement.visit(&mut counter);
+        let mut direct = 0;
+        if let (Statement::Query(query), Unchanged::All | Unchanged::Each(_)) =
+            (statement, Unchanged::of(statement))
+            && let SetExpr::Select(select) = query.body.as_ref()
+        {
+            for item in &select.projection {
+                if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
+                    && counter.names(e)
+                {
+                    direct += 1;
+                }
+            }
+        }
+        Some((counter.total, direct))
+    })
+    .flatten()
+}
+
+struct References<'a> {
+    kind: ConnectionKind,
+    protected: &'a (dyn Fn(&str) -> bool + Sync),
+    total: usize,
+}
+
+impl References<'_> {
+    /// Whether `expr` is a bare reference to a column that may be protected.
+    fn names(&self, expr: &Expr) -> bool {
+        let last = match expr {
+            Expr::Identifier(ident) => ident,
+            Expr::CompoundIdentifier(parts) => match parts.last() {
+                Some(last) => last,
+                None => return false,
+            },
+            _ => return false,
+        };
+        (self.protected)(&sql::fold(self.kind, last))
+    }
+}
+
+impl sqlparser::ast::Visitor for References<'_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> std::ops::ControlFlow<()> {
+        if self.names(expr) {
+            self.total += 1;
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
 /// Parses and analyses, after the same refusals as the inspector.
 fn analysis(kind: ConnectionKind, sql: &str, schema: &SchemaInfo) -> Option<Analysis> {
     let refused = sql.len() > MAX_SQL_BYTES

@@ -273,6 +273,21 @@ columns = [{{ column = "ssn", strategy = "redact" }}, {{ column = "customers.ema
         "SELECT count(*) FROM customers GROUP BY ssn",
         "SELECT a.id FROM customers a JOIN customers b ON a.ssn = b.ssn",
         "SELECT peek(name) FROM customers",
+        // Row multiplicity: a set-returning function sized by the value, counted outside.
+        "SELECT count(*) FROM customers, generate_series(1, ascii(substr(ssn, 1, 1)))",
+        "SELECT count(*) FROM customers c, LATERAL generate_series(1, length(c.ssn)) g",
+        "SELECT count(*) FROM (SELECT generate_series(1, ascii(ssn)) FROM customers) x",
+        "SELECT generate_series(1, ascii(ssn)) FROM customers",
+        // Anywhere but a directly selected column.
+        "SELECT upper(ssn) FROM customers",
+        "SELECT ssn, ssn || '' FROM customers",
+        "SELECT (SELECT ssn FROM customers LIMIT 1)",
+        "SELECT id FROM customers LIMIT (SELECT length(ssn) FROM customers LIMIT 1)",
+        "SELECT id, row_number() OVER (ORDER BY ssn) FROM customers",
+        "SELECT to_json(c) FROM customers c",
+        "SELECT ssn FROM customers UNION SELECT '1'",
+        "WITH x AS (SELECT ssn FROM customers) SELECT ssn FROM x",
+        "SELECT count(*) FROM customers WHERE EXISTS (SELECT 1 FROM customers WHERE ssn > '5')",
     ] {
         let (s, b) = a.query(&t, "pg", json!({ "sql": sql })).await;
         assert_eq!(s, 403, "{sql}: {b}");
@@ -287,6 +302,15 @@ columns = [{{ column = "ssn", strategy = "redact" }}, {{ column = "customers.ema
         .await;
     assert_eq!(s, 200, "{b}");
     assert!(b["rows"][0][2].as_str().unwrap().starts_with("h:"), "{b}");
+    for sql in [
+        "SELECT ssn FROM customers",
+        "SELECT c.ssn AS s, c.name FROM customers c",
+        "SELECT * FROM customers",
+    ] {
+        let (s, b) = a.query(&t, "pg", json!({ "sql": sql })).await;
+        assert_eq!(s, 200, "{sql}: {b}");
+        assert!(!b.to_string().contains("123-45-6789"), "{sql}: {b}");
+    }
     a.stop().await;
 }
 
@@ -407,5 +431,62 @@ columns = [{{ column = "customers.card", strategy = "partial" }}, {{ column = "c
         assert_ne!(b["rows"][0][0].as_str(), Some(pseudonym.as_str()), "{b}");
         assert!(!b.to_string().contains(EMAIL));
     }
+    a.stop().await;
+}
+
+/// Strict mode on MariaDB: row multiplicity through `JSON_TABLE` or a recursive CTE sized by
+/// a protected value is refused before anything runs; a directly selected column is masked.
+#[tokio::test]
+async fn mariadb_strict_mode_refuses_multiplicity_channels() {
+    use mysql_async::prelude::Queryable;
+    let db = MyDb::create().await;
+    db.admin()
+        .await
+        .query_drop(
+            "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT, ssn TEXT);
+             INSERT INTO customers VALUES (1, 'Ada', '123-45-6789');",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&format!(
+        r#"{DEV_ISSUER}
+[[connections]]
+name = "my"
+kind = "mysql"
+url = "{url}"
+
+[[rules]]
+id = "agents"
+action = "allow"
+connections = ["my"]
+principals = ["group:agents"]
+
+[[masking]]
+connections = ["my"]
+strict = true
+columns = [{{ column = "ssn", strategy = "redact" }}]
+"#,
+        url = db.url()
+    ))
+    .await;
+    let t = a.agent();
+    for sql in [
+        "SELECT COUNT(*) FROM customers c, JSON_TABLE(CONCAT('[', REPEAT('1,', ASCII(c.ssn)), '1]'), '$[*]' COLUMNS (x INT PATH '$')) j",
+        "WITH RECURSIVE r (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < (SELECT ASCII(ssn) FROM customers LIMIT 1)) SELECT COUNT(*) FROM r",
+        "SELECT COUNT(*) FROM customers WHERE ssn LIKE '1%'",
+        "SELECT LENGTH(ssn) FROM customers",
+    ] {
+        let (s, b) = a.query(&t, "my", json!({ "sql": sql })).await;
+        assert!(s == 403 || s == 400, "{sql}: {s} {b}");
+        assert!(!b.to_string().contains("123-45-6789"), "{sql}: {b}");
+        if s == 403 {
+            assert_eq!(b["rule"], "masking-strict", "{sql}: {b}");
+        }
+    }
+    let (s, b) = a
+        .query(&t, "my", json!({ "sql": "SELECT id, ssn FROM customers" }))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(!b.to_string().contains("123-45-6789"), "{b}");
     a.stop().await;
 }

@@ -530,6 +530,12 @@ impl Ctx<'_> {
         let mut walker = Walker::new(self, scope, ctes, &[], false);
         walker.wildcard_args(args, false);
         let _ = args.visit(&mut walker);
-        walker.data
+        let data = walker.data;
+        // A function in FROM decides how many rows there are (`generate_series(1,
+        // ascii(ssn))`): what its arguments read shapes the result like a predicate.
+        if let OutputLineage::Known(columns) = &data {
+            self.predicates.extend(columns.iter().cloned());
+        }
+        data
     }
 }
