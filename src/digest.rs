@@ -14,6 +14,12 @@ pub fn digest(parts: &[&[u8]]) -> String {
     hex::encode(ctx.finish().as_ref())
 }
 
+/// Plain SHA-256 of `bytes`, hex: what `sha256sum` prints, so an auditor can check a
+/// payload against the record.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
 /// JSON with object keys sorted at every level and no insignificant whitespace, so equal
 /// values always encode to equal bytes whatever order they were built in.
 pub fn canonical_json(value: &Value) -> String {

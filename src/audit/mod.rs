@@ -120,6 +120,12 @@ pub struct AuditEvent {
     pub submitted: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_count: Option<usize>,
+    /// A command's standard input: its length in bytes and SHA-256 (hex). The content itself
+    /// is in the session's recording, masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::inspect::Facts>,
     /// `allow` | `deny` | `review`.
@@ -181,6 +187,8 @@ impl AuditEvent {
             statement: None,
             submitted: None,
             params_count: None,
+            stdin_bytes: None,
+            stdin_sha256: None,
             facts: None,
             decision: None,
             rule: None,

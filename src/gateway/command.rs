@@ -128,6 +128,12 @@ pub(crate) fn inspect(
         None => shown,
     };
     begin.statement = Some(record_masking.text(&shown, &mut Default::default()));
+    // What the program will read is on record before it runs: its size and digest here,
+    // its content (masked) in the recording.
+    if let Some(stdin) = &req.stdin {
+        begin.stdin_bytes = Some(stdin.len() as u64);
+        begin.stdin_sha256 = Some(crate::digest::sha256_hex(stdin.as_bytes()));
+    }
     let all = Facts {
         statement_count: 1,
         unparsed: facts.unparsed,
@@ -196,6 +202,19 @@ pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
         None,
     )
     .await?;
+    if let Some(stdin) = &plan.stdin {
+        let shown = masking.text(stdin, &mut Default::default());
+        if recorder.input(&shown).await.is_err() {
+            // The recording is the only place the content is kept: without it, nothing runs.
+            let problem = Problem::recording_unavailable(
+                "the command's input could not be recorded, so nothing was run; retry later",
+            );
+            let mut ending = Ending::failed(outcome_of(&problem), &problem);
+            ending.recording_digest = recorder.finish("failed", None).await.ok();
+            record.finish(ending).await;
+            return Err(problem);
+        }
+    }
     let session_id = recorder.session_id().to_string();
     let execution_id = record.execution_id().to_string();
     let rule = record.rule().to_string();

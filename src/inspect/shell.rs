@@ -1052,6 +1052,7 @@ impl Lexer {
 // ---------------------------------------------------------------------------------------
 
 mod wrappers;
+pub use wrappers::inner_commands;
 use wrappers::*;
 
 #[cfg(test)]

@@ -256,32 +256,17 @@ impl Match {
         if self.unparsed == Some(true) && !c.unparsed && !admit {
             return false;
         }
-        let program = c.program.as_deref().unwrap_or("");
-        // An allow rule matches argv[0] literally (`/tmp/x/systemctl` is not `systemctl`);
-        // a deny or review rule also catches it by its basename (`/bin/rm` is `rm`).
-        let base = program.rsplit('/').next().unwrap_or(program);
-        let names: &[&str] = if admit { &[program] } else { &[program, base] };
-        if let Some(globs) = &self.programs
-            && !(c.program.is_some()
-                && globs
-                    .iter()
-                    .any(|g| names.iter().any(|n| glob::matches(g, n))))
-        {
-            return false;
-        }
-        if let Some(patterns) = &self.argv {
-            let hit = c.argv.as_ref().is_some_and(|argv| {
-                let mut by_base = argv.clone();
-                if let Some(first) = by_base.first_mut() {
-                    *first = base.to_string();
-                }
-                patterns
-                    .iter()
-                    .any(|p| argv_matches(p, argv) || (!admit && argv_matches(p, &by_base)))
+        // A deny or review rule also looks inside wrappers: `timeout 10 rm x` is `rm` too.
+        let inner = match (&c.argv, admit) {
+            (Some(argv), false) => crate::inspect::shell::inner_commands(argv),
+            _ => Vec::new(),
+        };
+        let named = self.names_program(c.program.as_deref(), c.argv.as_deref(), admit)
+            || inner.iter().any(|argv| {
+                self.names_program(argv.first().map(String::as_str), Some(argv), false)
             });
-            if !hit {
-                return false;
-            }
+        if !named {
+            return false;
         }
         if let Some(features) = &self.shell_features
             && !covers(admit, &c.features, |f| features.contains(f))
@@ -294,6 +279,38 @@ impl Match {
             // An allow rule admits a program that runs other programs only by naming it.
             (None, Some(_)) if admit => return false,
             _ => {}
+        }
+        true
+    }
+
+    /// The rule's `programs` and `argv` conditions (absent ones hold) for one command. An
+    /// allow rule matches argv[0] literally (`/tmp/x/systemctl` is not `systemctl`); a deny
+    /// or review rule also catches it by its basename (`/bin/rm` is `rm`).
+    fn names_program(&self, program: Option<&str>, argv: Option<&[String]>, admit: bool) -> bool {
+        let literal = program.unwrap_or("");
+        let base = literal.rsplit('/').next().unwrap_or(literal);
+        let names: &[&str] = if admit { &[literal] } else { &[literal, base] };
+        if let Some(globs) = &self.programs
+            && !(program.is_some()
+                && globs
+                    .iter()
+                    .any(|g| names.iter().any(|n| glob::matches(g, n))))
+        {
+            return false;
+        }
+        if let Some(patterns) = &self.argv {
+            let hit = argv.is_some_and(|argv| {
+                let mut by_base = argv.to_vec();
+                if let Some(first) = by_base.first_mut() {
+                    *first = base.to_string();
+                }
+                patterns
+                    .iter()
+                    .any(|p| argv_matches(p, argv) || (!admit && argv_matches(p, &by_base)))
+            });
+            if !hit {
+                return false;
+            }
         }
         true
     }
@@ -681,6 +698,72 @@ mod tests {
         let mut f = facts();
         f.tables_read = vec!["public.orders".into(), "public.secrets".into()];
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "no-secrets");
+    }
+
+    #[test]
+    fn deny_and_review_rules_look_inside_wrappers() {
+        let p = principal(&["agents"]);
+        let cmd = |argv: &[&str]| {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            Facts {
+                statement_count: 1,
+                command: Some(crate::inspect::shell::inspect_argv(&argv)),
+                ..Facts::default()
+            }
+        };
+        let no_rm = with_match(
+            "no-rm",
+            Action::Deny,
+            Match {
+                programs: Some(vec!["rm".into()]),
+                ..Match::default()
+            },
+        );
+        let review_git_push = with_match(
+            "review-push",
+            Action::Review,
+            Match {
+                argv: Some(vec!["git push *".into()]),
+                ..Match::default()
+            },
+        );
+        let runners = with_match(
+            "runners",
+            Action::Allow,
+            Match {
+                programs: Some(vec!["timeout".into(), "nice".into(), "sudo".into()]),
+                wrappers: Some(vec![Wrapper::Runner, Wrapper::Privilege]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![no_rm, review_git_push, runners], "test".into());
+        for argv in [
+            &["timeout", "10", "rm", "-rf", "/srv"][..],
+            &["nice", "-n", "5", "/bin/rm", "x"],
+            &["sudo", "-u", "app", "rm", "x"],
+            &["timeout", "5s", "sudo", "rm", "x"],
+            &["timeout", "10", "bash", "-c", "rm x"],
+        ] {
+            assert_eq!(
+                pol.decide(&p, "demo", &cmd(argv)).rule(),
+                "no-rm",
+                "{argv:?}"
+            );
+        }
+        assert_eq!(
+            pol.decide(
+                &p,
+                "demo",
+                &cmd(&["timeout", "60", "git", "push", "origin"])
+            )
+            .rule(),
+            "review-push"
+        );
+        assert_eq!(
+            pol.decide(&p, "demo", &cmd(&["timeout", "10", "ls", "/srv"]))
+                .rule(),
+            "runners"
+        );
     }
 
     #[test]

@@ -226,6 +226,55 @@ async fn commands_run_with_exit_codes_streams_and_stdin() {
     let (s, b) = exec(&a, json!({"argv": ["cat"], "stdin": "from stdin\n"})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["stdout"], "from stdin\n");
+    // What the program read is on record: its size and SHA-256 in the audit begin, its
+    // content (masked) as an input event of the recording.
+    let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
+    assert_eq!(events[0]["stdin_bytes"], 11, "{}", events[0]);
+    // `printf 'from stdin\n' | sha256sum`
+    assert_eq!(
+        events[0]["stdin_sha256"],
+        "6e6c7a6fbb477a6073df1eb4a3d66a72c357b85c7209a4e3aeb9cb2333c7c676"
+    );
+    let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
+    let cast = a
+        .http
+        .get(format!(
+            "{}/v1/sessions/{}/recording",
+            a.base,
+            b["session_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        cast.contains(r#""i", "from stdin\n""#) || cast.contains(r#""i","from stdin\n""#),
+        "{cast}"
+    );
+    let (s, b) = exec(
+        &a,
+        json!({"argv": ["cat"], "stdin": "card 4111-1111-1111-1111\n"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let cast = a
+        .http
+        .get(format!(
+            "{}/v1/sessions/{}/recording",
+            a.base,
+            b["session_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!cast.contains("4111-1111-1111-1111"), "{cast}");
     // Large output is capped, and says so.
     let (s, b) = exec(
         &a,

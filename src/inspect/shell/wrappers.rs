@@ -100,6 +100,25 @@ pub(super) fn wrapper_of(argv: &[String]) -> Option<Wrapper> {
     best
 }
 
+/// The commands a wrapper may run, for deny and review rules: every later argument taken
+/// as the inner program (as [`wrapper_of`] does, over-inclusive on purpose, so no option
+/// syntax hides `rm` in `timeout 10 rm x`), and every argument with blanks split into
+/// words. Empty for a program that is not a wrapper.
+pub fn inner_commands(argv: &[String]) -> Vec<Vec<String>> {
+    if wrapper_of(argv).is_none() {
+        return Vec::new();
+    }
+    let mut inner = Vec::new();
+    for j in 1..argv.len().min(MAX_CHAIN_SCAN) {
+        inner.push(argv[j..].to_vec());
+        if argv[j].contains(char::is_whitespace) {
+            inner.push(argv[j].split_whitespace().map(String::from).collect());
+        }
+    }
+    inner.retain(|command: &Vec<String>| !command.is_empty());
+    inner
+}
+
 /// The wrapper `args[0]` is, given its arguments; checks the literal name and its basename.
 pub(super) fn classify(args: &[String]) -> Option<Wrapper> {
     let program = args.first()?;
