@@ -183,6 +183,15 @@ pub struct ServerConfig {
     /// Recorded sessions older than this are deleted.
     #[serde(default = "default_retention_days")]
     pub recording_retention_days: u64,
+    /// Bytes all requests in flight may hold at once. A query reserves its `max_bytes` plus
+    /// twice its connection's `max_value_bytes` (a row, and its JSON form) until it ends;
+    /// one that cannot within the pool wait is refused with 503 `memory_budget`.
+    #[serde(default = "default_memory_budget")]
+    pub memory_budget_bytes: u64,
+}
+
+fn default_memory_budget() -> u64 {
+    1024 * 1024 * 1024
 }
 
 fn default_retention_days() -> u64 {
@@ -202,6 +211,7 @@ impl Default for ServerConfig {
             max_concurrent_per_principal: default_per_principal(),
             masking_key: None,
             recording_retention_days: default_retention_days(),
+            memory_budget_bytes: default_memory_budget(),
         }
     }
 }
@@ -393,6 +403,12 @@ pub struct LimitsConfig {
     pub max_bytes: u64,
     #[serde(default = "default_bytes_ceiling")]
     pub max_bytes_ceiling: u64,
+    /// Largest single row message (so value) Airlock takes from the database. A larger one
+    /// is refused when its header arrives, before any of it is buffered, and the request
+    /// fails with SQLSTATE 54000 (`value_too_large`); the database connection is dropped,
+    /// which stops the query.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -407,6 +423,7 @@ impl Default for LimitsConfig {
             max_rows_ceiling: default_rows_ceiling(),
             max_bytes: default_bytes(),
             max_bytes_ceiling: default_bytes_ceiling(),
+            max_value_bytes: default_max_value_bytes(),
         }
     }
 }
@@ -442,6 +459,9 @@ fn default_bytes() -> u64 {
 }
 fn default_bytes_ceiling() -> u64 {
     64 * 1024 * 1024
+}
+fn default_max_value_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 impl LimitsConfig {
@@ -636,6 +656,22 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections", "must be at least 1"));
         }
+        // Every connection's largest single query reservation must fit, or it could never run.
+        for (i, c) in self.connections.iter().enumerate() {
+            let l = &c.limits;
+            let largest = l
+                .max_bytes_ceiling
+                .saturating_add(l.max_value_bytes.saturating_mul(2));
+            if largest > self.server.memory_budget_bytes {
+                return Err(err(
+                    format!("connections[{i}].limits"),
+                    format!(
+                        "max_bytes_ceiling + 2 × max_value_bytes ({largest}) exceeds server.memory_budget_bytes ({})",
+                        self.server.memory_budget_bytes
+                    ),
+                ));
+            }
+        }
         if self.server.max_concurrent_per_principal == 0 {
             return Err(err(
                 "server.max_concurrent_per_principal",
@@ -734,6 +770,10 @@ impl Config {
             }
             if l.max_bytes == 0 || l.max_bytes > l.max_bytes_ceiling {
                 return Err(err(lat("max_bytes"), "must be in 1..=max_bytes_ceiling"));
+            }
+            // MySQL's client packet limit takes 1 KiB..1 GiB.
+            if !(1024..=1024 * 1024 * 1024).contains(&l.max_value_bytes) {
+                return Err(err(lat("max_value_bytes"), "must be in 1024..=1073741824"));
             }
         }
         let mut rule_ids = HashSet::new();

@@ -121,6 +121,8 @@ pub(crate) enum Work {
     Query {
         plan: QueryPlan,
         limits: AppliedLimits,
+        /// This query's share of the process memory budget, held until it ends.
+        memory: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     Command(CommandPlan),
     Shell(ShellRequest),
@@ -131,7 +133,7 @@ impl Work {
     /// The request exactly as it will run, as a review stores and binds it.
     fn held(&self) -> Option<HeldRequest> {
         match self {
-            Work::Query { plan, limits } => Some(HeldRequest {
+            Work::Query { plan, limits, .. } => Some(HeldRequest {
                 sql: plan.sql.clone(),
                 params: plan.params.clone(),
                 max_rows: limits.max_rows,
@@ -384,7 +386,14 @@ impl Steps<'_> {
                     timeout: Duration::from_millis(limits.timeout_ms),
                     max_affected_rows: self.approval.and_then(|r| r.max_affected_rows),
                 };
-                (facts, Work::Query { plan, limits })
+                (
+                    facts,
+                    Work::Query {
+                        plan,
+                        limits,
+                        memory: None,
+                    },
+                )
             }
             Action::Exec(request) => {
                 let (facts, plan) =
@@ -427,6 +436,10 @@ impl Steps<'_> {
                         "only one plain command runs through Airlock (send `argv`); lists, pipes, redirections, substitutions, expansions and globs do not",
                     )
                     .with("rule", rule));
+                }
+                let mut work = work;
+                if let Work::Query { limits, memory, .. } = &mut work {
+                    *memory = Some(reserve_memory(gw, &conn, limits).await?);
                 }
                 Ok(Verdict::Ready {
                     conn,
@@ -559,6 +572,34 @@ impl Steps<'_> {
         Ok(Decision::Allow {
             rule: record.rule.clone(),
         })
+    }
+}
+
+/// Reserves what a query may hold in memory: its `max_bytes` of response plus a row at the
+/// connection's `max_value_bytes` and its JSON form. Waits up to the pool wait for others
+/// to finish, then refuses: many concurrent requests cannot multiply the caps past
+/// `server.memory_budget_bytes`.
+async fn reserve_memory(
+    gateway: &Gateway,
+    conn: &Connection,
+    limits: &AppliedLimits,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+    let lc = &conn.config.limits;
+    let bytes = limits
+        .max_bytes
+        .saturating_add(lc.max_value_bytes.saturating_mul(2));
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let wait = lc.pool_wait();
+    match tokio::time::timeout(wait, gateway.memory.clone().acquire_many_owned(kib)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(Problem::new(
+            Code::MemoryBudget,
+            format!(
+                "requests in flight hold the server's memory budget; this one needs {bytes} bytes (max_bytes plus twice max_value_bytes): retry, or ask for a smaller max_bytes"
+            ),
+        )
+        .retry_after(1)
+        .with("rule", "memory-budget")),
     }
 }
 

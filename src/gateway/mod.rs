@@ -66,6 +66,18 @@ pub struct Gateway {
     pub(crate) shells_config: ShellsConfig,
     /// Executions whose audit `end` is still to be written.
     pub(crate) in_flight: Arc<record::InFlight>,
+    /// The bytes requests in flight may hold (`server.memory_budget_bytes`), in KiB permits.
+    pub(crate) memory: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gateway {
+    /// The memory budget as permits: one per KiB, within what a semaphore can count.
+    pub(crate) fn memory_budget(bytes: u64) -> Arc<tokio::sync::Semaphore> {
+        let kib = usize::try_from(bytes / 1024)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Arc::new(tokio::sync::Semaphore::new(kib))
+    }
 }
 
 /// Who is asking, as every entry knows it.

@@ -106,6 +106,7 @@ codes! {
     RandomUnavailable = "random_unavailable", 503, "Random generator unavailable";
     ShuttingDown = "shutting_down", 503, "Shutting down";
     TooManyConnections = "too_many_connections", 503, "Too many connections";
+    MemoryBudget = "memory_budget", 503, "Memory budget exhausted";
     BodyReadTimeout = "body_read_timeout", 408, "Request body too slow";
     Cancelled = "cancelled", 503, "Request cancelled";
     Timeout = "timeout", 504, "Timed out";

@@ -90,7 +90,12 @@ pub(crate) struct RowsRun {
 
 /// Commits the `begin` event, then starts the backend in the execution task.
 pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
-    let Work::Query { plan, limits } = admitted.work else {
+    let Work::Query {
+        plan,
+        limits,
+        memory,
+    } = admitted.work
+    else {
         return Err(Problem::internal("not a query"));
     };
     let (gateway, conn, slot, masking) = (
@@ -121,6 +126,7 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
             _ = out_tx.closed() => Err(BackendError::Cancelled),
         };
         let task = Task {
+            _memory: memory,
             slot: Some(slot),
             masking,
             limits,
@@ -150,6 +156,8 @@ struct Task {
     /// Given back as soon as the backend is done, before the client sees the trailer: a
     /// client that sends its next request at once must find its slot free.
     slot: Option<super::slots::Slot>,
+    /// The query's memory reservation: released when the task ends.
+    _memory: Option<tokio::sync::OwnedSemaphorePermit>,
     masking: RequestMasking,
     limits: AppliedLimits,
     out: mpsc::Sender<Output>,

@@ -412,13 +412,16 @@ struct Frame {
     children_execute: bool,
 }
 
-/// CTE names visible from some point of the tree.
+/// CTE names visible from some point of the tree. Lookups are by hash and a body shares
+/// its WITH clause's names, so a statement of thousands of CTEs costs linear time.
 #[derive(Debug)]
-struct Scope {
-    names: Vec<String>,
-    /// Index of an enclosing scope this one replaces: a CTE body sees only the CTEs before
-    /// it, not the full list its WITH clause makes visible to the main query.
-    hides: Option<usize>,
+enum Scope {
+    /// A WITH clause: each CTE name and the position it first appears at.
+    With(HashMap<String, usize>),
+    /// The body of the CTE at `visible` (or `visible - 1` under RECURSIVE) of the WITH
+    /// scope at index `of`: it sees only the names before `visible`, and replaces that
+    /// scope, whose full list only the main query sees.
+    Body { of: usize, visible: usize },
 }
 
 /// Collects facts while sqlparser's visitor walks a statement. Nodes are identified by
@@ -441,8 +444,9 @@ struct Walker {
     /// Relation names that are not reads: write-only targets, table-valued function names.
     not_read: HashSet<usize>,
     scopes: Vec<Scope>,
-    /// CTE body (query address) → (scope index of its WITH, CTE names the body sees).
-    cte_bodies: HashMap<usize, (usize, Vec<String>)>,
+    /// CTE body (query address) → (scope index of its WITH, how many of its names the
+    /// body sees).
+    cte_bodies: HashMap<usize, (usize, usize)>,
     /// Scopes pushed per query on the visitor's path, popped when it leaves the query.
     query_scopes: Vec<usize>,
 }
@@ -620,10 +624,17 @@ impl Walker {
             if hidden.contains(&i) {
                 continue;
             }
-            if let Some(h) = scope.hides {
-                hidden.push(h);
-            }
-            if scope.names.contains(&key) {
+            let seen = match scope {
+                Scope::With(names) => names.contains_key(&key),
+                Scope::Body { of, visible } => {
+                    hidden.push(*of);
+                    matches!(
+                        self.scopes.get(*of),
+                        Some(Scope::With(names)) if names.get(&key).is_some_and(|p| p < visible)
+                    )
+                }
+            };
+            if seen {
                 return true;
             }
         }
@@ -632,6 +643,14 @@ impl Walker {
 
     /// Write targets, WHERE checks and statement-level capabilities of one statement.
     fn record_statement(&mut self, statement: &Statement, executes: bool) {
+        let hinted = match statement {
+            Statement::Insert(s) => !s.optimizer_hints.is_empty(),
+            Statement::Update(s) => !s.optimizer_hints.is_empty(),
+            Statement::Delete(s) => !s.optimizer_hints.is_empty(),
+            Statement::Merge(s) => !s.optimizer_hints.is_empty(),
+            _ => false,
+        };
+        self.unparsed |= hinted;
         match statement {
             Statement::Insert(insert) => match &insert.table {
                 TableObject::TableName(name) => {
@@ -879,29 +898,24 @@ impl Visitor for Walker {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         let mut pushed = 0;
-        if let Some((with_scope, names)) = self.cte_bodies.remove(&addr(query)) {
-            self.scopes.push(Scope {
-                names,
-                hides: Some(with_scope),
-            });
+        if let Some((of, visible)) = self.cte_bodies.remove(&addr(query)) {
+            self.scopes.push(Scope::Body { of, visible });
             pushed += 1;
         }
         if let Some(with) = &query.with {
-            let names: Vec<String> = with
-                .cte_tables
-                .iter()
-                .map(|cte| self.cte_key(&cte.alias.name))
-                .collect();
+            let mut names: HashMap<String, usize> = HashMap::new();
+            for (i, cte) in with.cte_tables.iter().enumerate() {
+                names.entry(self.cte_key(&cte.alias.name)).or_insert(i);
+            }
             let index = self.scopes.len();
             for (i, cte) in with.cte_tables.iter().enumerate() {
                 // Non-recursive: only earlier CTEs. SQLite may also let a CTE refer to
                 // itself without RECURSIVE; reporting that name as a table is the safe side.
                 let visible = if with.recursive { i + 1 } else { i };
-                let seen = names.get(..visible).unwrap_or_default().to_vec();
                 self.cte_bodies
-                    .insert(addr(cte.query.as_ref()), (index, seen));
+                    .insert(addr(cte.query.as_ref()), (index, visible));
             }
-            self.scopes.push(Scope { names, hides: None });
+            self.scopes.push(Scope::With(names));
             pushed += 1;
         }
         self.query_scopes.push(pushed);
@@ -923,6 +937,12 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        // MySQL optimizer hints (`/*+ SET_VAR(...) MAX_EXECUTION_TIME(0) */`) are comments
+        // sqlparser keeps and prints back: they would reach the server and change its
+        // settings for the statement.
+        if !select.optimizer_hints.is_empty() {
+            self.unparsed = true;
+        }
         if let Some(into) = &select.into {
             let executes = self.executing();
             if executes {

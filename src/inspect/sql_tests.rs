@@ -876,3 +876,41 @@ fn locking_reads_are_their_own_kind() {
         );
     }
 }
+
+#[test]
+fn red_team_findings_stay_closed() {
+    // Thousands of CTEs inspect in linear time (was quadratic: seconds at 3,000).
+    let ctes: Vec<String> = (0..12_000).map(|i| format!("a{i} AS (TABLE a0)")).collect();
+    let sql = format!("WITH {} SELECT 1", ctes.join(","));
+    let started = std::time::Instant::now();
+    for kind in [ConnectionKind::Postgres, ConnectionKind::Mysql] {
+        let _ = inspect(kind, &sql);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // MySQL optimizer hints would reach the server and change its settings.
+    for sql in [
+        "SELECT /*+ SET_VAR(max_execution_time=0) MAX_EXECUTION_TIME(0) */ name FROM items",
+        "SELECT #+ SET_VAR(x=1)\n name FROM items",
+        "SELECT /*abc+ x */ name FROM items",
+        "UPDATE /*+ NO_RANGE_OPTIMIZATION(t) */ items SET name = 'x' WHERE id = 1",
+    ] {
+        let i = inspect(ConnectionKind::Mysql, sql).unwrap();
+        assert!(
+            i.facts.unparsed || i.statement.as_deref().is_some_and(|s| !s.contains('+')),
+            "{sql}: {i:?}"
+        );
+    }
+    // Words MySQL splits where sqlparser does not.
+    for sql in [
+        "SELECT NOT@x",
+        "SELECT 1.5secrets FROM items",
+        "SELECT a@b FROM items",
+    ] {
+        assert!(my(sql).unparsed, "{sql}");
+    }
+    assert!(!my("SELECT @x, @@session.sql_mode").unparsed);
+}

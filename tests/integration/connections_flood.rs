@@ -38,7 +38,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 async fn idle_and_half_sent_connections_do_not_stop_service_and_are_closed() {
     let a = demo("header_read_timeout_ms = 1500").await;
     let mut idle = Vec::new();
-    for i in 0..600 {
+    for i in 0..2000 {
         let mut s = TcpStream::connect(addr(&a)).await.unwrap();
         if i % 2 == 0 {
             // Half-sent: a request line and a header, never the blank line.

@@ -18,6 +18,7 @@ mod mysql;
 mod openapi;
 mod postgres;
 mod quickstart;
+mod resources;
 mod reviews;
 mod shells;
 mod sql_integrity;

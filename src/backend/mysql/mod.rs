@@ -168,7 +168,12 @@ impl MysqlBackend {
             .local_infile_handler(None::<mysql_async::WhiteListFsHandler>)
             // Never send the password in clear text to a server that asks for it.
             .enable_cleartext_plugin(false)
-            .secure_auth(true);
+            .secure_auth(true)
+            // The driver refuses a packet (so a row) larger than this at its header, before
+            // buffering it (`limits.max_value_bytes`; the config bounds it to 1 KiB..1 GiB).
+            .max_allowed_packet(Some(
+                usize::try_from(limits.max_value_bytes).unwrap_or(usize::MAX),
+            ));
 
         let main = common
             .clone()
@@ -779,6 +784,17 @@ fn exec_failure(name: &str, e: mysql_async::Error) -> Failure {
                 message: "LOAD DATA LOCAL INFILE is not supported: Airlock never sends files \
                           from its host to the database"
                     .into(),
+                ..DatabaseError::default()
+            }))
+        }
+        // A row over `limits.max_value_bytes`, refused by the driver at its packet header.
+        mysql_async::Error::Io(mysql_async::IoError::Io(e))
+            if e.to_string().contains("larger than max_allowed_packet") =>
+        {
+            Failure::kill(BackendError::Database(DatabaseError {
+                // SQLSTATE "program limit exceeded", as PostgreSQL reports it.
+                sqlstate: "54000".into(),
+                message: "the database sent a row larger than this connection's max_value_bytes; Airlock refused it before reading it".into(),
                 ..DatabaseError::default()
             }))
         }

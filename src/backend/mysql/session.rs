@@ -14,7 +14,10 @@ use super::Flavor;
 use crate::config::TlsConfig;
 
 /// The `sql_mode` every session runs with. Strict, and free of every mode that changes how the
-/// statement text is lexed or parsed (see the `mysql` module comment).
+/// statement text is lexed or parsed (see the `mysql` module comment). `||` stays `OR` here
+/// while sqlparser reads it as concatenation: the tables, functions and source columns are
+/// the same either way (an output over `a || b` derives from `a` and `b` in both readings),
+/// only the computed value differs.
 const SQL_MODE: &str = "STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,\
                         ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
 

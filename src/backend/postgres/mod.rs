@@ -41,6 +41,7 @@ use super::{
 use crate::config::{ConnectionConfig, ConnectionKind, DatabaseConfig, TlsConfig, TlsMode};
 use crate::store::StoreIdentity;
 
+mod guard;
 mod params;
 mod values;
 
@@ -240,11 +241,19 @@ impl PostgresBackend {
             // costs seven statements.
             recycling_method: RecyclingMethod::Custom("DISCARD ALL".into()),
         };
+        // Every connection reads through the message guard (see `guard`).
+        let max_message = usize::try_from(config.limits.max_value_bytes).unwrap_or(usize::MAX);
         let manager = match &tls {
-            Tls::Disabled => Manager::from_config(pg, NoTls, manager_config),
-            Tls::VerifyFull(connector) => {
-                Manager::from_config(pg, connector.clone(), manager_config)
-            }
+            Tls::Disabled => Manager::from_connect(
+                pg,
+                guard::GuardedConnect::<NoTls>::Plain { max_message },
+                manager_config,
+            ),
+            Tls::VerifyFull(connector) => Manager::from_connect(
+                pg,
+                guard::GuardedConnect::Tls(guard::GuardedTls::new(connector.clone(), max_message)),
+                manager_config,
+            ),
         };
         let pool = Pool::builder(manager)
             .max_size(config.limits.pool_size)

@@ -89,6 +89,15 @@ pub(super) fn is_strict(kind: ConnectionKind, sql: &str, tokens: &[TokenWithSpan
                 }
             }
             _ if !text.chars().all(plain) => return false,
+            // MySQL: sqlparser reads `@` anywhere in a word and words that start with a
+            // digit (`NOT@x`, `1.5secrets`); MySQL reads `NOT @x` and `1.5 secrets`.
+            Token::Word(word)
+                if kind == ConnectionKind::Mysql
+                    && (word.value.trim_start_matches('@').contains('@')
+                        || word.value.starts_with(|c: char| c.is_ascii_digit())) =>
+            {
+                return false;
+            }
             // PostgreSQL `U&"..."` / `U&'...'`: sqlparser reads `U & "..."`.
             Token::Word(word)
                 if kind == ConnectionKind::Postgres
