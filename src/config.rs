@@ -183,9 +183,10 @@ pub struct ServerConfig {
     /// Recorded sessions older than this are deleted.
     #[serde(default = "default_retention_days")]
     pub recording_retention_days: u64,
-    /// Bytes all requests in flight may hold at once. A query reserves its `max_bytes` plus
-    /// twice its connection's `max_value_bytes` (a row, and its JSON form) until it ends;
-    /// one that cannot within the pool wait is refused with 503 `memory_budget`.
+    /// Bytes all requests in flight may hold at once. A JSON query reserves its `max_bytes`
+    /// plus twice its connection's `max_value_bytes` (a row, and its JSON form) until it
+    /// ends, an NDJSON stream (constant memory) only the latter; one that cannot within the
+    /// pool wait is refused with 503 `memory_budget`, one larger than the whole budget at once.
     #[serde(default = "default_memory_budget")]
     pub memory_budget_bytes: u64,
 }
@@ -655,22 +656,6 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections", "must be at least 1"));
-        }
-        // Every connection's largest single query reservation must fit, or it could never run.
-        for (i, c) in self.connections.iter().enumerate() {
-            let l = &c.limits;
-            let largest = l
-                .max_bytes_ceiling
-                .saturating_add(l.max_value_bytes.saturating_mul(2));
-            if largest > self.server.memory_budget_bytes {
-                return Err(err(
-                    format!("connections[{i}].limits"),
-                    format!(
-                        "max_bytes_ceiling + 2 × max_value_bytes ({largest}) exceeds server.memory_budget_bytes ({})",
-                        self.server.memory_budget_bytes
-                    ),
-                ));
-            }
         }
         if self.server.max_concurrent_per_principal == 0 {
             return Err(err(

@@ -163,7 +163,8 @@ pub async fn prepare(
     store.subscribe_reviews(reviews.clone());
     let run_grace = stale_after(&config);
     let retention_days = config.server.recording_retention_days;
-    let memory_budget_bytes = config.server.memory_budget_bytes;
+    let (memory, memory_total) =
+        crate::gateway::Gateway::memory_budget(config.server.memory_budget_bytes);
     let shells_config = config.shells.clone();
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
@@ -180,7 +181,8 @@ pub async fn prepare(
         shells: crate::gateway::shell::Running::default(),
         shells_config,
         in_flight: Default::default(),
-        memory: crate::gateway::Gateway::memory_budget(memory_budget_bytes),
+        memory,
+        memory_total,
     });
     crate::gateway::review::spawn_sweeper(gateway.clone(), run_grace);
     spawn_retention(gateway.clone(), retention_days);

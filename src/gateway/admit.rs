@@ -121,7 +121,9 @@ pub(crate) enum Work {
     Query {
         plan: QueryPlan,
         limits: AppliedLimits,
-        /// This query's share of the process memory budget, held until it ends.
+        /// Bytes this query reserves from the process memory budget.
+        reserve: u64,
+        /// That reservation, taken when the query is admitted and held until it ends.
         memory: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     Command(CommandPlan),
@@ -386,11 +388,19 @@ impl Steps<'_> {
                     timeout: Duration::from_millis(limits.timeout_ms),
                     max_affected_rows: self.approval.and_then(|r| r.max_affected_rows),
                 };
+                // NDJSON streams rows through in constant memory; JSON holds the response.
+                let row = conn.config.limits.max_value_bytes.saturating_mul(2);
+                let reserve = if streaming {
+                    row
+                } else {
+                    row.saturating_add(limits.max_bytes)
+                };
                 (
                     facts,
                     Work::Query {
                         plan,
                         limits,
+                        reserve,
                         memory: None,
                     },
                 )
@@ -438,8 +448,11 @@ impl Steps<'_> {
                     .with("rule", rule));
                 }
                 let mut work = work;
-                if let Work::Query { limits, memory, .. } = &mut work {
-                    *memory = Some(reserve_memory(gw, &conn, limits).await?);
+                if let Work::Query {
+                    reserve, memory, ..
+                } = &mut work
+                {
+                    *memory = Some(reserve_memory(gw, &conn, *reserve).await?);
                 }
                 Ok(Verdict::Ready {
                     conn,
@@ -575,31 +588,32 @@ impl Steps<'_> {
     }
 }
 
-/// Reserves what a query may hold in memory: its `max_bytes` of response plus a row at the
-/// connection's `max_value_bytes` and its JSON form. Waits up to the pool wait for others
-/// to finish, then refuses: many concurrent requests cannot multiply the caps past
-/// `server.memory_budget_bytes`.
+/// Reserves what a query may hold in memory (see `Work::Query::reserve`). Waits up to the
+/// pool wait for others to finish, then refuses: many concurrent requests cannot multiply
+/// the per-request caps past `server.memory_budget_bytes`.
 async fn reserve_memory(
     gateway: &Gateway,
     conn: &Connection,
-    limits: &AppliedLimits,
+    bytes: u64,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
-    let lc = &conn.config.limits;
-    let bytes = limits
-        .max_bytes
-        .saturating_add(lc.max_value_bytes.saturating_mul(2));
-    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-    let wait = lc.pool_wait();
+    let kib = bytes.div_ceil(1024);
+    let refused = |why: String| {
+        Problem::new(Code::MemoryBudget, why)
+            .retry_after(1)
+            .with("rule", "memory-budget")
+    };
+    let budget = gateway.memory_total;
+    let Some(kib) = u32::try_from(kib).ok().filter(|k| u64::from(*k) <= budget) else {
+        return Err(refused(format!(
+            "this request would hold {bytes} bytes (max_bytes plus twice max_value_bytes), more than the server's whole memory budget; ask for a smaller max_bytes or stream it as NDJSON"
+        )));
+    };
+    let wait = conn.config.limits.pool_wait();
     match tokio::time::timeout(wait, gateway.memory.clone().acquire_many_owned(kib)).await {
         Ok(Ok(permit)) => Ok(permit),
-        _ => Err(Problem::new(
-            Code::MemoryBudget,
-            format!(
-                "requests in flight hold the server's memory budget; this one needs {bytes} bytes (max_bytes plus twice max_value_bytes): retry, or ask for a smaller max_bytes"
-            ),
-        )
-        .retry_after(1)
-        .with("rule", "memory-budget")),
+        _ => Err(refused(format!(
+            "requests in flight hold the server's memory budget; this one needs {bytes} bytes (max_bytes plus twice max_value_bytes): retry, or ask for a smaller max_bytes"
+        ))),
     }
 }
 

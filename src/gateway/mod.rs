@@ -68,15 +68,20 @@ pub struct Gateway {
     pub(crate) in_flight: Arc<record::InFlight>,
     /// The bytes requests in flight may hold (`server.memory_budget_bytes`), in KiB permits.
     pub(crate) memory: Arc<tokio::sync::Semaphore>,
+    /// The budget's size in KiB permits.
+    pub(crate) memory_total: u64,
 }
 
 impl Gateway {
-    /// The memory budget as permits: one per KiB, within what a semaphore can count.
-    pub(crate) fn memory_budget(bytes: u64) -> Arc<tokio::sync::Semaphore> {
+    /// The memory budget as KiB permits (within what a semaphore can count), and their number.
+    pub(crate) fn memory_budget(bytes: u64) -> (Arc<tokio::sync::Semaphore>, u64) {
         let kib = usize::try_from(bytes / 1024)
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
-        Arc::new(tokio::sync::Semaphore::new(kib))
+        (
+            Arc::new(tokio::sync::Semaphore::new(kib)),
+            u64::try_from(kib).unwrap_or(u64::MAX),
+        )
     }
 }
 

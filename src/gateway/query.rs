@@ -94,6 +94,7 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
         plan,
         limits,
         memory,
+        ..
     } = admitted.work
     else {
         return Err(Problem::internal("not a query"));

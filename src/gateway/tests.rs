@@ -215,7 +215,8 @@ async fn harness(per_principal: usize) -> Harness {
         shells: shell::Running::default(),
         shells_config: toml::from_str("").unwrap(),
         in_flight: Default::default(),
-        memory: super::Gateway::memory_budget(1 << 30),
+        memory: super::Gateway::memory_budget(1 << 30).0,
+        memory_total: 1 << 20,
     });
     Harness {
         gateway,

@@ -53,10 +53,9 @@ fn mysql_executable_comments_are_unparsed() {
     assert!(my("select 1 /*M! , 2 */").unparsed);
     assert!(my("/*!50000 DELETE FROM t */").unparsed);
     assert!(!pg("select 1 /* ! */").unparsed);
-    // Optimizer hints only steer the planner.
-    let f = my("SELECT /*+ BKA(t) */ a FROM t");
-    assert!(!f.unparsed);
-    assert_eq!(f.tables_read, v(&["t"]));
+    // Optimizer hints reach the server as written and can change its settings for the
+    // statement (`SET_VAR`, `MAX_EXECUTION_TIME`): not something the inspector models.
+    assert!(my("SELECT /*+ BKA(t) */ a FROM t").unparsed);
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod guardrails;
 mod kube;
 mod kube_double;
 mod masking;
+mod masking_corpus;
 mod mysql;
 mod openapi;
 mod postgres;

@@ -324,7 +324,7 @@ where
 }
 
 /// Opens a TCP connection to the first host that answers, within the connect timeout.
-async fn tcp(pg_config: &Config) -> io::Result<TcpStream> {
+pub(super) async fn tcp(pg_config: &Config) -> io::Result<TcpStream> {
     let ports = pg_config.get_ports();
     let timeout = pg_config
         .get_connect_timeout()

@@ -114,7 +114,9 @@ SELECT n.nspname::text,
 /// request is a new connection and must be as protected as the one it cancels).
 #[derive(Clone)]
 enum Tls {
-    Disabled,
+    /// Plaintext: the pool opens its own TCP streams (see `guard`), so the driver does not
+    /// know the address and cancel requests are sent over a stream opened from this config.
+    Disabled(Arc<tokio_postgres::Config>),
     VerifyFull(MakeRustlsConnect),
 }
 
@@ -223,7 +225,8 @@ impl PostgresBackend {
             }
             TlsMode::Disable => {
                 pg.ssl_mode(SslMode::Disable);
-                Tls::Disabled
+                // Replaced by the final config below, once every option is set.
+                Tls::Disabled(Arc::new(pg.clone()))
             }
             TlsMode::VerifyFull => {
                 pg.ssl_mode(SslMode::Require);
@@ -243,8 +246,12 @@ impl PostgresBackend {
         };
         // Every connection reads through the message guard (see `guard`).
         let max_message = usize::try_from(config.limits.max_value_bytes).unwrap_or(usize::MAX);
+        let tls = match tls {
+            Tls::Disabled(_) => Tls::Disabled(Arc::new(pg.clone())),
+            other => other,
+        };
         let manager = match &tls {
-            Tls::Disabled => Manager::from_connect(
+            Tls::Disabled(_) => Manager::from_connect(
                 pg,
                 guard::GuardedConnect::<NoTls>::Plain { max_message },
                 manager_config,
@@ -749,14 +756,23 @@ async fn produce(
 async fn cancel_on_server(token: &CancelToken, tls: &Tls) {
     let request = async {
         match tls {
-            Tls::Disabled => token.cancel_query(NoTls).await,
-            Tls::VerifyFull(connector) => token.cancel_query(connector.clone()).await,
+            Tls::Disabled(config) => {
+                let stream = guard::tcp(config).await.map_err(|e| e.to_string())?;
+                token
+                    .cancel_query_raw(stream, NoTls)
+                    .await
+                    .map_err(|e| describe(&e))
+            }
+            Tls::VerifyFull(connector) => token
+                .cancel_query(connector.clone())
+                .await
+                .map_err(|e| describe(&e)),
         }
     };
     match tokio::time::timeout(CANCEL_REQUEST_TIMEOUT, request).await {
         Ok(Ok(())) => tracing::debug!("cancel request sent to the database server"),
         Ok(Err(e)) => tracing::warn!(
-            error = %describe(&e),
+            error = %e,
             "cancel request failed; statement_timeout remains the server-side backstop"
         ),
         Err(_) => tracing::warn!(
