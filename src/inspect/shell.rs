@@ -124,6 +124,10 @@ pub struct CommandFacts {
     /// The program runs other programs or code (see `Wrapper`); checked on argv[0]'s
     /// basename AND the literal argv[0], and through `env`/`sudo`/... chains.
     pub wrapper: Option<Wrapper>,
+    /// What the command does beyond reading (see `CommandEffect`), through wrapper chains
+    /// too. Sorted, deduplicated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effects: Vec<CommandEffect>,
     pub unparsed: bool,
     /// Why unparsed (for the agent), if so.
     pub reason: Option<String>,
@@ -141,10 +145,17 @@ impl CommandFacts {
     /// Facts for a fully literal argv; the caller guarantees it is non-empty.
     fn simple(argv: Vec<String>) -> Self {
         let wrapper = wrapper_of(&argv);
+        let mut effects = effects_of(&argv);
+        for inner in inner_commands(&argv) {
+            effects.extend(effects_of(&inner));
+        }
+        effects.sort();
+        effects.dedup();
         CommandFacts {
             program: argv.first().cloned(),
             argv: Some(argv),
             wrapper,
+            effects,
             ..CommandFacts::default()
         }
     }
@@ -1051,7 +1062,10 @@ impl Lexer {
 // Wrappers
 // ---------------------------------------------------------------------------------------
 
+mod effects;
 mod wrappers;
+use effects::*;
+pub use effects::{CommandEffect, normalize_path};
 pub use wrappers::inner_commands;
 use wrappers::*;
 

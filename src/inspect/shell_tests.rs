@@ -476,3 +476,101 @@ fn large_inputs_are_linear() {
     let heredoc = "cat <<E\n".to_string() + &"x\n".repeat(20_000) + "E";
     has(&heredoc, F::Heredoc);
 }
+
+#[test]
+fn effects_read_options_the_way_the_programs_do() {
+    let effects = |argv: &[&str]| {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        inspect_argv(&argv).effects
+    };
+    use CommandEffect::*;
+    for argv in [
+        &["find", ".", "-fprint", "x"][..],
+        &["find", ".", "-delete"],
+        &["sed", "-ni", "p", "f"],
+        &["sed", "--in-pl=.bak", "p", "f"],
+        &["sed", "-n", "w out", "f"],
+        &["sort", "--outp=x", "f"],
+        &["curl", "-sSo", "x", "http://h/"],
+        &["curl", "--remote-n", "http://h/x"],
+        &["wget", "http://h/x"],
+        &["tar", "xf", "a.tar"],
+        &["tar", "--extr", "-f", "a.tar"],
+        &["uniq", "in", "out"],
+        &["tee", "x"],
+        &["dd", "if=/dev/zero", "of=x"],
+        &["timeout", "5", "find", ".", "-delete"],
+    ] {
+        assert!(effects(argv).contains(&FileWrite), "{argv:?}");
+    }
+    for argv in [
+        &["find", ".", "-name", "x"][..],
+        &["sed", "-n", "1p", "f"],
+        &["sort", "f"],
+        &["curl", "-s", "http://h/"],
+        &["wget", "-O", "-", "http://h/x"],
+        &["tar", "-tf", "a.tar"],
+        &["tar", "tvf", "a.tar"],
+        &["uniq", "in"],
+        &["gzip", "-c", "f"],
+        // After `--` nothing is an option.
+        &["sort", "--", "-o"],
+    ] {
+        assert!(!effects(argv).contains(&FileWrite), "{argv:?}");
+    }
+    assert!(effects(&["less", "f"]).contains(&Pager));
+    assert!(effects(&["journalctl", "-u", "x"]).contains(&Pager));
+    assert!(!effects(&["journalctl", "--no-pag", "-u", "x"]).contains(&Pager));
+    assert!(effects(&["date", "-s", "now"]).contains(&SystemChange));
+    assert!(effects(&["date", "--se=now"]).contains(&SystemChange));
+    assert!(!effects(&["date", "+%s"]).contains(&SystemChange));
+    assert!(effects(&["sysctl", "kernel.x=1"]).contains(&SystemChange));
+    assert!(effects(&["cat", "/var/log/../etc/shadow"]).contains(&PathTraversal));
+    assert!(effects(&["grep", "--file=../x", "y"]).contains(&PathTraversal));
+    assert!(!effects(&["cat", "/var/log/a..b"]).contains(&PathTraversal));
+}
+
+#[test]
+fn option_prefixes_builtins_and_configuration_that_run_code() {
+    let wrapper = |argv: &[&str]| {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        inspect_argv(&argv).wrapper
+    };
+    for argv in [
+        &["tar", "--to-com=sh", "-xf", "a"][..],
+        &["tar", "--use=sh", "-xf", "a"],
+        &["tar", "--checkpoint-act=exec=sh", "-tf", "a"],
+        &["tar", "--rsh-com=sh", "-tf", "h:a"],
+        &["rsync", "--rs=sh", "a", "h:b"],
+        &["test", "-v", "x[$(id)]"],
+        &["[", "x[$(id)]", "-eq", "1", "]"],
+        &["printf", "-v", "x[$(id)]", "y"],
+        &["read", "x[$(id)]"],
+        &["let", "x[$(id)]=1"],
+        &["mapfile", "-C", "id", "x"],
+        &["compgen", "-C", "id", "x"],
+        &["declare", "x[$(id)]=1"],
+        &["git", "-c", "core.pager=id", "log"],
+        &["git", "--exec-path=/tmp", "log"],
+        &["git", "ls-remote", "--upload-pack=id", "x"],
+        &["awk", "BEGIN{system(\"id\")}"],
+    ] {
+        assert!(wrapper(argv).is_some(), "{argv:?}");
+    }
+    for argv in [
+        &["tar", "-tf", "a"][..],
+        &["test", "-f", "x"],
+        &["printf", "%s\\n", "x"],
+        &["git", "log", "--oneline"],
+        &["awk", "--sandbox", "{print}", "f"],
+    ] {
+        assert!(wrapper(argv).is_none(), "{argv:?}");
+    }
+    assert_eq!(
+        normalize_path("/var/log/../../etc//shadow").as_deref(),
+        Some("/etc/shadow")
+    );
+    assert_eq!(normalize_path("/../../x").as_deref(), Some("/x"));
+    assert_eq!(normalize_path("../x"), None);
+    assert_eq!(normalize_path("./a/./b").as_deref(), Some("a/b"));
+}

@@ -12,6 +12,7 @@
 
 use super::{Action, Match};
 use crate::inspect::StatementKind as K;
+use crate::inspect::shell::CommandEffect as E;
 use crate::inspect::shell::ShellFeature as S;
 use crate::inspect::sql::FunctionClass as F;
 
@@ -231,6 +232,42 @@ fn catalogue() -> Vec<Builtin> {
                 ..Match::default()
             },
             message: "send one plain command (argv); lists, pipes, redirections, substitutions, expansions and globs are not allowed",
+        },
+        Builtin {
+            id: "deny-command-file-writes",
+            action: Action::Deny,
+            matcher: Match {
+                command_effects: Some(vec![E::FileWrite]),
+                ..Match::default()
+            },
+            message: "the command writes or deletes files (an output option, a script command or a program that saves); one file write is enough for persistence",
+        },
+        Builtin {
+            id: "deny-path-traversal",
+            action: Action::Deny,
+            matcher: Match {
+                command_effects: Some(vec![E::PathTraversal]),
+                ..Match::default()
+            },
+            message: "a path argument climbs out with `..`; name the path directly",
+        },
+        Builtin {
+            id: "deny-pagers",
+            action: Action::Deny,
+            matcher: Match {
+                command_effects: Some(vec![E::Pager]),
+                ..Match::default()
+            },
+            message: "the command starts an interactive pager, which can run commands; use cat/head/tail, or `--no-pager`",
+        },
+        Builtin {
+            id: "deny-system-changes",
+            action: Action::Deny,
+            matcher: Match {
+                command_effects: Some(vec![E::SystemChange]),
+                ..Match::default()
+            },
+            message: "the command changes the system (clock, hostname, kernel parameters)",
         },
         Builtin {
             id: "review-unlisted-functions",

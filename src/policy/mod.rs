@@ -15,7 +15,7 @@ use crate::glob;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Principal;
-use crate::inspect::shell::{CommandFacts, ShellFeature, Wrapper};
+use crate::inspect::shell::{CommandEffect, CommandFacts, ShellFeature, Wrapper};
 use crate::inspect::sql::FunctionClass;
 use crate::inspect::{Facts, StatementKind};
 
@@ -185,6 +185,9 @@ pub struct Match {
     /// Commands: programs that run other programs or code (`env`, `privilege`, `shell_c`,
     /// `interpreter`, ...). An allow rule admits a wrapper only when it lists it here.
     pub wrappers: Option<Vec<Wrapper>>,
+    /// Commands: what they do beyond reading (`file_write`, `pager`, `system_change`,
+    /// `path_traversal`). An allow rule admits a command with an effect only by naming it.
+    pub command_effects: Option<Vec<CommandEffect>>,
     /// `true`: the rule is about interactive shells. An allow rule admits a shell only when
     /// it says so; a deny or review rule without conditions also catches shells.
     pub shell: Option<bool>,
@@ -245,6 +248,7 @@ impl Match {
             || self.argv.is_some()
             || self.shell_features.is_some()
             || self.wrappers.is_some()
+            || self.command_effects.is_some()
     }
 
     /// A command request: only command conditions apply; a rule with SQL conditions does not.
@@ -273,6 +277,14 @@ impl Match {
         {
             return false;
         }
+        match &self.command_effects {
+            Some(listed) if !covers(admit, &c.effects, |e| listed.contains(e)) => return false,
+            Some(_) if !admit && c.effects.is_empty() => return false,
+            // An allow rule admits a command that writes, pages, changes the system or
+            // climbs out of a path only by naming the effect.
+            None if admit && !c.effects.is_empty() => return false,
+            _ => {}
+        }
         match (&self.wrappers, c.wrapper) {
             (Some(listed), Some(w)) if !listed.contains(&w) => return false,
             (Some(_), None) if !admit => return false,
@@ -300,6 +312,22 @@ impl Match {
         }
         if let Some(patterns) = &self.argv {
             let hit = argv.is_some_and(|argv| {
+                // Path words are matched as the path that will be opened: `/var/log/../x`
+                // is `/x`, which `/var/log/*` does not match.
+                let argv: Vec<String> = argv
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        match i > 0
+                            && (a.starts_with('/') || a.starts_with("./") || a.starts_with("../"))
+                        {
+                            true => crate::inspect::shell::normalize_path(a)
+                                .unwrap_or_else(|| a.clone()),
+                            false => a.clone(),
+                        }
+                    })
+                    .collect();
+                let argv = argv.as_slice();
                 let mut by_base = argv.to_vec();
                 if let Some(first) = by_base.first_mut() {
                     *first = base.to_string();
@@ -698,6 +726,81 @@ mod tests {
         let mut f = facts();
         f.tables_read = vec!["public.orders".into(), "public.secrets".into()];
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "no-secrets");
+    }
+
+    #[test]
+    fn effects_need_naming_and_path_globs_match_the_opened_path() {
+        let p = principal(&["agents"]);
+        let cmd = |argv: &[&str]| {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            Facts {
+                statement_count: 1,
+                command: Some(crate::inspect::shell::inspect_argv(&argv)),
+                ..Facts::default()
+            }
+        };
+        let logs = with_match(
+            "logs",
+            Action::Allow,
+            Match {
+                argv: Some(vec!["cat /var/log/*".into(), "find *".into()]),
+                ..Match::default()
+            },
+        );
+        let writes_ok = with_match(
+            "writes-ok",
+            Action::Allow,
+            Match {
+                argv: Some(vec!["sort *".into()]),
+                command_effects: Some(vec![CommandEffect::FileWrite]),
+                ..Match::default()
+            },
+        );
+        let pol = Policy::new(vec![logs, writes_ok], "test".into());
+        assert_eq!(
+            pol.decide(&p, "demo", &cmd(&["cat", "/var/log/syslog"]))
+                .rule(),
+            "logs"
+        );
+        // `..` is an effect no rule names here, and the opened path is not under /var/log.
+        for argv in [
+            &["cat", "/var/log/../../etc/shadow"][..],
+            &["cat", "/var/log//../../etc/shadow"],
+            &["find", "/", "-fprint", "/root/.ssh/authorized_keys"],
+        ] {
+            assert_eq!(
+                pol.decide(&p, "demo", &cmd(argv)).rule(),
+                DEFAULT_DENY,
+                "{argv:?}"
+            );
+        }
+        assert_eq!(
+            pol.decide(&p, "demo", &cmd(&["sort", "-o", "out", "in"]))
+                .rule(),
+            "writes-ok"
+        );
+        let deny = Policy::new(
+            vec![
+                {
+                    let b = builtin::find("deny-command-file-writes").unwrap();
+                    with_match(b.id, b.action, b.matcher)
+                },
+                with_match(
+                    "writes-ok",
+                    Action::Allow,
+                    Match {
+                        command_effects: Some(vec![CommandEffect::FileWrite]),
+                        ..Match::default()
+                    },
+                ),
+            ],
+            "test".into(),
+        );
+        assert_eq!(
+            deny.decide(&p, "demo", &cmd(&["sort", "-o", "out", "in"]))
+                .rule(),
+            "deny-command-file-writes"
+        );
     }
 
     #[test]

@@ -560,3 +560,91 @@ async fn a_reviewed_command_runs_once_after_approval() {
     assert_eq!(run(&a).await.unwrap().status(), 409);
     a.stop().await;
 }
+
+/// A "read-only diagnostics" policy written the way operators write them (`find *`,
+/// `sed *`, `tar *`, ...) with the built-in command catalogue on: an agent cannot turn an
+/// option, a script command, a builtin or a `..` into a write or into code. Effects are
+/// checked on the host.
+#[tokio::test]
+async fn read_only_diagnostics_cannot_be_turned_into_writes() {
+    let sshd = Sshd::start(None);
+    let rules = r#"
+[[rules]]
+builtin = "deny-command-file-writes"
+[[rules]]
+builtin = "deny-path-traversal"
+[[rules]]
+builtin = "deny-pagers"
+[[rules]]
+builtin = "deny-system-changes"
+[[rules]]
+id = "diagnostics"
+action = "allow"
+connections = ["host"]
+principals = ["group:agents"]
+match = { argv = ["ls *", "cat *", "grep *", "find *", "tail *", "tar *", "git *", "less *", "date *", "sed *", "sort *", "test *", "printf *", "read *", "awk *"] }
+"#;
+    let a = Airlock::start(&config(&sshd, "", rules)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("canary");
+    std::fs::write(&canary, "alive\n").unwrap();
+    let d = dir.path().display().to_string();
+    let parent = dir.path().parent().unwrap().display().to_string();
+    let name = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let pwned = format!("{d}/pwned");
+    let refused = [
+        json!({"argv": ["find", d, "-fprint", pwned]}),
+        json!({"argv": ["find", d, "-fprintf", pwned, "%p"]}),
+        json!({"argv": ["find", format!("{d}/canary"), "-delete"]}),
+        json!({"argv": ["sed", "-i", "s/alive/dead/", format!("{d}/canary")]}),
+        json!({"argv": ["sed", "--in-pl", "s/alive/dead/", format!("{d}/canary")]}),
+        json!({"argv": ["sed", "-n", format!("w {pwned}"), format!("{d}/canary")]}),
+        json!({"argv": ["sed", format!("s/alive/x/w {pwned}"), format!("{d}/canary")]}),
+        json!({"argv": ["sort", "-o", pwned, format!("{d}/canary")]}),
+        json!({"argv": ["sort", format!("--out={pwned}"), format!("{d}/canary")]}),
+        json!({"argv": ["tar", "-cf", format!("{d}/x.tar"), format!("{d}/canary")]}),
+        json!({"argv": ["tar", "cf", format!("{d}/x.tar"), format!("{d}/canary")]}),
+        json!({"argv": ["tar", format!("--to-com=touch {pwned}"), "-xf", format!("{d}/x.tar")]}),
+        json!({"argv": ["tar", format!("--checkpoint-act=exec=touch {pwned}"), "-tf", "/dev/null"]}),
+        json!({"argv": ["test", "-v", format!("x[$(touch {pwned})]")]}),
+        json!({"argv": ["test", format!("x[$(touch {pwned})]"), "-eq", "1"]}),
+        json!({"argv": ["printf", "-v", format!("x[$(touch {pwned})]"), "y"]}),
+        json!({"argv": ["read", format!("x[$(touch {pwned})]")], "stdin": "1\n"}),
+        json!({"argv": ["git", "-c", format!("core.pager=touch {pwned}"), "log"]}),
+        json!({"argv": ["git", format!("--output={pwned}"), "log"]}),
+        json!({"argv": ["less", format!("{d}/canary")]}),
+        json!({"argv": ["date", "-s", "2020-01-01"]}),
+        json!({"argv": ["date", "--se=2020-01-01"]}),
+        json!({"argv": ["awk", format!("BEGIN {{ system(\"touch {pwned}\") }}")]}),
+        json!({"argv": ["cat", format!("{parent}/{name}/../{name}/canary")]}),
+        json!({"argv": ["cat", format!("{d}/../../etc/passwd")]}),
+        json!({"argv": ["ls", format!("{d}/..")]}),
+    ];
+    for body in refused {
+        let (s, b) = exec(&a, body.clone()).await;
+        assert!(s == 403 || s == 400, "{body} → {s}: {b}");
+    }
+    // Reads keep working.
+    for body in [
+        json!({"argv": ["cat", format!("{d}/canary")]}),
+        json!({"argv": ["grep", "alive", format!("{d}/canary")]}),
+        json!({"argv": ["find", d, "-name", "canary"]}),
+        json!({"argv": ["sed", "-n", "1p", format!("{d}/canary")]}),
+        json!({"argv": ["sort", format!("{d}/canary")]}),
+        json!({"argv": ["tail", "-n", "1", format!("{d}/canary")]}),
+        json!({"argv": ["test", "-f", format!("{d}/canary")]}),
+    ] {
+        let (s, b) = exec(&a, body.clone()).await;
+        assert_eq!(s, 200, "{body}: {b}");
+        assert_eq!(b["exit_code"], 0, "{body}: {b}");
+    }
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "alive\n");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "no new file may appear: {entries:?}");
+    a.stop().await;
+}

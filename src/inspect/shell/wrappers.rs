@@ -141,10 +141,54 @@ pub(super) fn classify(args: &[String]) -> Option<Wrapper> {
     )
 }
 
+/// Shell builtins that evaluate an argument as code: a variable name with an array
+/// subscript is arithmetic, and arithmetic runs `$(...)` (`read 'x[$(id)]'`, `let`,
+/// `declare`); others take a command to call back (`compgen -C`, `mapfile -C`,
+/// `complete -C`, `trap`, `bind -x`).
+pub(super) const CODE_BUILTINS: &[&str] = &[
+    "let",
+    "read",
+    "mapfile",
+    "readarray",
+    "compgen",
+    "complete",
+    "declare",
+    "typeset",
+    "local",
+    "export",
+    "readonly",
+    "unset",
+    "getopts",
+    "bind",
+    "enable",
+    "fc",
+    "coproc",
+];
+
 pub(super) fn classify_name(name: &str, rest: &[String]) -> Option<Wrapper> {
     let lower = name.to_ascii_lowercase();
     let lower = lower.as_str();
     let stem = strip_version(lower);
+    if CODE_BUILTINS.contains(&lower) {
+        return Some(Wrapper::ShellC);
+    }
+    // `test -v 'x[$(id)]'`, and arithmetic comparisons, whose operands are arithmetic.
+    if matches!(lower, "test" | "[" | "[[") {
+        let code = rest.iter().any(|a| {
+            matches!(
+                a.as_str(),
+                "-v" | "-R" | "-eq" | "-ne" | "-lt" | "-le" | "-gt" | "-ge"
+            )
+        });
+        return code.then_some(Wrapper::ShellC);
+    }
+    // `printf -v 'x[$(id)]' ...` assigns through a subscript.
+    if lower == "printf" {
+        return rest
+            .iter()
+            .any(|a| a.starts_with("-v"))
+            .then_some(Wrapper::ShellC);
+    }
     if lower == "env" {
         return Some(Wrapper::Env);
     }
@@ -175,6 +219,10 @@ pub(super) fn classify_name(name: &str, rest: &[String]) -> Option<Wrapper> {
             // `python -v` is verbose mode (then reads stdin), not the version.
             &["--version", "--help", "-V", "-h"]
         } else if stem.ends_with("awk") {
+            // gawk's sandbox turns off `system()`, pipes and redirections.
+            if rest.iter().any(|a| a == "--sandbox") {
+                return None;
+            }
             &["--version", "--help"]
         } else {
             &["--version", "--help", "-v", "-V", "-h"]
@@ -188,23 +236,39 @@ pub(super) fn classify_name(name: &str, rest: &[String]) -> Option<Wrapper> {
         // `-e`/`--rsh` and `--rsync-path` name programs to run; any short-option cluster
         // containing `e` is counted (over-inclusive).
         let runs = rest.iter().any(|a| {
-            a.starts_with("--rsh")
-                || a.starts_with("--rsync-path")
+            long_option(a, "rsh")
+                || long_option(a, "rsync-path")
                 || (a.starts_with('-') && !a.starts_with("--") && a.contains('e'))
         });
         return runs.then_some(Wrapper::Runner);
     }
     if lower == "tar" {
         let runs = rest.iter().enumerate().any(|(i, a)| {
-            a.starts_with("--to-command")
-                || a.starts_with("--use-compress-program")
-                || a.starts_with("--checkpoint-action")
-                || a.starts_with("--info-script")
-                || a.starts_with("--new-volume-script")
-                || a.starts_with("--rmt-command")
-                || a.starts_with("--rsh-command")
+            // GNU getopt takes any unique prefix: `--to-com`, `--use`, `--checkpoint-act`.
+            [
+                "to-command",
+                "use-compress-program",
+                "checkpoint-action",
+                "info-script",
+                "new-volume-script",
+                "rmt-command",
+                "rsh-command",
+            ]
+            .iter()
+            .any(|full| long_option(a, full))
                 || (((a.starts_with('-') && !a.starts_with("--")) || i == 0)
                     && (a.contains('I') || a.contains('F')))
+        });
+        return runs.then_some(Wrapper::Runner);
+    }
+    if lower == "git" {
+        // Configuration on the command line runs code (`-c core.pager=...`, `-c alias.x=!sh`,
+        // `-c core.sshCommand=...`), as do `--exec-path=DIR` and `--upload-pack`/`--receive-pack`.
+        let runs = rest.iter().any(|a| {
+            a == "-c"
+                || ["config-env", "exec-path", "upload-pack", "receive-pack"]
+                    .iter()
+                    .any(|full| long_option(a, full))
         });
         return runs.then_some(Wrapper::Runner);
     }
