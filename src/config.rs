@@ -108,7 +108,8 @@ pub struct ShellsConfig {
     /// No shell lives longer than this.
     #[serde(default = "default_shell_max_ms")]
     pub max_duration_ms: u64,
-    /// Record keystrokes too (off: input can hold passwords).
+    /// Record humans' keystrokes too (off: input can hold passwords). Agents' keystrokes are
+    /// always recorded, masked.
     #[serde(default)]
     pub record_input: bool,
     /// How long a browser shell ticket stays valid (single use).

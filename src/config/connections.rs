@@ -122,6 +122,8 @@ pub struct SshConfig {
     pub host_key: String,
     /// TCP connect plus handshake and authentication must finish within this.
     pub connect_timeout_ms: u64,
+    /// Accept an account with uid 0 (refused by the connection check otherwise).
+    pub allow_privileged: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +191,7 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
             &["password", "tls", "read_only", "allow_privileged"]
         }
         ConnectionKind::Sqlite => &["path", "read_only"],
-        ConnectionKind::Ssh => &["password", "private_key", "host_key"],
+        ConnectionKind::Ssh => &["password", "private_key", "host_key", "allow_privileged"],
         ConnectionKind::Kubernetes => &[
             "tls",
             "kubeconfig",
@@ -273,6 +275,7 @@ pub(crate) fn typed(raw: RawConnection, i: usize) -> Result<ConnectionConfig, Co
                 password: raw.password,
                 host_key,
                 connect_timeout_ms: raw.connect_timeout_ms,
+                allow_privileged: raw.allow_privileged,
             })
         }
         ConnectionKind::Kubernetes => {

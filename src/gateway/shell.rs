@@ -6,8 +6,9 @@
 //! - The decision, the audit begin and the recording header are durable, and the remote
 //!   shell is open, before the client is told the session started.
 //! - Terminal output reaches the client and the recording only after the streaming masker.
-//!   Keystrokes are recorded only when `shells.record_input` is on (they can hold
-//!   passwords).
+//!   Keystrokes are recorded for agents always (`stty -echo` must not hide what an agent
+//!   typed) and for humans when `shells.record_input` is on (they can hold passwords);
+//!   they pass through their own streaming masker first.
 //! - Input is back-pressured: a message is read from the client only when the previous
 //!   one was taken by the host side; nothing is buffered without bound. Waiting for the
 //!   host to take input never stops output from being read (no deadlock with an echoing
@@ -149,6 +150,8 @@ struct Opened {
     recorder: Recorder,
     session: crate::backend::ShellSession,
     masking: RequestMasking,
+    /// Whether keystrokes are recorded: always for agents, for humans per configuration.
+    record_input: bool,
     cancel: CancellationToken,
     _slot: Slot,
 }
@@ -182,6 +185,8 @@ pub(crate) async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
     let Some(backend) = conn.exec().cloned() else {
         return Err(Problem::internal("an admitted shell lost its backend"));
     };
+    let record_input = gateway.shells_config.record_input
+        || admitted.principal.kind == crate::config::PrincipalKind::Agent;
     let session = session_of(
         &admitted.begin,
         "shell",
@@ -225,6 +230,7 @@ pub(crate) async fn open(admitted: Admitted) -> Result<ShellSession, Problem> {
             recorder,
             session,
             masking: admitted.masking,
+            record_input,
             cancel,
             _slot: admitted.slot,
         }),
@@ -240,6 +246,7 @@ impl ShellSession {
             mut recorder,
             session,
             masking,
+            record_input,
             cancel,
             _slot: slot,
         }) = self.opened.take()
@@ -252,6 +259,8 @@ impl ShellSession {
         let input = session.input;
         let mut output = session.output;
         let mut maskers = masking.stream_chain();
+        // Keystrokes get a masker of their own: a secret typed across messages is one stream.
+        let mut input_maskers = masking.stream_chain();
         let config = &gateway.shells_config;
         let idle = Duration::from_millis(config.idle_timeout_ms);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(config.max_duration_ms);
@@ -270,114 +279,119 @@ impl ShellSession {
         loop {
             let idle_at = last_activity + idle;
             tokio::select! {
-                ev = output.next() => match ev {
-                    Some(Ok(ExecEvent::Stdout(b))) | Some(Ok(ExecEvent::Stderr(b))) => {
-                        last_activity = tokio::time::Instant::now();
-                        let bytes = maskers.push(b.to_vec());
-                        if bytes.is_empty() {
-                            continue;
+                    ev = output.next() => match ev {
+                        Some(Ok(ExecEvent::Stdout(b))) | Some(Ok(ExecEvent::Stderr(b))) => {
+                            last_activity = tokio::time::Instant::now();
+                            let bytes = maskers.push(b.to_vec());
+                            if bytes.is_empty() {
+                                continue;
+                            }
+                            if recorder.output(&String::from_utf8_lossy(&bytes)).await.is_err() {
+                                reason = Some(Problem::recording_unavailable("the recording could not be written"));
+                                break;
+                            }
+                            if !terminal.send_output(bytes).await {
+                                ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                                break;
+                            }
                         }
-                        if recorder.output(&String::from_utf8_lossy(&bytes)).await.is_err() {
-                            reason = Some(Problem::recording_unavailable("the recording could not be written"));
+                        Some(Ok(ExecEvent::Exit { code, signal })) => {
+                            exit_code = code.map(i64::from);
+                            let _ = recorder.marker(&match (code, &signal) {
+                                (Some(c), _) => format!("exit {c}"),
+                                (None, Some(s)) => format!("signal {s}"),
+                                _ => "exit".into(),
+                            }).await;
+                            // Output the masker still holds belongs before the exit message.
+                            flush(&mut maskers, &mut recorder, terminal).await;
+            let typed = input_maskers.flush();
+            if !typed.is_empty() {
+                let _ = recorder.input(&String::from_utf8_lossy(&typed)).await;
+            }
+                            let _ = terminal.send_control(json!({"type": "exit", "code": code, "signal": signal})).await;
                             break;
                         }
-                        if !terminal.send_output(bytes).await {
+                        Some(Err(e)) => {
+                            let problem = Problem::from(e);
+                            ending = Ending::failed(Outcome::Error, &problem);
+                            let _ = terminal.send_control(error_message(&problem)).await;
+                            break;
+                        }
+                        None => break,
+                    },
+                    // Back-pressure without blocking the loop: a client message is read only
+                    // when the previous one has been handed to the host side, and handing it
+                    // over waits in its own branch, so output keeps flowing meanwhile (a host
+                    // echoing input must be able to write while it is slow to read).
+                    permit = input.reserve(), if pending.is_some() => match permit {
+                        Ok(permit) => {
+                            if let Some(item) = pending.take() {
+                                permit.send(item);
+                            }
+                        }
+                        Err(_) => {
+                            // The shell ended while input was still coming: its exit status is
+                            // (or will be) in the output; stop reading the client.
+                            pending = None;
+                            host_done = true;
+                        }
+                    },
+                    msg = terminal.recv(), if !host_done && pending.is_none() => match msg {
+                        ClientEvent::Input(data) => {
+                            last_activity = tokio::time::Instant::now();
+                            let shown = if record_input { input_maskers.push(data.to_vec()) } else { Vec::new() };
+                            if !shown.is_empty() && recorder.input(&String::from_utf8_lossy(&shown)).await.is_err() {
+                                reason = Some(Problem::recording_unavailable("the recording could not be written"));
+                                break;
+                            }
+                            pending = Some(ShellInput::Data(data));
+                        }
+                        ClientEvent::Control(text) => {
+                            last_activity = tokio::time::Instant::now();
+                            match serde_json::from_str::<Control>(&text) {
+                                Ok(Control::Resize { cols, rows }) if size_ok(cols, rows) => {
+                                    let _ = recorder.resize(cols, rows).await;
+                                    pending = Some(ShellInput::Resize { cols, rows });
+                                }
+                                Ok(Control::Resize { .. }) => {
+                                    let p = Problem::new(Code::InvalidResize, format!("cols must be 1..={MAX_COLS} and rows 1..={MAX_ROWS}"));
+                                    let _ = terminal.send_control(error_message(&p)).await;
+                                }
+                                Err(e) => {
+                                    let p = Problem::new(Code::InvalidControl, format!("text frames carry JSON control messages ({{\"type\":\"resize\",\"cols\":N,\"rows\":N}}): {e}"));
+                                    let _ = terminal.send_control(error_message(&p)).await;
+                                }
+                            }
+                        }
+                        ClientEvent::Idle => {}
+                        ClientEvent::Gone => {
+                            ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                            break;
+                        }
+                    },
+                    _ = ping.tick() => {
+                        if !terminal.ping().await {
                             ending = Ending::with_class(Outcome::Cancelled, "client_gone");
                             break;
                         }
                     }
-                    Some(Ok(ExecEvent::Exit { code, signal })) => {
-                        exit_code = code.map(i64::from);
-                        let _ = recorder.marker(&match (code, &signal) {
-                            (Some(c), _) => format!("exit {c}"),
-                            (None, Some(s)) => format!("signal {s}"),
-                            _ => "exit".into(),
-                        }).await;
-                        // Output the masker still holds belongs before the exit message.
-                        flush(&mut maskers, &mut recorder, terminal).await;
-                        let _ = terminal.send_control(json!({"type": "exit", "code": code, "signal": signal})).await;
+                    _ = tokio::time::sleep_until(idle_at) => {
+                        reason = Some(Problem::new(Code::IdleTimeout, "no input or output for the idle timeout"));
                         break;
                     }
-                    Some(Err(e)) => {
-                        let problem = Problem::from(e);
-                        ending = Ending::failed(Outcome::Error, &problem);
-                        let _ = terminal.send_control(error_message(&problem)).await;
+                    _ = tokio::time::sleep_until(deadline) => {
+                        reason = Some(Problem::new(Code::MaxDuration, "the session reached its maximum length"));
                         break;
                     }
-                    None => break,
-                },
-                // Back-pressure without blocking the loop: a client message is read only
-                // when the previous one has been handed to the host side, and handing it
-                // over waits in its own branch, so output keeps flowing meanwhile (a host
-                // echoing input must be able to write while it is slow to read).
-                permit = input.reserve(), if pending.is_some() => match permit {
-                    Ok(permit) => {
-                        if let Some(item) = pending.take() {
-                            permit.send(item);
-                        }
-                    }
-                    Err(_) => {
-                        // The shell ended while input was still coming: its exit status is
-                        // (or will be) in the output; stop reading the client.
-                        pending = None;
-                        host_done = true;
-                    }
-                },
-                msg = terminal.recv(), if !host_done && pending.is_none() => match msg {
-                    ClientEvent::Input(data) => {
-                        last_activity = tokio::time::Instant::now();
-                        if config.record_input && recorder.input(&String::from_utf8_lossy(&data)).await.is_err() {
-                            reason = Some(Problem::recording_unavailable("the recording could not be written"));
-                            break;
-                        }
-                        pending = Some(ShellInput::Data(data));
-                    }
-                    ClientEvent::Control(text) => {
-                        last_activity = tokio::time::Instant::now();
-                        match serde_json::from_str::<Control>(&text) {
-                            Ok(Control::Resize { cols, rows }) if size_ok(cols, rows) => {
-                                let _ = recorder.resize(cols, rows).await;
-                                pending = Some(ShellInput::Resize { cols, rows });
-                            }
-                            Ok(Control::Resize { .. }) => {
-                                let p = Problem::new(Code::InvalidResize, format!("cols must be 1..={MAX_COLS} and rows 1..={MAX_ROWS}"));
-                                let _ = terminal.send_control(error_message(&p)).await;
-                            }
-                            Err(e) => {
-                                let p = Problem::new(Code::InvalidControl, format!("text frames carry JSON control messages ({{\"type\":\"resize\",\"cols\":N,\"rows\":N}}): {e}"));
-                                let _ = terminal.send_control(error_message(&p)).await;
-                            }
-                        }
-                    }
-                    ClientEvent::Idle => {}
-                    ClientEvent::Gone => {
-                        ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                    _ = terminate.cancelled() => {
+                        reason = Some(Problem::new(Code::Terminated, "an administrator terminated the session"));
                         break;
                     }
-                },
-                _ = ping.tick() => {
-                    if !terminal.ping().await {
-                        ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                    _ = gateway.shutdown.cancelled() => {
+                        reason = Some(Problem::new(Code::ShuttingDown, "the server is shutting down"));
                         break;
                     }
                 }
-                _ = tokio::time::sleep_until(idle_at) => {
-                    reason = Some(Problem::new(Code::IdleTimeout, "no input or output for the idle timeout"));
-                    break;
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    reason = Some(Problem::new(Code::MaxDuration, "the session reached its maximum length"));
-                    break;
-                }
-                _ = terminate.cancelled() => {
-                    reason = Some(Problem::new(Code::Terminated, "an administrator terminated the session"));
-                    break;
-                }
-                _ = gateway.shutdown.cancelled() => {
-                    reason = Some(Problem::new(Code::ShuttingDown, "the server is shutting down"));
-                    break;
-                }
-            }
         }
         // Flush what the masker still holds, masked, then end the remote side.
         flush(&mut maskers, &mut recorder, terminal).await;

@@ -145,6 +145,7 @@ fn connection_config(name: &str, kind: &str) -> ConnectionConfig {
                 password: None,
                 host_key: "SHA256:unused".into(),
                 connect_timeout_ms: 1000,
+                allow_privileged: false,
             }),
         ),
         _ => (

@@ -30,6 +30,8 @@ kind = "ssh"
 url = "ssh://{user}@127.0.0.1:{port}"
 private_key = "file:{key}"
 host_key = "{kh}"
+# The tests' sshd logs in as the user running them: root on CI machines.
+allow_privileged = true
 
 [[rules]]
 id = "ops-shell"
@@ -360,4 +362,69 @@ async fn out_tail(a: &Airlock) -> String {
     let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
     let (_, page) = a.get(&auditor, "/v1/audit?limit=5").await;
     page.to_string()
+}
+
+/// An agent's keystrokes are recorded (masked) whatever `shells.record_input` says:
+/// `stty -echo` must not hide from the auditor what an agent typed.
+#[tokio::test]
+async fn an_agents_keystrokes_are_recorded_masked_even_without_echo() {
+    let sshd = Sshd::start(None);
+    let rules = r#"
+[[rules]]
+id = "agent-shell"
+action = "allow"
+connections = ["host"]
+principals = ["sub:dev/bot-1"]
+match = { shell = true }
+
+[[masking]]
+connections = ["host"]
+detectors = ["all"]
+"#;
+    let a = Airlock::start(&format!("{}\n{rules}", config(&sshd, ""))).await;
+    let bot = a.token("bot-1", &[], airlock::config::PrincipalKind::Agent);
+    let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
+    let mut ws = connect(&a, Some(&bot), "").await.unwrap();
+    for chunk in [
+        &b"stty -echo\n"[..],
+        b"echo hidden-",
+        b"from-echo 4111-1111-",
+        b"1111-1111 > /dev/null\n",
+        b"exit 0\n",
+    ] {
+        ws.send(Message::Binary(chunk.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    let _ = read_until(&mut ws, 10, |_, c| has(c, "closed")).await;
+    let (_, list) = a.get(&auditor, "/v1/sessions?limit=5").await;
+    let id = list["sessions"][0]["id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, s) = a.get(&auditor, &format!("/v1/sessions/{id}")).await;
+            s["status"] != "running"
+        })
+        .await
+    );
+    let cast = a
+        .http
+        .get(format!("{}/v1/sessions/{id}/recording", a.base))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let typed: String = cast
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e[1] == "i")
+        .map(|e| e[2].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(typed.contains("stty -echo"), "{typed:?}");
+    assert!(typed.contains("hidden-from-echo"), "{typed:?}");
+    assert!(!typed.contains("4111-1111-1111-1111"), "{typed:?}");
+    a.stop().await;
 }

@@ -152,6 +152,8 @@ kind = "ssh"
 url = "ssh://{user}@127.0.0.1:{port}"
 private_key = "file:{key}"
 host_key = "{kh}"
+# The tests' sshd logs in as the user running them: root on CI machines.
+allow_privileged = true
 {extra_conn}
 
 [[connections]]
@@ -647,4 +649,72 @@ match = { argv = ["ls *", "cat *", "grep *", "find *", "tail *", "tar *", "git *
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1, "no new file may appear: {entries:?}");
     a.stop().await;
+}
+
+/// What `server::prepare` says of a configuration (the connection check runs there).
+async fn prepare_error(config: &str) -> Option<String> {
+    let config = format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}");
+    let parsed = airlock::config::Config::parse(&config, "test config").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    airlock::server::prepare(parsed, data.path(), None)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The connection check refuses a root account unless the connection accepts it, and an
+/// account whose login shell does not read POSIX quoting the way Airlock writes it.
+#[tokio::test]
+async fn root_accounts_and_non_posix_login_shells_are_refused() {
+    let sshd = Sshd::start(None);
+    let strict = config(&sshd, "", SAFE_PROGRAMS).replace("allow_privileged = true", "");
+    let refused = prepare_error(&strict).await;
+    if whoami() == "root" {
+        let why = refused.expect("a root account must be refused");
+        assert!(
+            why.contains("uid 0") && why.contains("allow_privileged"),
+            "{why}"
+        );
+    } else {
+        assert_eq!(refused, None, "an unprivileged account is accepted");
+    }
+    // A login shell that rewrites what it is given (as fish or tcsh read `\` and `!`
+    // differently inside single quotes).
+    let user = format!("ns{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let sshd = Sshd::start(Some((&user, "s3cret-pw-for-test")));
+    let shell = std::env::temp_dir().join(format!("airlock-odd-shell-{user}"));
+    std::fs::write(
+        &shell,
+        "#!/bin/sh\nif [ \"$1\" = -c ]; then exec /bin/sh -c \"$(printf '%s' \"$2\" | tr '\\\\' '/')\"; fi\nexec /bin/sh \"$@\"\n",
+    )
+    .unwrap();
+    assert!(
+        Command::new("chmod")
+            .arg("755")
+            .arg(&shell)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("usermod")
+            .args(["-s", &shell.display().to_string(), &user])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let var = format!("AIRLOCK_TEST_SSH_PW2_{}", std::process::id());
+    // SAFETY: a unique variable set before the server reads it.
+    unsafe { std::env::set_var(&var, "s3cret-pw-for-test") };
+    let cfg = config(&sshd, "", SAFE_PROGRAMS)
+        .replace(&format!("ssh://{}@", whoami()), &format!("ssh://{user}@"))
+        .replace(
+            &format!("private_key = \"file:{}\"", sshd.client_key.display()),
+            &format!("password = \"env:{var}\""),
+        );
+    let why = prepare_error(&cfg)
+        .await
+        .expect("a non-POSIX login shell must be refused");
+    assert!(why.contains("POSIX"), "{why}");
+    let _ = std::fs::remove_file(&shell);
 }

@@ -39,6 +39,7 @@ use super::{
     ShellSession,
 };
 use crate::config::{ConnectionConfig, SshConfig};
+use crate::inspect::shell;
 
 mod flow;
 mod target;
@@ -149,7 +150,13 @@ pub struct SshBackend {
     slots: Arc<Semaphore>,
     pool_size: usize,
     pool_wait: Duration,
+    allow_privileged: bool,
 }
+
+/// What the login-shell probe sends as one argument: every character a POSIX shell treats
+/// specially, quotes of both kinds, backslashes (which fish reads as escapes inside single
+/// quotes), `!` (csh history), a newline (csh refuses it inside quotes), and non-ASCII.
+const PROBE: &str = "a'b\"c\\d$(e)`f`${g}*h?[i];j|k&l<m>n(o){p,q}~r#s!t\nu\tv ü\\'w";
 
 impl SshBackend {
     pub fn new(config: &ConnectionConfig, ssh: &SshConfig) -> Result<SshBackend, String> {
@@ -187,6 +194,7 @@ impl SshBackend {
             slots: Arc::new(Semaphore::new(config.limits.pool_size)),
             pool_size: config.limits.pool_size,
             pool_wait: config.limits.pool_wait(),
+            allow_privileged: ssh.allow_privileged,
         })
     }
 
@@ -380,13 +388,42 @@ async fn disconnect(session: &Session) {
 
 #[async_trait::async_trait]
 impl ExecBackend for SshBackend {
+    /// Connects, then checks the account with two probes through its login shell. Airlock's
+    /// quoting is POSIX: a login shell of another family (fish, tcsh) would read it
+    /// differently and turn a plain argv into something else, so the probe's bytes must
+    /// come back exactly. A uid 0 account is refused unless `allow_privileged = true`.
     async fn verify(&self) -> Result<(), BackendError> {
         let cancel = CancellationToken::new();
-        let (session, _) = self
-            .connect(&cancel, deadline_after(self.connect_timeout * 2))
-            .await?;
+        let deadline = deadline_after(self.connect_timeout * 4);
+        let (session, _) = self.connect(&cancel, deadline).await?;
+        let label = self.target.label();
+        let checked = async {
+            let echo = shell::quote_argv(&["printf".into(), "%s".into(), PROBE.into()])
+                .map_err(BackendError::Internal)?;
+            let echoed = probe(&session, &label, &echo).await?;
+            if echoed != PROBE.as_bytes() {
+                return Err(BackendError::Internal(format!(
+                    "{label}: the account's login shell does not read POSIX quoting (a probe came back as {:?}); give Airlock an account whose login shell is /bin/sh",
+                    String::from_utf8_lossy(&echoed)
+                )));
+            }
+            let uid = probe(&session, &label, "id -u").await?;
+            if String::from_utf8_lossy(&uid).trim() == "0" && !self.allow_privileged {
+                return Err(BackendError::Internal(format!(
+                    "{label}: the account is root (uid 0); use an unprivileged account, or set allow_privileged = true on this connection to accept it"
+                )));
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout_at(deadline, checked).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Unavailable {
+                detail: format!("{label}: the account check did not finish in time"),
+                retry_after_secs: 1,
+            }),
+        };
         disconnect(&session).await;
-        Ok(())
+        result
     }
 
     async fn exec(
@@ -532,6 +569,38 @@ impl ExecBackend for SshBackend {
 /// Waits for the server's answer to a channel request sent with `want_reply`, so a refusal
 /// is an error returned to the caller rather than an event. Nothing but window adjustments
 /// can arrive on the channel before the answer (the program has not started yet).
+/// Runs `command` on its own channel and returns its standard output (bounded).
+async fn probe(session: &Session, label: &str, command: &str) -> Result<Vec<u8>, BackendError> {
+    const MAX: usize = 64 * 1024;
+    let channel = session.channel_open_session().await.map_err(|e| {
+        BackendError::Internal(format!("{label}: could not open a session channel: {e}"))
+    })?;
+    let (mut read, write) = channel.split();
+    write
+        .exec(true, command.as_bytes())
+        .await
+        .map_err(|e| BackendError::Internal(format!("{label}: exec request failed: {e}")))?;
+    let mut out = Vec::new();
+    loop {
+        match read.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                out.extend_from_slice(&data);
+                if out.len() > MAX {
+                    break;
+                }
+            }
+            Some(ChannelMsg::Failure) => {
+                return Err(BackendError::Internal(format!(
+                    "{label} refused to run the account check"
+                )));
+            }
+            Some(ChannelMsg::Close) | None => break,
+            Some(_) => continue,
+        }
+    }
+    Ok(out)
+}
+
 async fn await_reply(
     read: &mut ChannelReadHalf,
     label: &str,
