@@ -681,6 +681,16 @@ mod tests {
         }
     }
 
+    /// The facts of a command given as argv, as the inspector makes them.
+    fn argv_facts(argv: &[&str]) -> Facts {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        Facts {
+            statement_count: 1,
+            command: Some(crate::inspect::shell::inspect_argv(&argv)),
+            ..Facts::default()
+        }
+    }
+
     fn with_match(id: &str, action: Action, m: Match) -> RuleConfig {
         let mut r = rule(id, action, &["*"]);
         r.matcher = Some(m);
@@ -731,14 +741,7 @@ mod tests {
     #[test]
     fn effects_need_naming_and_path_globs_match_the_opened_path() {
         let p = principal(&["agents"]);
-        let cmd = |argv: &[&str]| {
-            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-            Facts {
-                statement_count: 1,
-                command: Some(crate::inspect::shell::inspect_argv(&argv)),
-                ..Facts::default()
-            }
-        };
+        let cmd = argv_facts;
         let logs = with_match(
             "logs",
             Action::Allow,
@@ -806,14 +809,7 @@ mod tests {
     #[test]
     fn deny_and_review_rules_look_inside_wrappers() {
         let p = principal(&["agents"]);
-        let cmd = |argv: &[&str]| {
-            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-            Facts {
-                statement_count: 1,
-                command: Some(crate::inspect::shell::inspect_argv(&argv)),
-                ..Facts::default()
-            }
-        };
+        let cmd = argv_facts;
         let no_rm = with_match(
             "no-rm",
             Action::Deny,

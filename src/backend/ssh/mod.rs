@@ -437,16 +437,7 @@ impl ExecBackend for SshBackend {
         let label = self.target.label();
 
         let start = async {
-            let channel = session.channel_open_session().await.map_err(|e| {
-                BackendError::Internal(format!("{label}: could not open a session channel: {e}"))
-            })?;
-            let (mut read, write) = channel.split();
-            write
-                .exec(true, plan.command.as_bytes())
-                .await
-                .map_err(|e| {
-                    BackendError::Internal(format!("{label}: exec request failed: {e}"))
-                })?;
+            let (mut read, write) = open_exec(&session, &label, &plan.command).await?;
             // Wait for the server's answer to the exec request so a refusal is an error
             // returned here, not an event.
             await_reply(
@@ -498,10 +489,7 @@ impl ExecBackend for SshBackend {
         let label = self.target.label();
 
         let start = async {
-            let channel = session.channel_open_session().await.map_err(|e| {
-                BackendError::Internal(format!("{label}: could not open a session channel: {e}"))
-            })?;
-            let (mut read, write) = channel.split();
+            let (mut read, write) = open_channel(&session, &label).await?;
             // No terminal modes: sshd's defaults (echo on, canonical mode) are what an
             // interactive login expects; the client's own terminal stays raw on its side.
             write
@@ -569,17 +557,35 @@ impl ExecBackend for SshBackend {
 /// Waits for the server's answer to a channel request sent with `want_reply`, so a refusal
 /// is an error returned to the caller rather than an event. Nothing but window adjustments
 /// can arrive on the channel before the answer (the program has not started yet).
-/// Runs `command` on its own channel and returns its standard output (bounded).
-async fn probe(session: &Session, label: &str, command: &str) -> Result<Vec<u8>, BackendError> {
-    const MAX: usize = 64 * 1024;
+/// A new session channel, split.
+async fn open_channel(
+    session: &Session,
+    label: &str,
+) -> Result<(ChannelReadHalf, ChannelWriteHalf<Msg>), BackendError> {
     let channel = session.channel_open_session().await.map_err(|e| {
         BackendError::Internal(format!("{label}: could not open a session channel: {e}"))
     })?;
-    let (mut read, write) = channel.split();
+    Ok(channel.split())
+}
+
+/// A new session channel with `command` requested on it (the reply is the caller's to await).
+async fn open_exec(
+    session: &Session,
+    label: &str,
+    command: &str,
+) -> Result<(ChannelReadHalf, ChannelWriteHalf<Msg>), BackendError> {
+    let (read, write) = open_channel(session, label).await?;
     write
         .exec(true, command.as_bytes())
         .await
         .map_err(|e| BackendError::Internal(format!("{label}: exec request failed: {e}")))?;
+    Ok((read, write))
+}
+
+/// Runs `command` on its own channel and returns its standard output (bounded).
+async fn probe(session: &Session, label: &str, command: &str) -> Result<Vec<u8>, BackendError> {
+    const MAX: usize = 64 * 1024;
+    let (mut read, _write) = open_exec(session, label, command).await?;
     let mut out = Vec::new();
     loop {
         match read.wait().await {
