@@ -606,3 +606,34 @@ async fn reviewers_see_parameter_values_masked_unless_exempt() {
     assert_eq!(b["params"], json!(["ada@example.com", 7]), "{b}");
     a.stop().await;
 }
+
+/// The reviewer sees, and the approval binds, the statement that will run — Airlock's
+/// rendering without the agent's comments — and the run executes exactly that.
+#[tokio::test]
+async fn the_reviewer_sees_what_will_run_not_the_agents_text() {
+    let a = Airlock::start(&config("", "min_approvals = 1")).await;
+    let agent = a.agent();
+    let sent = "UPDATE customers /* looks harmless */ SET city = 'Paris' -- note\nWHERE id <= 5";
+    let (s, held) = a.query(&agent, "demo", json!({ "sql": sent })).await;
+    assert_eq!(s, 202, "{held}");
+    let exec = held["execution_id"].as_str().unwrap().to_string();
+    let review = held["review_id"].as_str().unwrap().to_string();
+    let alice = human(&a, "alice", &["dba"]);
+    let (_, list) = a.get(&alice, "/v1/reviews").await;
+    assert_eq!(list["reviews"][0]["statement_visible"], UPDATE, "{list}");
+    let (s, b) = post(&a, &alice, &format!("/v1/reviews/{review}/approve"), None).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = post(&a, &agent, &format!("/v1/executions/{exec}/run"), None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(city_count(&a).await, 5);
+    let audit = a.audit_of(&exec).await;
+    let begin = audit.iter().find(|e| e["phase"] == "begin").unwrap();
+    assert_eq!(begin["statement"], UPDATE, "{begin}");
+    assert!(
+        begin["submitted"]
+            .as_str()
+            .unwrap()
+            .contains("looks harmless")
+    );
+    a.stop().await;
+}
