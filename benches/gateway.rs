@@ -126,6 +126,9 @@ kind = "postgres"
 url = "postgres://{role}@127.0.0.1:5432/{db}"
 [connections.limits]
 pool_size = 32
+# One bench principal stands for many agents: it may use the whole pool, as the direct
+# baseline's 32 connections do.
+principal_share = 1.0
 [[rules]]
 id = "agents"
 action = "allow"
