@@ -113,6 +113,19 @@ impl Airlock {
         (status, resp.json::<Value>().await.unwrap_or(Value::Null))
     }
 
+    /// A session's recording (asciicast text), fetched as `token`.
+    pub async fn recording(&self, token: &str, session_id: &str) -> String {
+        self.http
+            .get(format!("{}/v1/sessions/{session_id}/recording", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// All audit events of one execution, oldest first.
     pub async fn audit_of(&self, execution_id: &str) -> Vec<Value> {
         let auditor = self.token("auditor", &["auditors"], PrincipalKind::Human);

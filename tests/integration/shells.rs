@@ -322,16 +322,7 @@ async fn terminate_shutdown_and_the_recording() {
         })
         .await
     );
-    let cast = a
-        .http
-        .get(format!("{}/v1/sessions/{id}/recording", a.base))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cast = a.recording(&auditor, &id).await;
     assert!(
         cast.lines().skip(1).all(|l| !l.contains("\"i\"")),
         "input is not recorded by default"
@@ -406,16 +397,7 @@ detectors = ["all"]
         })
         .await
     );
-    let cast = a
-        .http
-        .get(format!("{}/v1/sessions/{id}/recording", a.base))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cast = a.recording(&auditor, &id).await;
     let typed: String = cast
         .lines()
         .skip(1)

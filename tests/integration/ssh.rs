@@ -239,19 +239,8 @@ async fn commands_run_with_exit_codes_streams_and_stdin() {
     );
     let auditor = a.token("aud", &["auditors"], airlock::config::PrincipalKind::Human);
     let cast = a
-        .http
-        .get(format!(
-            "{}/v1/sessions/{}/recording",
-            a.base,
-            b["session_id"].as_str().unwrap()
-        ))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .recording(&auditor, b["session_id"].as_str().unwrap())
+        .await;
     assert!(
         cast.contains(r#""i", "from stdin\n""#) || cast.contains(r#""i","from stdin\n""#),
         "{cast}"
@@ -263,19 +252,8 @@ async fn commands_run_with_exit_codes_streams_and_stdin() {
     .await;
     assert_eq!(s, 200, "{b}");
     let cast = a
-        .http
-        .get(format!(
-            "{}/v1/sessions/{}/recording",
-            a.base,
-            b["session_id"].as_str().unwrap()
-        ))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .recording(&auditor, b["session_id"].as_str().unwrap())
+        .await;
     assert!(!cast.contains("4111-1111-1111-1111"), "{cast}");
     // Large output is capped, and says so.
     let (s, b) = exec(
