@@ -213,6 +213,28 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// Whether the request provably only reads: parsed, every statement kind a plain read
+    /// (`select`, `explain` — with ANALYZE the explained statement's kind is listed too —
+    /// or `show`), no row locks, nothing written, and every function called a listed one
+    /// with no dangerous class (so no sequence, lock, setting or user code). A read-only
+    /// transaction would refuse nothing such a request does.
+    pub fn reads_only(&self) -> bool {
+        !self.unparsed
+            && self.command.is_none()
+            && !self.shell
+            && !self.kinds.is_empty()
+            && self.kinds.iter().all(|k| {
+                matches!(
+                    k,
+                    StatementKind::Select | StatementKind::Explain | StatementKind::Show
+                )
+            })
+            && self.tables_written.is_empty()
+            && !self.nested_write
+            && self.function_classes.is_empty()
+            && !self.function_unlisted
+    }
+
     /// The facts for input the inspector could not account for: one statement of unknown
     /// kind, so a multi-statement rule cannot be dodged by breaking the parser.
     fn unparsed() -> Facts {
@@ -1010,10 +1032,12 @@ impl Visitor for Walker {
 mod canonical;
 mod helpers;
 mod lexical;
+mod memo;
 mod postgres_grammar;
 use helpers::*;
 pub(crate) use helpers::{fold, render};
 pub(crate) use lexical::invisible;
+pub use memo::inspect_memoized;
 
 #[cfg(test)]
 #[path = "sql_tests.rs"]
