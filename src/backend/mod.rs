@@ -53,6 +53,11 @@ pub struct QueryPlan {
     pub timeout: Duration,
     /// Set by a reviewer: a write affecting more rows than this is rolled back.
     pub max_affected_rows: Option<u64>,
+    /// The inspector proved the statement only reads: every statement kind is a plain read,
+    /// nothing nested writes, no row locks, and every function called is a listed one
+    /// without side effects. A backend may then run it in a read-only transaction whose end
+    /// it sends without waiting for the rows (nothing can be committed either way).
+    pub reads_only: bool,
 }
 
 #[derive(Debug)]

@@ -387,6 +387,7 @@ impl Steps<'_> {
                     max_rows: limits.max_rows,
                     timeout: Duration::from_millis(limits.timeout_ms),
                     max_affected_rows: self.approval.and_then(|r| r.max_affected_rows),
+                    reads_only: facts.reads_only(),
                 };
                 // NDJSON streams rows through in constant memory; JSON holds the response.
                 let row = conn.config.limits.max_value_bytes.saturating_mul(2);
@@ -518,7 +519,7 @@ impl Steps<'_> {
             .sql()
             .map(|b| b.kind())
             .ok_or_else(|| Problem::internal("not a SQL connection"))?;
-        let inspected = inspect::sql::inspect(kind, sql).map_err(|e| {
+        let inspected = inspect::sql::inspect_memoized(kind, sql).map_err(|e| {
             Problem::new(Code::InvalidStatement, e.to_string()).with("rule", "inspect")
         })?;
         let facts = inspected.facts;

@@ -710,3 +710,130 @@ async fn postgres_store_holds_the_audit_log() {
     .expect("refused");
     assert!(err.contains("store"), "{err}");
 }
+
+/// Parsed facts cannot prove a request leaves its session clean: a view runs code the
+/// statement does not name. Each view below looks like a plain read (`SELECT * FROM v`), so
+/// it takes the read-only streamed path, and changes the session in a way the next agent on
+/// the same pooled connection could use. None of it may survive the request.
+#[tokio::test]
+async fn views_that_change_the_session_leave_nothing_for_the_next_agent() {
+    let db = PgDb::create().await;
+    db.owner()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION dirty(what text) RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+               IF what = 'setting' THEN PERFORM set_config('search_path', 'evil, public', false);
+               ELSIF what = 'role_setting' THEN PERFORM set_config('statement_timeout', '1', false);
+               ELSIF what = 'lock' THEN PERFORM pg_advisory_lock(4242);
+               ELSIF what = 'prepare' THEN EXECUTE 'PREPARE left_behind AS SELECT 42';
+               ELSIF what = 'listen' THEN EXECUTE 'LISTEN left_behind';
+               END IF;
+               RETURN 1;
+             END $$;
+             CREATE VIEW v_setting AS SELECT dirty('setting') AS x;
+             CREATE VIEW v_timeout AS SELECT dirty('role_setting') AS x;
+             CREATE VIEW v_lock AS SELECT dirty('lock') AS x;
+             CREATE VIEW v_prepare AS SELECT dirty('prepare') AS x;
+             CREATE VIEW v_listen AS SELECT dirty('listen') AS x;
+             CREATE VIEW v_listening AS SELECT count(*) AS n FROM pg_listening_channels();",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
+    let agent_a = a.token(
+        "agent-a",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let agent_b = a.token(
+        "agent-b",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    for view in ["v_setting", "v_timeout", "v_lock", "v_prepare", "v_listen"] {
+        let (s, b) = a
+            .query(
+                &agent_a,
+                "pg",
+                json!({"sql": format!("SELECT * FROM {view}")}),
+            )
+            .await;
+        assert_eq!(s, 200, "{view}: {b}");
+    }
+    let one = |sql: &str| json!({ "sql": sql });
+    let (s, b) = a
+        .query(
+            &agent_b,
+            "pg",
+            one("SELECT current_setting('search_path'), current_setting('statement_timeout')"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rows"][0][0], "\"$user\", public", "{b}");
+    assert_ne!(b["rows"][0][1], "1ms", "{b}");
+    let (s, b) = a
+        .query(&agent_b, "pg", one("SELECT n FROM v_listening"))
+        .await;
+    assert_eq!(
+        (s, &b["rows"][0][0]),
+        (200, &json!("0")),
+        "still listening: {b}"
+    );
+    let (s, b) = a.query(&agent_b, "pg", one("EXECUTE left_behind")).await;
+    assert_eq!(s, 400, "agent A's prepared statement must be gone: {b}");
+    let locks: i64 = db
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0, "agent A's advisory lock must be released");
+    // The cached statement survives the reset and still answers.
+    for _ in 0..3 {
+        let (s, b) = a.query(&agent_b, "pg", one("SELECT 1 AS x")).await;
+        assert_eq!((s, &b["rows"][0][0]), (200, &json!(1)), "{b}");
+    }
+    a.stop().await;
+}
+
+/// A statement the server refuses (agents make typos) leaves a clean connection behind: the
+/// queued end rolls back and resets, so the same server session serves the next request.
+#[tokio::test]
+async fn a_refused_read_keeps_its_connection_clean_and_pooled() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
+    let agent = a.agent();
+    let pid = |b: &Value| b["rows"][0][0].clone();
+    let (s, first) = a
+        .query(&agent, "pg", json!({"sql": "SELECT pg_backend_pid()"}))
+        .await;
+    assert_eq!(s, 200, "{first}");
+    for bad in [
+        json!({"sql": "SELECT * FROM no_such_table"}),
+        json!({"sql": "SELECT 1 / $1::int", "params": [0]}),
+        json!({"sql": "SELECT $1::int", "params": ["not a number"]}),
+    ] {
+        let (s, b) = a.query(&agent, "pg", bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+        assert!(b["database"]["sqlstate"].is_string(), "{b}");
+    }
+    let (s, again) = a
+        .query(&agent, "pg", json!({"sql": "SELECT pg_backend_pid()"}))
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(pid(&first), pid(&again), "the connection was kept");
+    let (s, b) = a
+        .query(
+            &agent,
+            "pg",
+            json!({"sql": "SELECT current_setting('transaction_read_only')"}),
+        )
+        .await;
+    assert_eq!((s, &b["rows"][0][0]), (200, &json!("on")), "{b}");
+    a.stop().await;
+}

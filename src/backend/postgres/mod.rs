@@ -43,6 +43,7 @@ use crate::store::StoreIdentity;
 
 mod guard;
 mod params;
+mod session;
 mod values;
 
 use params::JsonParam;
@@ -236,13 +237,10 @@ impl PostgresBackend {
         let endpoint = Endpoint::from_config(&pg);
 
         let manager_config = ManagerConfig {
-            // `DISCARD ALL` before a connection is handed out again: one statement that
-            // closes cursors, resets every setting to its connection default (so the
-            // startup options above survive), deallocates prepared statements (an agent's
-            // `PREPARE` must not be callable by the next agent), unlistens, releases
-            // advisory locks and drops temp tables. deadpool's `Clean` misses DEALLOCATE and
-            // costs seven statements.
-            recycling_method: RecyclingMethod::Custom("DISCARD ALL".into()),
+            // Nothing is sent when a connection is handed out again: every request ends by
+            // resetting the session in the same message as its transaction's end, and a
+            // connection that did not end cleanly is closed, not pooled (see `session`).
+            recycling_method: RecyclingMethod::Fast,
         };
         // Every connection reads through the message guard (see `guard`).
         let max_message = usize::try_from(config.limits.max_value_bytes).unwrap_or(usize::MAX);
@@ -721,10 +719,7 @@ async fn produce(
 ) {
     let token = client.cancel_token();
     let mut ready = Some(ready);
-    let outcome = {
-        let pg: &mut tokio_postgres::Client = &mut client;
-        run(pg, &job, &mut ready).await
-    };
+    let outcome = run(&mut client, &job, &mut ready).await;
     // `run` has returned, so its transaction is gone: a clean run ended with COMMIT or
     // ROLLBACK, a failed one has queued tokio-postgres' implicit ROLLBACK.
     let Err(failure) = outcome else {
@@ -782,41 +777,310 @@ async fn cancel_on_server(token: &CancelToken, tls: &Tls) {
 }
 
 async fn run(
-    client: &mut tokio_postgres::Client,
+    client: &mut Object,
     job: &Job,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
     let before = failed(Stage::BeforeRows);
-    let txn = if job.read_only {
-        guard(job, client.build_transaction().read_only(true).start()).await?
+    // Prepared outside the transaction (parsing needs none), once per connection.
+    let statement = match guard(job, session::prepare(client, &job.plan.sql)).await? {
+        Ok(statement) => statement,
+        // The server refused to parse it (a typo, an unknown table): nothing began on the
+        // connection, which stays in the pool.
+        Err(e) if e.as_db_error().is_some() => {
+            return refuse_keeping_connection(ready, pg_error(e, Stage::BeforeRows));
+        }
+        Err(e) => return Err(before(e)),
+    };
+    let expected = statement.params().len();
+    if expected != job.plan.params.len() {
+        return refuse_keeping_connection(
+            ready,
+            BackendError::Params(format!(
+                "the statement has {expected} parameter placeholder(s) ($1..${expected}) but {} \
+                 value(s) were given",
+                job.plan.params.len()
+            )),
+        );
+    }
+    let read_only = job.read_only || job.plan.reads_only;
+    let streamable = statement
+        .columns()
+        .iter()
+        .all(|c| values::decodes_natively(c.type_()));
+    if read_only && streamable {
+        run_streamed(client, job, &statement, ready).await
     } else {
-        guard(job, client.transaction()).await?
+        run_in_portal(client, job, &statement, read_only, ready).await
+    }
+}
+
+/// How many rows past `max_rows` a truncated streamed result may still read to reach its
+/// end on the server, and for how long; past either, the statement is cancelled on the
+/// server and the connection closed instead.
+const DRAIN_ROWS: u64 = 10_000;
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+
+/// A read-only request in one round trip: the transaction's start (with its timeout), the
+/// statement (Bind/Execute of all rows) and the transaction's end with the session reset
+/// are sent together, and rows are decoded as they arrive. Only for read-only transactions:
+/// the `ROLLBACK` is queued before the outcome is known, which is right only when there is
+/// nothing to commit. Only for columns decoded without the server's help (see
+/// `values::decodes_natively`): nothing else may be sent while rows are still arriving.
+async fn run_streamed(
+    client: &Object,
+    job: &Job,
+    statement: &tokio_postgres::Statement,
+    ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
+) -> Result<(), Failure> {
+    let during = failed(Stage::Streaming);
+    let begin_sql = session::begin_sql(true, server_timeout_ms(job.plan.timeout));
+    let end_sql = session::end_sql(false);
+    let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
+    let refs = params.iter().map(|p| p as &(dyn ToSql + Sync));
+
+    // The driver sends a request when its future is first polled, in that order, and the
+    // server answers in order: BEGIN, the statement's rows, then the end.
+    let mut started = pin!(futures::future::join(
+        client.batch_execute(&begin_sql),
+        client.query_raw(statement, refs),
+    ));
+    let early = futures::poll!(started.as_mut());
+    let mut end = pin!(client.simple_query(&end_sql));
+    // Polled here only to send it; a future that already finished (the connection is
+    // gone) must not be polled again, so its answer is kept.
+    let end_early = futures::poll!(end.as_mut());
+    let (begun, rows) = match early {
+        std::task::Poll::Ready(both) => both,
+        std::task::Poll::Pending => guard(job, started).await?,
+    };
+    let rows = match begun.and(rows) {
+        Ok(rows) => rows,
+        Err(e) => return settle_refused(client, job, ready, end, end_early, e).await,
+    };
+
+    let columns = statement
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            type_name: type_display_name(c.type_()),
+        })
+        .collect();
+    send(job, RowEvent::Columns(columns)).await?;
+
+    let mut rows = pin!(rows);
+    let mut fetched: u64 = 0;
+    let mut truncated = false;
+    while let Some(row) = guard(job, rows.next()).await? {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => return settle_refused(client, job, ready, end, end_early, e).await,
+        };
+        report_started(ready)?;
+        if fetched == job.plan.max_rows {
+            truncated = true;
+            break;
+        }
+        fetched += 1;
+        let values = values::decode_row_natively(&row)?;
+        send(job, RowEvent::Row(values)).await?;
+    }
+    report_started(ready)?;
+    if truncated && !drained(job, rows.as_mut()).await? {
+        // The statement is still producing rows nobody will read: the result stands, the
+        // statement is cancelled on the server and the connection closed.
+        let _ = job
+            .sender
+            .send(Ok(RowEvent::End {
+                truncated,
+                affected_rows: None,
+            }))
+            .await;
+        return Err(Failure {
+            error: None,
+            cancel_on_server: true,
+        });
+    }
+    if let Some(max) = job.plan.max_affected_rows
+        && (fetched > max || truncated)
+    {
+        return Err(Failure::error(BackendError::AffectedRowsExceeded {
+            affected: fetched,
+            max,
+        }));
+    }
+    let messages = match end_early {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => guard(job, end).await?,
+    }
+    .map_err(&during)?;
+    session::left_prepared_statements(client, &messages)
+        .await
+        .map_err(|e| Failure::error(end_error(e)))?;
+    let returns_rows = !statement.columns().is_empty();
+    let affected_rows = if returns_rows {
+        None
+    } else {
+        rows.rows_affected()
+    };
+    let _ = job
+        .sender
+        .send(Ok(RowEvent::End {
+            truncated,
+            affected_rows,
+        }))
+        .await;
+    Ok(())
+}
+
+/// The server refused the streamed statement (a typo, a missing table, a bad parameter, a
+/// failure while producing rows): its transaction is aborted, and the end already queued
+/// behind it rolls back and resets the session. Once that answer is in, the connection is
+/// as clean as after a success and stays in the pool; agents make mistakes often, and a new
+/// server connection per mistake would cost more than the request. Anything that is not
+/// the server's own refusal closes the connection as usual.
+async fn settle_refused<F>(
+    client: &Object,
+    job: &Job,
+    ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
+    end: std::pin::Pin<&mut F>,
+    end_early: std::task::Poll<
+        Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    >,
+    refusal: tokio_postgres::Error,
+) -> Result<(), Failure>
+where
+    F: Future<Output = Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>,
+{
+    // Until the first row, an error means the statement did not run.
+    let stage = if ready.is_some() {
+        Stage::BeforeRows
+    } else {
+        Stage::Streaming
+    };
+    if refusal.as_db_error().is_none() {
+        return Err(failed(stage)(refusal));
+    }
+    let messages = match end_early {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => guard(job, end).await?,
+    };
+    let error = pg_error(refusal, stage);
+    let clean = match messages {
+        Ok(messages) => session::left_prepared_statements(client, &messages)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    match ready.take() {
+        Some(ready) => {
+            let _ = ready.send(Err(error));
+        }
+        None => {
+            let _ = job.sender.send(Err(error)).await;
+        }
+    }
+    if clean {
+        Ok(())
+    } else {
+        Err(Failure {
+            error: None,
+            cancel_on_server: false,
+        })
+    }
+}
+
+/// Reads and drops what a truncated result still sends, within [`DRAIN_ROWS`] and
+/// [`DRAIN_TIME`]. `true` when the statement's answer ended.
+async fn drained(
+    job: &Job,
+    mut rows: std::pin::Pin<&mut tokio_postgres::RowStream>,
+) -> Result<bool, Failure> {
+    let during = failed(Stage::Streaming);
+    let drain = async {
+        let mut dropped = 0u64;
+        while let Some(row) = rows.next().await {
+            row.map_err(&during)?;
+            dropped += 1;
+            if dropped > DRAIN_ROWS {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    match guard(job, tokio::time::timeout(DRAIN_TIME, drain)).await? {
+        Ok(ended) => ended,
+        Err(_) => Ok(false),
+    }
+}
+
+/// Answers the waiting `query` with a refusal found before anything was sent for the
+/// statement's execution; the connection is clean and goes back to the pool.
+fn refuse_keeping_connection(
+    ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
+    error: BackendError,
+) -> Result<(), Failure> {
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Err(error));
+    }
+    Ok(())
+}
+
+/// Tells the waiting `query` that the statement started without error (once).
+fn report_started(
+    ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
+) -> Result<(), Failure> {
+    if let Some(ready) = ready.take()
+        && ready.send(Ok(())).is_err()
+    {
+        return Err(Stop::ConsumerGone.into());
+    }
+    Ok(())
+}
+
+fn end_error(e: session::EndError) -> BackendError {
+    match e {
+        session::EndError::Database(e) => pg_error(e, Stage::Streaming),
+        session::EndError::Unexpected => BackendError::Internal(
+            "the session reset after the statement answered unexpectedly".into(),
+        ),
+    }
+}
+
+/// Everything else (writes, and columns the server must render): the statement runs in a
+/// portal fetched in growing batches, so decoding can ask the server for a value's text
+/// between batches, and a write commits only once its row count is checked.
+async fn run_in_portal(
+    client: &mut Object,
+    job: &Job,
+    statement: &tokio_postgres::Statement,
+    read_only: bool,
+    ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
+) -> Result<(), Failure> {
+    let before = failed(Stage::BeforeRows);
+    let during = failed(Stage::Streaming);
+    let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let set_timeout = format!(
+        "SET LOCAL statement_timeout = {}",
+        server_timeout_ms(job.plan.timeout)
+    );
+    let pg: &mut tokio_postgres::Client = client;
+    let txn = if read_only {
+        guard(job, pg.build_transaction().read_only(true).start()).await?
+    } else {
+        guard(job, pg.transaction()).await?
     }
     .map_err(&before)?;
-    let timeout_ms = server_timeout_ms(job.plan.timeout);
-    // Sent together (tokio-postgres pipelines concurrent requests on one connection): one
-    // round trip instead of two. The server still applies them in order.
-    let set_timeout = format!("SET LOCAL statement_timeout = {timeout_ms}");
-    let (timeout_set, prepared) = guard(
+    // Sent together (the driver pipelines concurrent requests): one round trip.
+    let (timeout_set, portal) = guard(
         job,
-        futures::future::join(txn.batch_execute(&set_timeout), txn.prepare(&job.plan.sql)),
+        futures::future::join(txn.batch_execute(&set_timeout), txn.bind(statement, &refs)),
     )
     .await?;
     timeout_set.map_err(&before)?;
-    let statement = prepared.map_err(&before)?;
-    let expected = statement.params().len();
-    if expected != job.plan.params.len() {
-        return Err(Failure::error(BackendError::Params(format!(
-            "the statement has {expected} parameter placeholder(s) ($1..${expected}) but {} \
-             value(s) were given",
-            job.plan.params.len()
-        ))));
-    }
-    let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let portal = guard(job, txn.bind(&statement, &refs))
-        .await?
-        .map_err(&before)?;
+    let portal = portal.map_err(&before)?;
 
     let returns_rows = !statement.columns().is_empty();
     let columns = statement
@@ -829,7 +1093,6 @@ async fn run(
         .collect();
     send(job, RowEvent::Columns(columns)).await?;
 
-    let during = failed(Stage::Streaming);
     let limit = job.plan.max_rows.saturating_add(1);
     let mut fetched: u64 = 0;
     let mut batch = FIRST_BATCH;
@@ -852,11 +1115,7 @@ async fn run(
         };
         // The statement has run up to its first rows (or to completion) without error:
         // from here on, errors travel in the stream.
-        if let Some(ready) = ready.take()
-            && ready.send(Ok(())).is_err()
-        {
-            return Err(Stop::ConsumerGone.into());
-        }
+        report_started(ready)?;
         let got = rows.len() as u64;
         for row in rows {
             fetched += 1;
@@ -873,7 +1132,6 @@ async fn run(
     };
     let truncated = fetched > job.plan.max_rows;
     drop(portal);
-    drop(statement);
     drop(fallback);
 
     // A reviewer's affected-rows guard: a write beyond it never commits. Row-returning
@@ -892,11 +1150,14 @@ async fn run(
             }));
         }
     }
-    if job.read_only {
+    if read_only {
         guard(job, txn.rollback()).await?.map_err(&during)?;
     } else {
         guard(job, txn.commit()).await?.map_err(&during)?;
     }
+    guard(job, session::reset(client))
+        .await?
+        .map_err(|e| Failure::error(end_error(e)))?;
     // CommandComplete carries a row count for writes; for a row-returning statement it only
     // counts the last batch, so it is not reported.
     let affected_rows = if returns_rows { None } else { affected };

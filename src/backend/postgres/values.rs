@@ -120,6 +120,92 @@ pub(super) async fn decode_row(
     Ok(values)
 }
 
+/// Whether every value of type `ty` is decoded without asking the server: the fallback
+/// (`SELECT $1::text` on the same connection) cannot run while a streamed result is still
+/// arriving, so only such columns may be streamed (see `run_streamed`). Must answer `true`
+/// only for types [`Decoder::value`] decodes itself: the arms of [`simple_value`], and
+/// containers of those. `record` is `false`: its field types are only known per value.
+pub(super) fn decodes_natively(ty: &Type) -> bool {
+    match ty.kind() {
+        Kind::Domain(inner) | Kind::Array(inner) | Kind::Range(inner) | Kind::Multirange(inner) => {
+            decodes_natively(inner)
+        }
+        Kind::Enum(_) => true,
+        Kind::Composite(fields) => fields.iter().all(|f| decodes_natively(f.type_())),
+        _ => {
+            ty.name() == "citext"
+                || matches!(
+                    ty.oid(),
+                    oid::BOOL
+                        | oid::INT2
+                        | oid::INT4
+                        | oid::INT8
+                        | oid::OID
+                        | oid::XID
+                        | oid::CID
+                        | oid::XID8
+                        | oid::FLOAT4
+                        | oid::FLOAT8
+                        | oid::NUMERIC
+                        | oid::TEXT
+                        | oid::VARCHAR
+                        | oid::BPCHAR
+                        | oid::NAME
+                        | oid::UNKNOWN
+                        | oid::XML
+                        | oid::REFCURSOR
+                        | oid::CHAR
+                        | oid::BYTEA
+                        | oid::UUID
+                        | oid::JSON
+                        | oid::JSONB
+                        | oid::JSONPATH
+                        | oid::DATE
+                        | oid::TIME
+                        | oid::TIMETZ
+                        | oid::TIMESTAMP
+                        | oid::TIMESTAMPTZ
+                        | oid::INTERVAL
+                        | oid::INET
+                        | oid::CIDR
+                        | oid::MACADDR
+                        | oid::MACADDR8
+                        | oid::MONEY
+                        | oid::BIT
+                        | oid::VARBIT
+                        | oid::VOID
+                        | oid::TID
+                        | oid::PG_LSN
+                )
+        }
+    }
+}
+
+/// Decodes a row whose column types all pass [`decodes_natively`]. A value the decoder
+/// still cannot read (malformed data from the server) is an error, never a guess.
+pub(super) fn decode_row_natively(row: &tokio_postgres::Row) -> Result<Vec<Value>, Failure> {
+    let during = failed(Stage::Streaming);
+    let no_texts = HashMap::new();
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let RawValue(raw) = row.try_get(i).map_err(&during)?;
+        let Some(raw) = raw else {
+            values.push(Value::Null);
+            continue;
+        };
+        let mut decoder = Decoder::new(&no_texts);
+        let value = decoder.value(column.type_(), raw);
+        if !decoder.missing.is_empty() {
+            return Err(Failure::error(super::BackendError::Internal(format!(
+                "the server sent a value of type {} that Airlock cannot decode",
+                column.type_().name()
+            ))));
+        }
+        values.push(value);
+    }
+    Ok(values)
+}
+
 /// The server's text form of `raw`, a binary value of type `ty`.
 async fn server_text(
     txn: &Transaction<'_>,
