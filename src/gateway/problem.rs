@@ -217,7 +217,11 @@ impl From<BackendError> for Problem {
                 } else if db.is_read_only_violation() {
                     Problem::new(
                         Code::ReadOnly,
-                        format!("{} — this connection is read-only", db.message),
+                        format!(
+                            "{} — the connection is read-only, or the statement is a plain read, \
+                             which runs in a read-only transaction",
+                            db.message
+                        ),
                     )
                     .with("database", value)
                 } else if db.sqlstate == "42501" || db.code == Some(1142) {

@@ -728,6 +728,9 @@ async fn views_that_change_the_session_leave_nothing_for_the_next_agent() {
                ELSIF what = 'lock' THEN PERFORM pg_advisory_lock(4242);
                ELSIF what = 'prepare' THEN EXECUTE 'PREPARE left_behind AS SELECT 42';
                ELSIF what = 'listen' THEN EXECUTE 'LISTEN left_behind';
+               ELSIF what = 'temp' THEN EXECUTE 'CREATE TEMP TABLE left_behind AS SELECT 1';
+               ELSIF what = 'sequence' THEN PERFORM nextval('counter');
+               ELSIF what = 'cursor' THEN EXECUTE 'DECLARE left_behind CURSOR WITH HOLD FOR SELECT 1';
                END IF;
                RETURN 1;
              END $$;
@@ -736,7 +739,12 @@ async fn views_that_change_the_session_leave_nothing_for_the_next_agent() {
              CREATE VIEW v_lock AS SELECT dirty('lock') AS x;
              CREATE VIEW v_prepare AS SELECT dirty('prepare') AS x;
              CREATE VIEW v_listen AS SELECT dirty('listen') AS x;
-             CREATE VIEW v_listening AS SELECT count(*) AS n FROM pg_listening_channels();",
+             CREATE VIEW v_listening AS SELECT count(*) AS n FROM pg_listening_channels();
+             CREATE SEQUENCE counter;
+             CREATE VIEW v_temp AS SELECT dirty('temp') AS x;
+             CREATE VIEW v_sequence AS SELECT dirty('sequence') AS x;
+             CREATE VIEW v_cursor AS SELECT dirty('cursor') AS x;
+             CREATE VIEW v_cursors AS SELECT count(*) AS n FROM pg_cursors WHERE name = 'left_behind';",
         )
         .await
         .unwrap();
@@ -751,7 +759,14 @@ async fn views_that_change_the_session_leave_nothing_for_the_next_agent() {
         &["agents"],
         airlock::config::PrincipalKind::Agent,
     );
-    for view in ["v_setting", "v_timeout", "v_lock", "v_prepare", "v_listen"] {
+    for view in [
+        "v_setting",
+        "v_timeout",
+        "v_lock",
+        "v_prepare",
+        "v_listen",
+        "v_cursor",
+    ] {
         let (s, b) = a
             .query(
                 &agent_a,
@@ -760,6 +775,22 @@ async fn views_that_change_the_session_leave_nothing_for_the_next_agent() {
             )
             .await;
         assert_eq!(s, 200, "{view}: {b}");
+    }
+    // What the streamed read's shorter reset leaves out cannot happen in its read-only
+    // transaction: temp tables and sequences are refused there.
+    for view in ["v_temp", "v_sequence"] {
+        let (s, b) = a
+            .query(
+                &agent_a,
+                "pg",
+                json!({"sql": format!("SELECT * FROM {view}")}),
+            )
+            .await;
+        assert!(s == 400 || s == 403, "{view}: {s} {b}");
+        assert!(
+            b["database"]["sqlstate"].is_string(),
+            "{view}: refused by the server: {b}"
+        );
     }
     let one = |sql: &str| json!({ "sql": sql });
     let (s, b) = a
@@ -779,6 +810,14 @@ async fn views_that_change_the_session_leave_nothing_for_the_next_agent() {
         (s, &b["rows"][0][0]),
         (200, &json!("0")),
         "still listening: {b}"
+    );
+    let (s, b) = a
+        .query(&agent_b, "pg", one("SELECT n FROM v_cursors"))
+        .await;
+    assert_eq!(
+        (s, &b["rows"][0][0]),
+        (200, &json!("0")),
+        "a held cursor: {b}"
     );
     let (s, b) = a.query(&agent_b, "pg", one("EXECUTE left_behind")).await;
     assert_eq!(s, 400, "agent A's prepared statement must be gone: {b}");

@@ -471,6 +471,7 @@ impl SqlBackend for PostgresBackend {
         let job = Job {
             plan,
             read_only: self.read_only,
+            privileged: self.allow_privileged,
             deadline,
             cancel,
             sender,
@@ -595,6 +596,8 @@ fn server_timeout_ms(timeout: Duration) -> u64 {
 struct Job {
     plan: QueryPlan,
     read_only: bool,
+    /// The role may be a superuser (`allow_privileged`), so it can change its session user.
+    privileged: bool,
     deadline: Instant,
     cancel: CancellationToken,
     sender: RowSender,
@@ -835,7 +838,6 @@ async fn run_streamed(
 ) -> Result<(), Failure> {
     let during = failed(Stage::Streaming);
     let begin_sql = session::begin_sql(true, server_timeout_ms(job.plan.timeout));
-    let end_sql = session::end_sql(false);
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs = params.iter().map(|p| p as &(dyn ToSql + Sync));
 
@@ -846,7 +848,7 @@ async fn run_streamed(
         client.query_raw(statement, refs),
     ));
     let early = futures::poll!(started.as_mut());
-    let mut end = pin!(client.simple_query(&end_sql));
+    let mut end = pin!(client.simple_query(session::read_only_end(job.privileged)));
     // Polled here only to send it; a future that already finished (the connection is
     // gone) must not be polled again, so its answer is kept.
     let end_early = futures::poll!(end.as_mut());
@@ -915,7 +917,7 @@ async fn run_streamed(
         std::task::Poll::Pending => guard(job, end).await?,
     }
     .map_err(&during)?;
-    session::left_prepared_statements(client, &messages)
+    session::clear_leftovers(client, &messages)
         .await
         .map_err(|e| Failure::error(end_error(e)))?;
     let returns_rows = !statement.columns().is_empty();
@@ -968,9 +970,7 @@ where
     };
     let error = pg_error(refusal, stage);
     let clean = match messages {
-        Ok(messages) => session::left_prepared_statements(client, &messages)
-            .await
-            .is_ok(),
+        Ok(messages) => session::clear_leftovers(client, &messages).await.is_ok(),
         Err(_) => false,
     };
     match ready.take() {

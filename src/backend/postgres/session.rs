@@ -3,14 +3,15 @@
 //!
 //! What must stay true:
 //! - No session state an agent's statement can create survives its request. A request
-//!   ends with [`end_sql`]: the transaction's end and the reset, in one message, and the
+//!   ends with its transaction's end and the reset, in one message for a streamed read
+//!   ([`read_only_end`]) and right after it otherwise ([`reset`]), and the
 //!   connection goes back to the pool only if every part succeeded. The reset is
 //!   `DISCARD ALL` without its `DEALLOCATE ALL` (which would drop the statement cache) and
 //!   without `DISCARD PLANS` (plans are revalidated when `search_path` or the objects they
 //!   use change): settings (`SET`, `set_config`, the role), cursors, `LISTEN`, advisory
-//!   locks, temporary tables and sequence state (`currval`, `lastval`). SQL-level prepared
-//!   statements, the one thing it leaves, are counted in the same message and, if any
-//!   exist, deallocated with the cache.
+//!   locks, temporary tables and sequence state (`currval`, `lastval`). Listened channels and
+//!   SQL-level prepared statements are counted in the same message and, if any exist,
+//!   unlistened and deallocated (with the statement cache) in a second one.
 //! - The reset runs after every request, whatever the inspector found. Parsed facts cannot
 //!   prove a request leaves the session clean: a view, a row-level security policy or a
 //!   domain check runs code the statement does not name, and that code can call
@@ -27,13 +28,25 @@ use tokio_postgres::{SimpleQueryMessage, Statement};
 /// (dropped statements are closed on the server by the driver).
 pub(super) const MAX_CACHED_STATEMENTS: usize = 256;
 
-/// Everything `DISCARD ALL` resets except prepared statements and cached plans, then the
-/// count of SQL-level prepared statements, which the caller deallocates if there are any.
-/// Runs after the transaction's end, as separate statements of one simple query (each in
-/// its own implicit transaction block, so `DISCARD TEMP` and `UNLISTEN` take effect).
-const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
-     SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+/// What is left that only a check can tell: releases advisory locks, and answers how many
+/// channels the session listens on and how many SQL-level prepared statements it holds,
+/// so the rare session that has some pays for `UNLISTEN *` / `DEALLOCATE ALL` (see
+/// [`clear_leftovers`]) and the common one does not.
+macro_rules! leftovers {
+    () => {
+        "SELECT pg_catalog.pg_advisory_unlock_all(), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)"
+    };
+}
+
+/// Everything `DISCARD ALL` resets except prepared statements and cached plans, then
+/// `leftovers!`. Runs after the transaction's end, as separate statements of one simple
+/// query (one implicit transaction block, so `DISCARD TEMP` takes effect at its end).
+const RESET: &str = concat!(
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; ",
+    leftovers!()
+);
 
 /// How a request's transaction starts, with the server-side timeout in the same message.
 pub(super) fn begin_sql(read_only: bool, timeout_ms: u64) -> String {
@@ -45,10 +58,22 @@ pub(super) fn begin_sql(read_only: bool, timeout_ms: u64) -> String {
     format!("{start}; SET LOCAL statement_timeout = {timeout_ms}")
 }
 
-/// How a request ends: `COMMIT` or `ROLLBACK`, then the session reset.
-pub(super) fn end_sql(commit: bool) -> String {
-    let end = if commit { "COMMIT" } else { "ROLLBACK" };
-    format!("{end}; {RESET}")
+/// How a read-only transaction ends, with the part of [`RESET`] such a transaction can need.
+/// A read-only transaction refuses `CREATE TEMP TABLE`, `nextval` and `setval`, and a held
+/// cursor declared in a transaction that rolls back goes with it, so temp tables, sequence
+/// state and cursors cannot survive; settings, `LISTEN`, advisory locks and SQL-level
+/// `PREPARE` can, by a function behind a view (each tried in the tests). The session user
+/// can change only on a role allowed to be privileged (`SET SESSION AUTHORIZATION` needs a
+/// superuser), so only such connections pay for resetting it.
+pub(super) fn read_only_end(privileged: bool) -> &'static str {
+    if privileged {
+        concat!(
+            "ROLLBACK; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; ",
+            leftovers!()
+        )
+    } else {
+        concat!("ROLLBACK; RESET ALL; ", leftovers!())
+    }
 }
 
 /// The statement prepared on this connection for `sql`, from the cache when it was
@@ -70,24 +95,36 @@ pub(super) async fn reset(client: &ClientWrapper) -> Result<(), EndError> {
         .simple_query(RESET)
         .await
         .map_err(EndError::Database)?;
-    left_prepared_statements(client, &messages).await
+    clear_leftovers(client, &messages).await
 }
 
-/// The second half of [`reset`], for a caller that sent [`end_sql`] itself.
-pub(super) async fn left_prepared_statements(
+/// The second half of [`reset`], for a caller that sent [`read_only_end`] itself: reads
+/// the `leftovers!` row (the last row answered) and clears what it found.
+pub(super) async fn clear_leftovers(
     client: &ClientWrapper,
     messages: &[SimpleQueryMessage],
 ) -> Result<(), EndError> {
-    let count = messages
+    let row = messages
         .iter()
         .rev()
         .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0),
+            SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
         })
-        .and_then(|n| n.parse::<u64>().ok())
         .ok_or(EndError::Unexpected)?;
-    if count > 0 {
+    let count = |i: usize| {
+        row.get(i)
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or(EndError::Unexpected)
+    };
+    let (listening, prepared) = (count(1)?, count(2)?);
+    if listening > 0 {
+        client
+            .batch_execute("UNLISTEN *")
+            .await
+            .map_err(EndError::Database)?;
+    }
+    if prepared > 0 {
         client.statement_cache.clear();
         client
             .batch_execute("DEALLOCATE ALL")
@@ -101,6 +138,6 @@ pub(super) async fn left_prepared_statements(
 #[derive(Debug)]
 pub(super) enum EndError {
     Database(tokio_postgres::Error),
-    /// The reset's answer did not carry the prepared-statement count.
+    /// The reset's answer did not carry the leftover counts.
     Unexpected,
 }
