@@ -27,6 +27,9 @@ struct Cli {
         default_value = "airlock-data"
     )]
     data_dir: PathBuf,
+    /// Listen address, overriding `server.listen` (for `serve`, also the default command).
+    #[arg(long, global = true, env = "AIRLOCK_LISTEN")]
+    listen: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -34,11 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve {
-        /// Listen address, overriding `server.listen`.
-        #[arg(long, env = "AIRLOCK_LISTEN")]
-        listen: Option<SocketAddr>,
-    },
+    Serve,
     /// Apply the store's migrations and exit.
     Migrate,
     /// Print the OpenAPI document.
@@ -99,7 +98,7 @@ fn init_tracing() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let command = cli.command.unwrap_or(Command::Serve { listen: None });
+    let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Openapi = command {
         println!("{}", airlock::api::openapi_json());
         return Ok(());
@@ -142,7 +141,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{token}");
             Ok(())
         }
-        Command::Serve { listen } => serve(config, cli.data_dir, listen).await,
+        Command::Serve => serve(config, cli.data_dir, cli.listen).await,
     }
 }
 

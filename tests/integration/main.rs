@@ -10,6 +10,7 @@ mod connections_flood;
 
 mod auth;
 mod bad_input;
+mod deploy;
 mod guardrails;
 mod kube;
 mod kube_double;
