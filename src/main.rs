@@ -1,4 +1,4 @@
-//! The `airlock` command: serve (default), migrate, openapi, token.
+//! The `airlock` command: serve (default), migrate, audit verify, openapi, token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +40,11 @@ enum Command {
     Serve,
     /// Apply the store's migrations and exit.
     Migrate,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Print a token signed by the dev issuer (no server needed).
@@ -59,6 +64,22 @@ enum Command {
         lifetime: u64,
     },
 }
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the audit log's hash chain and check every link. Exits 0 and prints the head
+    /// (record it outside the store; pass it back as --pin), or exits 2 naming the first
+    /// event whose link does not hold.
+    Verify {
+        /// A head printed by an earlier run (`SEQ:HASH`): the chain must still pass through
+        /// it, which catches a chain rewritten from that point on.
+        #[arg(long, value_parser = airlock::audit::chain::ChainHead::parse)]
+        pin: Option<airlock::audit::chain::Pin>,
+    },
+}
+
+/// Exit status of `audit verify` when the chain is broken (1 is any other error).
+const EXIT_BROKEN: u8 = 2;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum KindArg {
@@ -80,7 +101,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -97,22 +118,25 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<ExitCode, String> {
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Openapi = command {
         println!("{}", airlock::api::openapi_json());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
     match command {
-        Command::Openapi => Ok(()),
+        Command::Openapi => Ok(ExitCode::SUCCESS),
         Command::Migrate => {
             std::fs::create_dir_all(&cli.data_dir)
                 .map_err(|e| format!("{}: {e}", cli.data_dir.display()))?;
             airlock::store::open(&config, &cli.data_dir).await?;
             eprintln!("migrations applied");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            command: AuditCommand::Verify { pin },
+        } => verify_audit(&config, &cli.data_dir, pin).await,
         Command::Token {
             sub,
             groups,
@@ -139,9 +163,43 @@ async fn run(cli: Cli) -> Result<(), String> {
                 },
             )?;
             println!("{token}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve(config, cli.data_dir, cli.listen).await,
+        Command::Serve => serve(config, cli.data_dir, cli.listen)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// `airlock audit verify`: walks the chain; the head goes to stdout, a break to stderr.
+async fn verify_audit(
+    config: &Config,
+    data_dir: &std::path::Path,
+    pin: Option<airlock::audit::chain::Pin>,
+) -> Result<ExitCode, String> {
+    use airlock::audit::chain::{self, Verdict};
+    // Verifying must not create an empty embedded store and call it intact.
+    let embedded = data_dir.join("airlock.db");
+    if config.store.url.is_none() && !embedded.exists() {
+        return Err(format!("no audit store at {}", embedded.display()));
+    }
+    let store = airlock::store::open(config, data_dir).await?;
+    match chain::verify(store.as_ref(), pin)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Verdict::Intact { events, head } => {
+            println!("audit chain intact: {events} events verified");
+            println!("head: {head}");
+            eprintln!(
+                "Record the head outside the store: `airlock audit verify --pin {head}` later checks the log still passes through it."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::Broken(b) => {
+            eprintln!("error: audit chain broken at {b}");
+            Ok(ExitCode::from(EXIT_BROKEN))
+        }
     }
 }
 

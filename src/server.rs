@@ -193,7 +193,6 @@ pub async fn prepare(
         ready: AtomicBool::new(true),
         max_body_bytes,
         body_read_timeout: Duration::from_millis(config_body_read_ms),
-        tickets: crate::api::tickets::Tickets::default(),
     });
     Ok(Prepared {
         state,

@@ -41,13 +41,14 @@ pub(crate) struct ShellTicket {
 }
 
 /// A single-use, short-lived ticket for a browser shell (browsers cannot set headers on a
-/// WebSocket; a JWT never goes in a URL).
+/// WebSocket; a JWT never goes in a URL). Any instance on the same store accepts it.
 #[utoipa::path(post, path = "/v1/connections/{name}/shell-tickets", tag = "shell",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Connection name")),
     responses((status = 200, description = "A ticket", body = ShellTicket),
               (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json")))]
+              (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
+              (status = 503, description = "The store (shared by every instance) could not keep the ticket", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn ticket(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -66,12 +67,18 @@ pub(crate) async fn ticket(
         ));
     }
     let ttl = Duration::from_millis(gateway.shells_config.ticket_ttl_ms);
-    let ticket = state.tickets.issue(&p, &name, ttl).ok_or_else(|| {
-        Problem::new(
-            Code::RandomUnavailable,
-            "the system random generator failed; retry",
-        )
-    })?;
+    let ticket = super::tickets::issue(gateway.store.as_ref(), &p, &name, ttl)
+        .await
+        .map_err(|e| match e {
+            super::tickets::IssueError::Random => Problem::new(
+                Code::RandomUnavailable,
+                "the system random generator failed; retry",
+            ),
+            super::tickets::IssueError::Store(e) => {
+                tracing::error!(error = %e, "shell ticket not stored");
+                Problem::audit_unavailable()
+            }
+        })?;
     Ok(Json(ShellTicket {
         ticket,
         expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default(),
@@ -120,9 +127,17 @@ pub(crate) async fn shell(
         &params.ticket,
         headers.get(axum::http::header::AUTHORIZATION),
     ) {
-        (Some(t), _) => state.tickets.redeem(t, &name).ok_or_else(|| {
-            Problem::unauthorized("the ticket is unknown, used, expired or for another connection")
-        })?,
+        (Some(t), _) => super::tickets::redeem(state.gateway.store.as_ref(), t, &name)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "shell ticket not read from the store");
+                Problem::audit_unavailable()
+            })?
+            .ok_or_else(|| {
+                Problem::unauthorized(
+                    "the ticket is unknown, used, expired or for another connection",
+                )
+            })?,
         (None, h) => super::extract::authenticate(&state, h).await?,
     };
     let ws = ws.map_err(|e| Problem::new(Code::NotWebsocket, e.body_text()))?;

@@ -1,5 +1,5 @@
 //! What the HTTP adapters share: the gateway core plus what only HTTP needs (identity of
-//! bearer tokens, readiness, body limits, browser shell tickets, who is an administrator).
+//! bearer tokens, readiness, body limits, who is an administrator).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -18,8 +18,6 @@ pub struct AppState {
     pub(crate) max_body_bytes: usize,
     /// A request body must arrive within this.
     pub(crate) body_read_timeout: std::time::Duration,
-    /// Browser shell tickets (single use, short-lived).
-    pub(crate) tickets: super::tickets::Tickets,
 }
 
 impl AppState {

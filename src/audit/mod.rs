@@ -5,8 +5,11 @@
 //!   request handler awaits that commit ([`writer::AuditWriter::commit`]).
 //! - An `end` event is never dropped: if the store refuses it, it goes to an fsynced spool
 //!   file and is replayed ([`writer::AuditWriter::commit_end`]).
+//! - Every stored event is a link of a hash chain ([`chain`]): an edited, deleted or moved
+//!   row is found by [`chain::verify`].
 //! - No credential and no parameter value is ever put in an event; only counts.
 
+pub mod chain;
 pub mod writer;
 
 use chrono::{DateTime, Utc};

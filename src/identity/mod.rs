@@ -22,7 +22,7 @@ use crate::config::{Config, IssuerConfig, PrincipalKind};
 use crate::glob;
 
 /// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Principal {
     /// The configured issuer's name (not the `iss` URL).
     pub issuer: String,

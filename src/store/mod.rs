@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 pub use identity::StoreIdentity;
 
 use crate::audit::AuditEvent;
+use crate::audit::chain::{ChainHead, ChainRow};
 use crate::config::Config;
+use crate::identity::Principal;
 use crate::review::{ReviewRecord, ReviewStatus};
 
 /// A recorded session (asciicast v2): metadata; the lines are separate rows.
@@ -87,6 +89,16 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+/// A single-use shell ticket as the store keeps it: the SHA-256 of the ticket, never the
+/// ticket itself.
+#[derive(Debug, Clone)]
+pub struct TicketRecord {
+    pub digest: String,
+    pub connection: String,
+    pub principal: Principal,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One line of a recording as stored: its place in the session and its hash-chain head.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLine<'a> {
@@ -100,10 +112,20 @@ pub struct SessionLine<'a> {
 
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Appends events in one transaction; idempotent by event id.
+    /// Appends events in one transaction; idempotent by event id. Each new event becomes the
+    /// next link of the audit hash chain ([`crate::audit::chain`]), the head read and moved
+    /// in that same transaction; a replayed one adds no link.
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
 
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// The audit hash chain's recorded head (its last link); `None` if the record is gone.
+    async fn audit_chain_head(&self) -> Result<Option<ChainHead>, StoreError>;
+
+    /// Up to `limit` audit rows with `seq > after`, in `seq` order, with their chain columns
+    /// and the record exactly as hashed ([`crate::audit::chain`]).
+    async fn audit_chain_page(&self, after: i64, limit: usize)
+    -> Result<Vec<ChainRow>, StoreError>;
 
     /// `begin` events older than `started_before` that have no `end`: the request died
     /// with its process. Returns them so the caller can write `interrupted` ends.
@@ -160,6 +182,19 @@ pub trait Store: Send + Sync {
     /// Compare-and-swap: writes `record` (with `version = expected + 1`) only if the stored
     /// version is still `expected`. `Ok(false)` means someone else changed it first.
     async fn swap_review(&self, record: &ReviewRecord, expected: i64) -> Result<bool, StoreError>;
+
+    /// Keeps a shell ticket (by its digest only) and drops expired ones.
+    async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError>;
+
+    /// Takes the unexpired ticket with `digest` for `connection`: across every instance on
+    /// the store, at most one caller gets it (the row is deleted by the same statement that
+    /// reads it).
+    async fn take_ticket(
+        &self,
+        digest: &str,
+        connection: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Principal>, StoreError>;
 }
 
 /// Opens the configured store and applies its migrations.

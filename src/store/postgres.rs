@@ -6,6 +6,10 @@
 //!   commit costs one commit for many requests.
 //! - Migrations run under a transaction-scoped advisory lock, so instances starting
 //!   together do not race.
+//! - Audit events are chained ([`crate::audit::chain`]). An append locks the one-row chain
+//!   head (`SELECT ... FOR UPDATE`), gives each new event `seq` = head + 1, ... with its
+//!   link, and moves the head, in one transaction: instances appending at once queue on
+//!   that row, never extend the same head, and `seq` order is commit order.
 
 use std::time::Duration;
 
@@ -15,10 +19,12 @@ use tokio_postgres::NoTls;
 
 use super::{
     AuditQuery, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store, StoreError,
-    StoreIdentity,
+    StoreIdentity, TicketRecord,
 };
 use crate::audit::AuditEvent;
+use crate::audit::chain::{ChainHead, ChainRow};
 use crate::config::StoreConfig;
+use crate::identity::Principal;
 use crate::review::{ReviewRecord, ReviewStatus};
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -27,7 +33,23 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_reviews.sql"),
     ),
+    // Recorded sessions: without it, every recorded execution (SSH, Kubernetes exec,
+    // shells) on a PostgreSQL store was refused as `recording_unavailable`.
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_sessions.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_tickets.sql"),
+    ),
+    (
+        CHAIN_MIGRATION,
+        include_str!("../../migrations/postgres/0005_audit_chain.sql"),
+    ),
 ];
+/// The migration that adds the audit hash chain; rows already stored are chained with it.
+pub const CHAIN_MIGRATION: i64 = 5;
 /// The channel instances NOTIFY on when a review changes; only a hint to wake waiters.
 pub const REVIEW_CHANNEL: &str = "airlock_reviews";
 /// Arbitrary constant shared by all instances: the migration lock.
@@ -115,6 +137,9 @@ impl PostgresStore {
                 .map_err(unavailable)?;
             if done.is_none() {
                 tx.batch_execute(sql).await.map_err(unavailable)?;
+                if *version == CHAIN_MIGRATION {
+                    chain_existing(&tx).await?;
+                }
                 tx.execute(
                     "INSERT INTO airlock_schema_migrations (version) VALUES ($1)",
                     &[version],
@@ -145,59 +170,75 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
-        let mut ids = Vec::with_capacity(events.len());
-        let mut times = Vec::with_capacity(events.len());
-        let mut phases = Vec::with_capacity(events.len());
-        let mut executions = Vec::with_capacity(events.len());
-        let mut issuers = Vec::with_capacity(events.len());
-        let mut subjects = Vec::with_capacity(events.len());
-        let mut connections = Vec::with_capacity(events.len());
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut records = Vec::with_capacity(events.len());
+        // One link per event id, in time order (ties keep the batch's order).
+        let mut ordered: Vec<&AuditEvent> = Vec::with_capacity(events.len());
+        let mut seen = std::collections::HashSet::new();
         for e in events {
-            ids.push(e.id.clone());
-            times.push(e.time);
-            phases.push(e.phase.as_str().to_string());
-            executions.push(e.execution_id.clone());
-            issuers.push(e.principal.as_ref().map(|p| p.issuer.clone()));
-            subjects.push(e.principal.as_ref().map(|p| p.subject.clone()));
-            connections.push(e.connection.clone());
-            outcomes.push(e.outcome.map(|o| o.as_str().to_string()));
-            records.push(serde_json::to_value(e).map_err(|e| StoreError::Other(e.to_string()))?);
+            if seen.insert(e.id.as_str()) {
+                ordered.push(e);
+            }
         }
-        let client = self.pool.get().await.map_err(unavailable)?;
-        let insert = async {
-            client
-                .execute(
-                    "INSERT INTO airlock_audit_events
-                        (id, time, phase, execution_id, issuer, subject, connection, outcome, record)
-                     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
-                                          $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[])
-                     ORDER BY 2
-                     ON CONFLICT (id) DO NOTHING",
-                    &[
-                        &ids,
-                        &times,
-                        &phases,
-                        &executions,
-                        &issuers,
-                        &subjects,
-                        &connections,
-                        &outcomes,
-                        &records,
-                    ],
-                )
-                .await
-        };
-        match tokio::time::timeout(self.busy, insert).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(unavailable(e)),
+        ordered.sort_by_key(|e| e.time);
+        if ordered.is_empty() {
+            return Ok(());
+        }
+        let records = ordered
+            .iter()
+            .map(|e| serde_json::to_value(e).map_err(|e| StoreError::Other(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut client = self.pool.get().await.map_err(unavailable)?;
+        match tokio::time::timeout(self.busy, append_linked(&mut client, &ordered, &records)).await
+        {
+            Ok(r) => r,
             Err(_) => {
-                // The write may still commit later; its outcome is unknown, so the pooled
-                // client is dropped with the timed-out future and the caller fails closed.
+                // The write may still commit later; its outcome is unknown, so the caller
+                // fails closed. The connection may be mid-transaction or waiting on the head:
+                // it is closed, not returned to the pool.
+                drop(deadpool_postgres::Object::take(client));
                 Err(StoreError::Unavailable("audit write timed out".into()))
             }
         }
+    }
+
+    async fn audit_chain_head(&self) -> Result<Option<ChainHead>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let row = client
+            .query_opt(
+                "SELECT seq, hash FROM airlock_audit_chain_head WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| ChainHead {
+            seq: r.get(0),
+            hash: r.get(1),
+        }))
+    }
+
+    async fn audit_chain_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let rows = client
+            .query(
+                "SELECT seq, id, prev_hash, hash, record::text FROM airlock_audit_events
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ChainRow {
+                seq: r.get(0),
+                id: r.get(1),
+                prev_hash: r.get(2),
+                hash: r.get(3),
+                record: r.get(4),
+            })
+            .collect())
     }
 
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
@@ -258,6 +299,58 @@ impl Store for PostgresStore {
 
     fn identity(&self) -> StoreIdentity {
         self.identity.clone()
+    }
+
+    async fn put_ticket(&self, t: &TicketRecord) -> Result<(), StoreError> {
+        let principal =
+            serde_json::to_value(&t.principal).map_err(|e| StoreError::Other(e.to_string()))?;
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "DELETE FROM airlock_shell_tickets WHERE expires_at <= now()",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO airlock_shell_tickets (digest, connection, principal, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&t.digest, &t.connection, &principal, &t.expires_at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_ticket(
+        &self,
+        digest: &str,
+        connection: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Principal>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        // One statement deletes and reads: two instances redeeming the same ticket at once
+        // cannot both get a row.
+        let row = client
+            .query_opt(
+                "DELETE FROM airlock_shell_tickets WHERE digest = $1 RETURNING connection, principal, expires_at",
+                &[&digest],
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let bad = |e: tokio_postgres::Error| StoreError::Other(e.to_string());
+        let stored_for: String = row.try_get(0).map_err(bad)?;
+        let principal: serde_json::Value = row.try_get(1).map_err(bad)?;
+        let expires_at: DateTime<Utc> = row.try_get(2).map_err(bad)?;
+        if stored_for != connection || expires_at <= now {
+            return Ok(None);
+        }
+        serde_json::from_value(principal)
+            .map(Some)
+            .map_err(|e| StoreError::Other(e.to_string()))
     }
 
     async fn create_session(
@@ -499,6 +592,222 @@ impl Store for PostgresStore {
         }
         Ok(n == 1)
     }
+}
+
+/// Appends `events` (distinct ids, in order) as links of the chain, in one transaction.
+async fn append_linked(
+    client: &mut deadpool_postgres::Client,
+    events: &[&AuditEvent],
+    records: &[serde_json::Value],
+) -> Result<(), StoreError> {
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let tx = client.transaction().await.map_err(unavailable)?;
+    // Every appender queues here until the holder commits; then this reads its head.
+    let lock = tx
+        .prepare_cached("SELECT seq, hash FROM airlock_audit_chain_head WHERE id = 1 FOR UPDATE")
+        .await
+        .map_err(unavailable)?;
+    let start = tx
+        .query_opt(&lock, &[])
+        .await
+        .map_err(unavailable)?
+        .map(|r| ChainHead {
+            seq: r.get(0),
+            hash: r.get(1),
+        })
+        .ok_or_else(|| {
+            StoreError::Other(
+                "the audit chain head is missing: the store was altered (run `airlock audit verify`)"
+                    .into(),
+            )
+        })?;
+    // Under the lock (a new statement, so a fresh snapshot: the previous holder's rows are
+    // visible): which events are new (a replayed one is already a link), and each record's
+    // text exactly as the store will keep it.
+    let new_events = tx
+        .prepare_cached(
+            "SELECT u.n, u.r::text FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS u(id, r, n)
+             WHERE NOT EXISTS (SELECT 1 FROM airlock_audit_events e WHERE e.id = u.id)
+             ORDER BY u.n",
+        )
+        .await
+        .map_err(unavailable)?;
+    let fresh = tx
+        .query(&new_events, &[&ids, &records])
+        .await
+        .map_err(unavailable)?;
+    if fresh.is_empty() {
+        return tx.commit().await.map_err(unavailable);
+    }
+    let n = fresh.len();
+    let mut cols = Columns::with_capacity(n);
+    let mut head = start;
+    for row in &fresh {
+        let ordinal: i64 = row.get(0);
+        let text: String = row.get(1);
+        let e = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| events.get(i))
+            .ok_or_else(|| StoreError::Other(format!("audit batch has no event {ordinal}")))?;
+        let next = head.extend(&text);
+        cols.push(e, next.seq, text, head.hash.clone(), next.hash.clone());
+        head = next;
+    }
+    let insert = tx
+        .prepare_cached(
+            "WITH linked AS (
+                 INSERT INTO airlock_audit_events
+                     (seq, id, time, phase, execution_id, issuer, subject, connection, outcome,
+                      record, prev_hash, hash)
+                 SELECT s, i, t, ph, ex, iss, sub, con, o, r::jsonb, p, h
+                 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                             $11::text[], $12::text[])
+                      AS u(s, i, t, ph, ex, iss, sub, con, o, r, p, h)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING 1
+             ), moved AS (
+                 UPDATE airlock_audit_chain_head SET seq = $13, hash = $14 WHERE id = 1
+             )
+             SELECT count(*) FROM linked",
+        )
+        .await
+        .map_err(unavailable)?;
+    let inserted: i64 = tx
+        .query_one(
+            &insert,
+            &[
+                &cols.seqs,
+                &cols.ids,
+                &cols.times,
+                &cols.phases,
+                &cols.executions,
+                &cols.issuers,
+                &cols.subjects,
+                &cols.connections,
+                &cols.outcomes,
+                &cols.records,
+                &cols.prevs,
+                &cols.hashes,
+                &head.seq,
+                &head.hash,
+            ],
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if usize::try_from(inserted).ok() != Some(n) {
+        // Only an appender that skipped the head lock can get here; the links computed
+        // above would not hold, so nothing is written (the transaction rolls back).
+        return Err(StoreError::Other(format!(
+            "audit chain: {inserted} of {n} events inserted; batch not written"
+        )));
+    }
+    tx.commit().await.map_err(unavailable)
+}
+
+/// The columns of a batch of new links, as arrays for `unnest`.
+struct Columns {
+    seqs: Vec<i64>,
+    ids: Vec<String>,
+    times: Vec<DateTime<Utc>>,
+    phases: Vec<String>,
+    executions: Vec<String>,
+    issuers: Vec<Option<String>>,
+    subjects: Vec<Option<String>>,
+    connections: Vec<Option<String>>,
+    outcomes: Vec<Option<String>>,
+    records: Vec<String>,
+    prevs: Vec<String>,
+    hashes: Vec<String>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Columns {
+        Columns {
+            seqs: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            phases: Vec::with_capacity(n),
+            executions: Vec::with_capacity(n),
+            issuers: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            connections: Vec::with_capacity(n),
+            outcomes: Vec::with_capacity(n),
+            records: Vec::with_capacity(n),
+            prevs: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, e: &AuditEvent, seq: i64, record: String, prev: String, hash: String) {
+        self.seqs.push(seq);
+        self.ids.push(e.id.clone());
+        self.times.push(e.time);
+        self.phases.push(e.phase.as_str().to_string());
+        self.executions.push(e.execution_id.clone());
+        self.issuers
+            .push(e.principal.as_ref().map(|p| p.issuer.clone()));
+        self.subjects
+            .push(e.principal.as_ref().map(|p| p.subject.clone()));
+        self.connections.push(e.connection.clone());
+        self.outcomes
+            .push(e.outcome.map(|o| o.as_str().to_string()));
+        self.records.push(record);
+        self.prevs.push(prev);
+        self.hashes.push(hash);
+    }
+}
+
+/// Chains the audit rows stored before the chain existed, in `seq` order from the genesis,
+/// a page at a time, records the head, and makes the chain columns required. Runs in the
+/// migration's transaction. Deterministic: the same rows give the same chain.
+async fn chain_existing(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let page_size = crate::audit::chain::VERIFY_PAGE;
+    let mut head = ChainHead::genesis();
+    loop {
+        let rows = tx
+            .query(
+                "SELECT seq, record::text FROM airlock_audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&head.seq, &(page_size as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        let (mut seqs, mut prevs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &rows {
+            let seq: i64 = r.get(0);
+            let record: String = r.get(1);
+            let hash = crate::audit::chain::link_hash(&head.hash, seq, &record);
+            seqs.push(seq);
+            prevs.push(head.hash.clone());
+            hashes.push(hash.clone());
+            head = ChainHead { seq, hash };
+        }
+        tx.execute(
+            "UPDATE airlock_audit_events e SET prev_hash = u.p, hash = u.h
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(s, p, h) WHERE e.seq = u.s",
+            &[&seqs, &prevs, &hashes],
+        )
+        .await
+        .map_err(unavailable)?;
+        if rows.len() < page_size {
+            break;
+        }
+    }
+    tx.execute(
+        "INSERT INTO airlock_audit_chain_head (id, seq, hash) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        &[&head.seq, &head.hash],
+    )
+    .await
+    .map_err(unavailable)?;
+    tx.batch_execute(
+        "ALTER TABLE airlock_audit_events ALTER COLUMN prev_hash SET NOT NULL,
+                                          ALTER COLUMN hash SET NOT NULL",
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Holds one LISTEN connection and turns notifications into wake-ups until it breaks.

@@ -5,6 +5,9 @@
 //!   a write waits for a lock held elsewhere, after which the store reports `Unavailable`
 //!   and the request fails closed.
 //! - Reads use their own connection so an auditor's query never holds up a commit.
+//! - Audit events are chained ([`crate::audit::chain`]): a batch reads the chain head,
+//!   inserts each new event at the head's `seq` plus one with its link, and moves the head,
+//!   all in the one `IMMEDIATE` transaction that holds the write lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,17 +18,26 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     AuditQuery, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store, StoreError,
-    StoreIdentity,
+    StoreIdentity, TicketRecord,
 };
 use crate::audit::AuditEvent;
+use crate::audit::chain::{ChainHead, ChainRow};
 use crate::config::StoreConfig;
+use crate::identity::Principal;
 use crate::review::{ReviewRecord, ReviewStatus};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_audit.sql")),
     (2, include_str!("../../migrations/sqlite/0002_reviews.sql")),
     (3, include_str!("../../migrations/sqlite/0003_sessions.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_tickets.sql")),
+    (
+        CHAIN_MIGRATION,
+        include_str!("../../migrations/sqlite/0005_audit_chain.sql"),
+    ),
 ];
+/// The migration that adds the audit hash chain; rows already stored are chained with it.
+const CHAIN_MIGRATION: i64 = 5;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -111,6 +123,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             .optional()?;
         if done.is_none() {
             tx.execute_batch(sql)?;
+            if *version == CHAIN_MIGRATION {
+                chain_existing(&tx)?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                 params![version, ts(&Utc::now())],
@@ -119,6 +134,54 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Chains the audit rows stored before the chain existed, in `seq` order from the genesis,
+/// a page at a time, and records the head. Deterministic: the same rows give the same chain.
+fn chain_existing(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let mut head = ChainHead::genesis();
+    let mut page =
+        tx.prepare("SELECT seq, record FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let mut link =
+        tx.prepare("UPDATE audit_events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3")?;
+    loop {
+        let rows = page
+            .query_map(
+                params![head.seq, crate::audit::chain::VERIFY_PAGE as i64],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (seq, record) in &rows {
+            let hash = crate::audit::chain::link_hash(&head.hash, *seq, record);
+            link.execute(params![head.hash, hash, seq])?;
+            head = ChainHead { seq: *seq, hash };
+        }
+        if rows.len() < crate::audit::chain::VERIFY_PAGE {
+            break;
+        }
+    }
+    tx.execute(
+        "INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        params![head.seq, head.hash],
+    )?;
+    Ok(())
+}
+
+/// The chain head as recorded; `None` if its row is gone.
+fn read_head(conn: &Connection) -> Result<Option<ChainHead>, StoreError> {
+    conn.query_row(
+        "SELECT seq, hash FROM audit_chain_head WHERE id = 1",
+        [],
+        |r| {
+            Ok(ChainHead {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(classify)
 }
 
 fn decode_session(record: &str) -> Result<SessionRecord, StoreError> {
@@ -178,17 +241,40 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(classify)?;
+            let start = read_head(&tx)?.ok_or_else(|| {
+                StoreError::Other(
+                    "the audit chain head is missing: the store was altered (run `airlock audit verify`)"
+                        .into(),
+                )
+            })?;
+            let mut head = start.clone();
             {
                 let mut stmt = tx
                     .prepare_cached(
-                        "INSERT INTO audit_events (id, time, phase, execution_id, issuer, subject, connection, outcome, record)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO audit_events (seq, id, time, phase, execution_id, issuer, subject, connection, outcome, record, prev_hash, hash)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
                     )
                     .map_err(classify)?;
                 for r in &rows {
-                    stmt.execute(params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8])
+                    let next = head.extend(&r.8);
+                    let n = stmt
+                        .execute(params![
+                            next.seq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, head.hash,
+                            next.hash
+                        ])
                         .map_err(classify)?;
+                    // 0: a replayed event, already a link of the chain.
+                    if n == 1 {
+                        head = next;
+                    }
                 }
+            }
+            if head != start {
+                tx.execute(
+                    "UPDATE audit_chain_head SET seq = ?1, hash = ?2 WHERE id = 1",
+                    params![head.seq, head.hash],
+                )
+                .map_err(classify)?;
             }
             tx.commit().map_err(classify)
         })
@@ -234,6 +320,38 @@ impl Store for SqliteStore {
                 .query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))
                 .map_err(classify)?;
             decode_events(rows)
+        })
+        .await
+    }
+
+    async fn audit_chain_head(&self) -> Result<Option<ChainHead>, StoreError> {
+        Self::with(&self.reader, |conn| read_head(conn)).await
+    }
+
+    async fn audit_chain_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        Self::with(&self.reader, move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, id, prev_hash, hash, record FROM audit_events
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok(ChainRow {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        prev_hash: r.get(2)?,
+                        hash: r.get(3)?,
+                        record: r.get(4)?,
+                    })
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
         })
         .await
     }
@@ -362,6 +480,55 @@ impl Store for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+
+    async fn put_ticket(&self, t: &TicketRecord) -> Result<(), StoreError> {
+        let principal =
+            serde_json::to_string(&t.principal).map_err(|e| StoreError::Other(e.to_string()))?;
+        let row = (
+            t.digest.clone(),
+            t.connection.clone(),
+            principal,
+            ts(&t.expires_at),
+            ts(&Utc::now()),
+        );
+        Self::with(&self.writer, move |conn| {
+            conn.execute("DELETE FROM shell_tickets WHERE expires_at <= ?1", params![row.4])
+                .map_err(classify)?;
+            conn.execute(
+                "INSERT INTO shell_tickets (digest, connection, principal, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![row.0, row.1, row.2, row.3],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_ticket(
+        &self,
+        digest: &str,
+        connection: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Principal>, StoreError> {
+        let (digest, connection, now) = (digest.to_string(), connection.to_string(), ts(&now));
+        let principal: Option<String> = Self::with(&self.writer, move |conn| {
+            conn.query_row(
+                "DELETE FROM shell_tickets WHERE digest = ?1 RETURNING connection, principal, expires_at",
+                params![digest],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+            )
+            .optional()
+            .map_err(classify)
+            .map(|row| {
+                row.filter(|(c, _, expires)| *c == connection && *expires > now)
+                    .map(|(_, p, _)| p)
+            })
+        })
+        .await?;
+        principal
+            .map(|p| serde_json::from_str(&p).map_err(|e| StoreError::Other(e.to_string())))
+            .transpose()
     }
 
     async fn create_session(
@@ -513,5 +680,184 @@ impl Store for SqliteStore {
             Ok(n as u64)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Phase;
+    use crate::audit::chain::{self, Verdict};
+
+    fn config() -> StoreConfig {
+        StoreConfig {
+            busy_timeout_ms: 2_000,
+            ..StoreConfig::default()
+        }
+    }
+
+    fn events(n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|i| AuditEvent::new(Phase::Begin, &format!("exec-{i}"), "query"))
+            .collect()
+    }
+
+    async fn verdict(store: &SqliteStore) -> Verdict {
+        chain::verify(store, None).await.unwrap()
+    }
+
+    fn broken_at(v: Verdict) -> (i64, Option<String>) {
+        match v {
+            Verdict::Broken(b) => (b.seq, b.id),
+            Verdict::Intact { .. } => panic!("tampering went unnoticed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn store_chains_every_appended_event_and_a_replay_adds_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("airlock.db"), &config()).unwrap();
+        assert_eq!(
+            verdict(&store).await,
+            Verdict::Intact {
+                events: 0,
+                head: ChainHead::genesis()
+            }
+        );
+        let first = events(3);
+        store.append_audit(&first).await.unwrap();
+        let mut second = events(2);
+        second.push(first[1].clone());
+        store.append_audit(&second).await.unwrap();
+        store.append_audit(&first).await.unwrap();
+        let Verdict::Intact { events, head } = verdict(&store).await else {
+            panic!("chain broken");
+        };
+        assert_eq!((events, head.seq), (5, 5));
+        assert_eq!(store.audit_chain_head().await.unwrap(), Some(head));
+    }
+
+    #[tokio::test]
+    async fn store_tampering_is_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.db");
+        let store = SqliteStore::open(&path, &config()).unwrap();
+        store.append_audit(&events(6)).await.unwrap();
+        let raw = Connection::open(&path).unwrap();
+        let id = |seq: i64| -> String {
+            raw.query_row("SELECT id FROM audit_events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+
+        // An edited record.
+        let original: String = raw
+            .query_row("SELECT record FROM audit_events WHERE seq = 3", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        raw.execute(
+            "UPDATE audit_events SET record = json_set(record, '$.operation', 'edited') WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+        assert_eq!(broken_at(verdict(&store).await), (3, Some(id(3))));
+        raw.execute(
+            "UPDATE audit_events SET record = ?1 WHERE seq = 3",
+            [&original],
+        )
+        .unwrap();
+        assert!(matches!(verdict(&store).await, Verdict::Intact { .. }));
+
+        // Two rows swapped.
+        let (a, b) = (id(3), id(4));
+        let swap = "UPDATE audit_events SET seq = -1 WHERE seq = 3;
+                    UPDATE audit_events SET seq = 3 WHERE seq = 4;
+                    UPDATE audit_events SET seq = 4 WHERE seq = -1;";
+        raw.execute_batch(swap).unwrap();
+        assert_eq!(broken_at(verdict(&store).await), (3, Some(b)));
+        raw.execute_batch(swap).unwrap();
+        assert_eq!(id(3), a);
+        assert!(matches!(verdict(&store).await, Verdict::Intact { .. }));
+
+        // A deleted row: the next one no longer chains.
+        raw.execute_batch(
+            "CREATE TABLE saved AS SELECT * FROM audit_events WHERE seq = 2;
+             DELETE FROM audit_events WHERE seq = 2;",
+        )
+        .unwrap();
+        assert_eq!(broken_at(verdict(&store).await), (3, Some(id(3))));
+        raw.execute_batch("INSERT INTO audit_events SELECT * FROM saved; DROP TABLE saved;")
+            .unwrap();
+        assert!(matches!(verdict(&store).await, Verdict::Intact { .. }));
+
+        // The last row deleted: the recorded head names it.
+        raw.execute("DELETE FROM audit_events WHERE seq = 6", [])
+            .unwrap();
+        assert_eq!(broken_at(verdict(&store).await), (6, None));
+        // ... and the head moved back with it: undetectable without a pin.
+        let pin = store.audit_chain_head().await.unwrap().unwrap();
+        let (seq5, hash5): (i64, String) = raw
+            .query_row(
+                "SELECT seq, hash FROM audit_events WHERE seq = 5",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        raw.execute(
+            "UPDATE audit_chain_head SET seq = ?1, hash = ?2",
+            params![seq5, hash5],
+        )
+        .unwrap();
+        assert!(matches!(verdict(&store).await, Verdict::Intact { .. }));
+        let pinned = chain::verify(&store, Some(pin)).await.unwrap();
+        assert_eq!(broken_at(pinned), (6, None));
+    }
+
+    #[tokio::test]
+    async fn store_rows_from_before_the_chain_are_chained_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.db");
+        // A store as the previous release left it: every migration before the chain, and
+        // events written the old way.
+        {
+            let conn = open_conn(&path, Duration::from_secs(2)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+            )
+            .unwrap();
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v < CHAIN_MIGRATION) {
+                conn.execute_batch(sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 'then')",
+                    [version],
+                )
+                .unwrap();
+            }
+            for e in events(4) {
+                conn.execute(
+                    "INSERT INTO audit_events (id, time, phase, execution_id, record) VALUES (?1, ?2, 'begin', ?3, ?4)",
+                    params![e.id, ts(&e.time), e.execution_id, serde_json::to_string(&e).unwrap()],
+                )
+                .unwrap();
+            }
+            // Gaps in `seq` are fine.
+            conn.execute("DELETE FROM audit_events WHERE seq = 2", [])
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path, &config()).unwrap();
+        let Verdict::Intact { events: n, head } = verdict(&store).await else {
+            panic!("the upgraded store does not verify");
+        };
+        assert_eq!((n, head.seq), (3, 4));
+        drop(store);
+        // Opening again changes nothing; new events extend the same chain.
+        let store = SqliteStore::open(&path, &config()).unwrap();
+        store.append_audit(&events(2)).await.unwrap();
+        let Verdict::Intact { events: n, head } = verdict(&store).await else {
+            panic!("chain broken after the upgrade");
+        };
+        assert_eq!((n, head.seq), (5, 6));
     }
 }

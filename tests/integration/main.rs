@@ -8,6 +8,7 @@
 mod common;
 mod connections_flood;
 
+mod audit_chain;
 mod auth;
 mod bad_input;
 mod deploy;
@@ -16,6 +17,7 @@ mod kube;
 mod kube_double;
 mod masking;
 mod masking_corpus;
+mod multi_instance;
 mod mysql;
 mod openapi;
 mod postgres;
