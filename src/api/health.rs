@@ -1,10 +1,11 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::problem::{Code, Problem};
@@ -44,4 +45,30 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
     Ok(Json(Health {
         status: "ready".into(),
     }))
+}
+
+/// Process metrics in the Prometheus text format: executions by operation and outcome,
+/// audit group commits, executions in flight, the memory budget, readiness. Labels carry
+/// no principal, statement or value, so scrapers need no token.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let gateway = &state.gateway;
+    let kib_free = gateway.memory.available_permits() as u64;
+    let text = crate::metrics::render(&crate::metrics::Gauges {
+        ready: state.ready.load(Ordering::SeqCst),
+        in_flight: gateway.in_flight.count() as u64,
+        memory_budget_bytes: gateway.memory_total.saturating_mul(1024),
+        memory_reserved_bytes: gateway
+            .memory_total
+            .saturating_sub(kib_free)
+            .saturating_mul(1024),
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }

@@ -74,6 +74,7 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
         .routes(routes!(connections::list))
         .routes(routes!(connections::get))
         .routes(routes!(connections::schema))

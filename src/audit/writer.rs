@@ -102,7 +102,9 @@ async fn batch_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
             }
         }
         let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let started = std::time::Instant::now();
         let result = store.append_audit(&events).await;
+        crate::metrics::audit_batch(events.len(), started.elapsed(), result.is_ok());
         for p in batch {
             // A waiter that gave up (request cancelled) is fine: the event is stored anyway.
             let _ = p.done.send(result.clone());

@@ -87,6 +87,11 @@ impl InFlight {
         InFlightGuard(self.clone())
     }
 
+    /// How many opened records have not written their `end` yet.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits until every opened record has written its `end`, or `limit` passes.
     pub async fn settled(&self, limit: std::time::Duration) {
         let wait = async {
@@ -191,6 +196,7 @@ pub(crate) fn end_of(begin: &AuditEvent, started: Instant, ending: &Ending) -> A
 /// The `end` that closes `begin`, when how long it ran is known (or not: a begin found
 /// unfinished after a restart).
 pub(crate) fn closing(begin: &AuditEvent, ending: &Ending, duration_ms: Option<u64>) -> AuditEvent {
+    crate::metrics::execution_ended(&begin.operation, ending.outcome);
     let mut end = AuditEvent::new(Phase::End, &begin.execution_id, &begin.operation);
     end.request_id = begin.request_id.clone();
     end.principal = begin.principal.clone();

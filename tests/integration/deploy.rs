@@ -264,3 +264,64 @@ fn fly_toml_matches_the_image_and_the_binary() {
             .any(|f| f["guest_path"].as_str() == env["AIRLOCK_CONFIG"].as_str())
     );
 }
+
+/// `/metrics` answers without a token, counts executions by outcome, and names no
+/// principal or statement.
+#[tokio::test]
+async fn metrics_count_executions_and_name_no_one() {
+    let embedded = airlock::config::EMBEDDED_DEFAULT
+        .replace("listen = \"127.0.0.1:8080\"", "")
+        .replace("[server]\n", "");
+    let a = crate::common::Airlock::start(&embedded).await;
+    let agent = a.token(
+        "metrics-agent-7",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let (s, b) = a
+        .query(
+            &agent,
+            "demo",
+            serde_json::json!({"sql": "SELECT 1 AS secret_marker"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = a
+        .query(
+            &agent,
+            "demo",
+            serde_json::json!({"sql": "DROP TABLE customers"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let resp = a
+        .http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = resp.text().await.unwrap();
+    let count = |labels: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("airlock_executions_total{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("operation=\"query\",outcome=\"ok\"") >= 1, "{text}");
+    assert!(
+        count("operation=\"query\",outcome=\"denied\"") >= 1,
+        "{text}"
+    );
+    assert!(text.contains("airlock_ready 1"), "{text}");
+    assert!(text.contains("# TYPE airlock_audit_batches_total counter"));
+    assert!(!text.contains("metrics-agent-7") && !text.contains("secret_marker"));
+    a.stop().await;
+}
