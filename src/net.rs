@@ -28,7 +28,8 @@ pub struct ConnectionLimits {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open connections finish
-/// their in-flight requests and returns when every one has closed.
+/// their in-flight requests and returns when every one has closed, or when `cut` resolves:
+/// then the connections still open are closed where they stand.
 ///
 /// What must stay true:
 /// - A connection that sends nothing, or never finishes its headers, is closed after
@@ -36,6 +37,12 @@ pub struct ConnectionLimits {
 ///   requests): idle and half-sent connections cannot pile up without a token.
 /// - At most `max_connections` are open; one more is accepted, told 503 with
 ///   `Retry-After`, and closed — `accept` itself never stalls or spins.
+/// - Once `shutdown` resolves nothing new is accepted and the listening socket is closed,
+///   so new connections are refused rather than queued unanswered.
+/// - Once `cut` resolves (after shutdown), this returns promptly whatever the clients do: a
+///   response a slow client has not taken by then is dropped (an NDJSON stream without its
+///   trailer is a cut stream), which also releases the execution waiting to write it, so
+///   the process exits within the drain instead of within the write-idle timeout.
 /// - Served as HTTP/1.1 (with WebSocket upgrades). HTTP/2 cleartext is not offered: its
 ///   preface sniffing would run before any header timer, and TLS terminators in front of
 ///   Airlock speak HTTP/1.1 to it.
@@ -44,9 +51,10 @@ pub async fn serve(
     app: axum::Router,
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    cut: impl std::future::Future<Output = ()> + Send,
 ) {
     let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let (closing, _) = tokio::sync::watch::channel(false);
+    let (phase, _) = tokio::sync::watch::channel(Phase::Serving);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -73,7 +81,7 @@ pub async fn serve(
             stalled: None,
         });
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut closing = closing.subscribe();
+        let mut phase = phase.subscribe();
         tokio::spawn(async move {
             let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -90,17 +98,43 @@ pub async fn serve(
                     }
                     return;
                 }
-                _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+                _ = phase.wait_for(|p| *p != Phase::Serving) => conn.as_mut().graceful_shutdown(),
             }
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = phase.wait_for(|p| *p == Phase::Cut) => {
+                    tracing::info!("connection closed at shutdown with its response unfinished");
+                }
             }
         });
     }
-    let _ = closing.send(true);
+    // Close the listening socket at once: a connection the kernel queued but nobody will
+    // accept would hang until the process exits (a load balancer's probe or a new request
+    // stuck for the whole drain); refused, it goes elsewhere at once.
+    drop(listener);
+    let _ = phase.send(Phase::Closing);
     // Every connection holds a permit until it closes: all of them back means all closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = open.acquire_many(all) => return,
+        _ = cut => {}
+    }
+    let _ = phase.send(Phase::Cut);
     let _ = open.acquire_many(all).await;
+}
+
+/// Where the listener is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish the request in progress, then close.
+    Closing,
+    /// Close now.
+    Cut,
 }
 
 /// Answers a connection past `max_connections` with a 503 and closes it.

@@ -8,6 +8,9 @@
 //! - On SIGTERM (or the shutdown future): `/readyz` turns 503 at once, in-flight requests
 //!   drain for `drain_timeout_ms`, then are cancelled on their targets; audit ends are
 //!   flushed before the process exits.
+//! - Shutdown is bounded by `drain_timeout_ms` + [`CLOSE_GRACE`] (+ the audit flush):
+//!   connections still writing a response by then (a client too slow to take a cancelled
+//!   stream's last rows and trailer) are closed, never waited for.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +32,10 @@ use crate::identity::Authenticator;
 use crate::mask::plan::Masking;
 use crate::policy::{Policy, PrincipalPattern};
 use crate::store::{self, Store};
+
+/// After the drain, how long cancelled responses (an NDJSON trailer, a 503) get to reach
+/// their clients before the connections still open are closed.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything `serve` needs, built and checked before binding.
 pub struct Prepared {
@@ -304,10 +311,17 @@ pub async fn start(prepared: Prepared, signals: bool) -> Result<Running, String>
             });
         }
     };
+    let cut = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(drain + CLOSE_GRACE).await;
+        }
+    };
     let task = {
         let state = state.clone();
         tokio::spawn(async move {
-            crate::net::serve(listener, app, limits, graceful).await;
+            crate::net::serve(listener, app, limits, graceful, cut).await;
             // Let execution tasks record their end events before the process exits.
             state.gateway.shutdown.cancel();
             state

@@ -25,5 +25,6 @@ mod quickstart;
 mod resources;
 mod reviews;
 mod shells;
+mod shutdown;
 mod sql_integrity;
 mod ssh;
