@@ -471,7 +471,6 @@ impl SqlBackend for PostgresBackend {
         let job = Job {
             plan,
             read_only: self.read_only,
-            privileged: self.allow_privileged,
             deadline,
             cancel,
             sender,
@@ -596,8 +595,6 @@ fn server_timeout_ms(timeout: Duration) -> u64 {
 struct Job {
     plan: QueryPlan,
     read_only: bool,
-    /// The role may be a superuser (`allow_privileged`), so it can change its session user.
-    privileged: bool,
     deadline: Instant,
     cancel: CancellationToken,
     sender: RowSender,
@@ -848,7 +845,7 @@ async fn run_streamed(
         client.query_raw(statement, refs),
     ));
     let early = futures::poll!(started.as_mut());
-    let mut end = pin!(client.simple_query(session::read_only_end(job.privileged)));
+    let mut end = pin!(client.simple_query(session::READ_ONLY_END));
     // Polled here only to send it; a future that already finished (the connection is
     // gone) must not be polled again, so its answer is kept.
     let end_early = futures::poll!(end.as_mut());

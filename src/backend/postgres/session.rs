@@ -4,19 +4,19 @@
 //! What must stay true:
 //! - No session state an agent's statement can create survives its request. A request
 //!   ends with its transaction's end and the reset, in one message for a streamed read
-//!   ([`read_only_end`]) and right after it otherwise ([`reset`]), and the
+//!   ([`READ_ONLY_END`]) and right after it otherwise ([`reset`]), and the
 //!   connection goes back to the pool only if every part succeeded. The reset is
 //!   `DISCARD ALL` without its `DEALLOCATE ALL` (which would drop the statement cache) and
 //!   without `DISCARD PLANS` (plans are revalidated when `search_path` or the objects they
 //!   use change): settings (`SET`, `set_config`, the role), cursors, `LISTEN`, advisory
-//!   locks, temporary tables and sequence state (`currval`, `lastval`). Listened channels and
-//!   SQL-level prepared statements are counted in the same message and, if any exist,
-//!   unlistened and deallocated (with the statement cache) in a second one.
+//!   locks, temporary tables and sequence state (`currval`, `lastval`). Whether SQL-level
+//!   prepared statements exist is answered in the same message and, if some do, they are
+//!   deallocated (with the statement cache) in a second one.
 //! - The reset runs after every request, whatever the inspector found. Parsed facts cannot
 //!   prove a request leaves the session clean: a view, a row-level security policy or a
 //!   domain check runs code the statement does not name, and that code can call
-//!   `set_config`, take an advisory lock, `LISTEN` or `PREPARE` (tested in
-//!   `tests/integration/session_state.rs`).
+//!   `set_config`, take an advisory lock, `LISTEN` or `PREPARE` (tested by
+//!   `views_that_change_the_session_leave_nothing_for_the_next_agent`).
 //! - The statement cache is bounded ([`MAX_CACHED_STATEMENTS`]) and lives and dies with the
 //!   connection; its statements are protocol-level, named by the driver, and never callable
 //!   from SQL (`EXECUTE` only reaches SQL-level ones).
@@ -28,15 +28,15 @@ use tokio_postgres::{SimpleQueryMessage, Statement};
 /// (dropped statements are closed on the server by the driver).
 pub(super) const MAX_CACHED_STATEMENTS: usize = 256;
 
-/// What is left that only a check can tell: releases advisory locks, and answers how many
-/// channels the session listens on and how many SQL-level prepared statements it holds,
-/// so the rare session that has some pays for `UNLISTEN *` / `DEALLOCATE ALL` (see
-/// [`clear_leftovers`]) and the common one does not.
+/// What no reset statement clears without also dropping the statement cache: releases
+/// session advisory locks and answers whether SQL-level prepared statements exist, so the
+/// rare session that has some pays for `DEALLOCATE ALL` (see [`clear_leftovers`]) and the
+/// common one does not. (The set-returning function rather than its view: a third of the
+/// cost.)
 macro_rules! leftovers {
     () => {
         "SELECT pg_catalog.pg_advisory_unlock_all(), \
-         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()), \
-         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)"
+         EXISTS (SELECT FROM pg_catalog.pg_prepared_statement() p WHERE p.from_sql)"
     };
 }
 
@@ -44,7 +44,8 @@ macro_rules! leftovers {
 /// `leftovers!`. Runs after the transaction's end, as separate statements of one simple
 /// query (one implicit transaction block, so `DISCARD TEMP` takes effect at its end).
 const RESET: &str = concat!(
-    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; ",
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; DISCARD TEMP; \
+     DISCARD SEQUENCES; ",
     leftovers!()
 );
 
@@ -58,23 +59,13 @@ pub(super) fn begin_sql(read_only: bool, timeout_ms: u64) -> String {
     format!("{start}; SET LOCAL statement_timeout = {timeout_ms}")
 }
 
-/// How a read-only transaction ends, with the part of [`RESET`] such a transaction can need.
-/// A read-only transaction refuses `CREATE TEMP TABLE`, `nextval` and `setval`, and a held
-/// cursor declared in a transaction that rolls back goes with it, so temp tables, sequence
-/// state and cursors cannot survive; settings, `LISTEN`, advisory locks and SQL-level
-/// `PREPARE` can, by a function behind a view (each tried in the tests). The session user
-/// can change only on a role allowed to be privileged (`SET SESSION AUTHORIZATION` needs a
-/// superuser), so only such connections pay for resetting it.
-pub(super) fn read_only_end(privileged: bool) -> &'static str {
-    if privileged {
-        concat!(
-            "ROLLBACK; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; ",
-            leftovers!()
-        )
-    } else {
-        concat!("ROLLBACK; RESET ALL; ", leftovers!())
-    }
-}
+/// How a read-only transaction ends: `ROLLBACK`, then the part of [`RESET`] a rolled-back
+/// transaction can need. A rollback undoes settings (`SET`, `set_config`, the role and
+/// session user), `LISTEN`, held cursors and temp tables created in it, and a read-only
+/// transaction refuses `nextval` and `setval`; what survives a rollback is session advisory
+/// locks and SQL-level prepared statements, both of which a function behind a view can
+/// create (each case is tried in the tests).
+pub(super) const READ_ONLY_END: &str = concat!("ROLLBACK; ", leftovers!());
 
 /// The statement prepared on this connection for `sql`, from the cache when it was
 /// prepared here before.
@@ -98,7 +89,7 @@ pub(super) async fn reset(client: &ClientWrapper) -> Result<(), EndError> {
     clear_leftovers(client, &messages).await
 }
 
-/// The second half of [`reset`], for a caller that sent [`read_only_end`] itself: reads
+/// The second half of [`reset`], for a caller that sent [`READ_ONLY_END`] itself: reads
 /// the `leftovers!` row (the last row answered) and clears what it found.
 pub(super) async fn clear_leftovers(
     client: &ClientWrapper,
@@ -112,19 +103,12 @@ pub(super) async fn clear_leftovers(
             _ => None,
         })
         .ok_or(EndError::Unexpected)?;
-    let count = |i: usize| {
-        row.get(i)
-            .and_then(|n| n.parse::<u64>().ok())
-            .ok_or(EndError::Unexpected)
+    let prepared = match row.get(1) {
+        Some("t") => true,
+        Some("f") => false,
+        _ => return Err(EndError::Unexpected),
     };
-    let (listening, prepared) = (count(1)?, count(2)?);
-    if listening > 0 {
-        client
-            .batch_execute("UNLISTEN *")
-            .await
-            .map_err(EndError::Database)?;
-    }
-    if prepared > 0 {
+    if prepared {
         client.statement_cache.clear();
         client
             .batch_execute("DEALLOCATE ALL")
@@ -138,6 +122,6 @@ pub(super) async fn clear_leftovers(
 #[derive(Debug)]
 pub(super) enum EndError {
     Database(tokio_postgres::Error),
-    /// The reset's answer did not carry the leftover counts.
+    /// The reset's answer did not say whether prepared statements are left.
     Unexpected,
 }
