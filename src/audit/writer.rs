@@ -8,6 +8,12 @@
 //! - `commit_end` never loses an event: on store failure it appends the event to an
 //!   fsynced spool file, replayed into the store (idempotently, by event id) at startup and
 //!   periodically.
+//! - An `end` whose request was answered already (`commit_end_after_answer`) rides with the
+//!   next commit: it is held for at most [`END_DELAY`], and committed at once with any event
+//!   that must be durable now.
+//!   One agent's back-to-back requests then cost one store commit each (its previous end
+//!   with its next begin), not two in a row. A crash in that window loses nothing: the
+//!   begin is durable, and the startup sweep closes it as `interrupted`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,11 +27,15 @@ use crate::store::{Store, StoreError};
 
 /// Largest number of events written in one store transaction.
 const MAX_BATCH: usize = 512;
+/// How long an `end` may wait for a commit it can ride with.
+const END_DELAY: Duration = Duration::from_millis(20);
 const SPOOL_FILE: &str = "audit-spool.ndjson";
 
 struct Pending {
     event: AuditEvent,
     done: oneshot::Sender<Result<(), StoreError>>,
+    /// Someone runs nothing until this is stored (a `begin`, a review event).
+    urgent: bool,
 }
 
 #[derive(Clone)]
@@ -52,9 +62,17 @@ impl AuditWriter {
 
     /// Durably stores one event; `Err` means it is not stored and the caller must fail closed.
     pub async fn commit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.store_event(event, true).await
+    }
+
+    async fn store_event(&self, event: AuditEvent, urgent: bool) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending { event, done })
+            .send(Pending {
+                event,
+                done,
+                urgent,
+            })
             .await
             .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?;
         wait.await
@@ -64,8 +82,18 @@ impl AuditWriter {
     /// Stores an end event, falling back to the spool. Errors only if both fail, which is
     /// logged loudly: the disk under the data directory is gone.
     pub async fn commit_end(&self, event: AuditEvent) {
+        self.store_end(event, true).await
+    }
+
+    /// [`Self::commit_end`] for an end whose request has been answered already: it may wait
+    /// up to [`END_DELAY`] to ride with the next commit.
+    pub async fn commit_end_after_answer(&self, event: AuditEvent) {
+        self.store_end(event, false).await
+    }
+
+    async fn store_end(&self, event: AuditEvent, urgent: bool) {
         let id = event.id.clone();
-        if let Err(e) = self.commit(event.clone()).await {
+        if let Err(e) = self.store_event(event.clone(), urgent).await {
             tracing::warn!(error = %e, event = %id, "audit store refused an end event; spooling it");
             if let Err(e) = self.spool.append(&event).await {
                 tracing::error!(error = %e, event = %id, "AUDIT EVENT NOT PERSISTED: spool write failed");
@@ -93,22 +121,54 @@ impl AuditWriter {
 }
 
 async fn batch_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+    let mut batch: Vec<Pending> = Vec::new();
+    // When the oldest held `end` must be committed, whatever else arrives.
+    let mut hold_until: Option<tokio::time::Instant> = None;
+    loop {
+        let received = match hold_until {
+            None => rx.recv().await,
+            Some(deadline) => tokio::select! {
+                p = rx.recv() => p,
+                _ = tokio::time::sleep_until(deadline) => {
+                    commit(store.as_ref(), std::mem::take(&mut batch)).await;
+                    hold_until = None;
+                    continue;
+                }
+            },
+        };
+        let Some(first) = received else {
+            // Every writer is gone: what is held is committed before the task ends.
+            commit(store.as_ref(), batch).await;
+            return;
+        };
+        batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
-        let started = std::time::Instant::now();
-        let result = store.append_audit(&events).await;
-        crate::metrics::audit_batch(events.len(), started.elapsed(), result.is_ok());
-        for p in batch {
-            // A waiter that gave up (request cancelled) is fine: the event is stored anyway.
-            let _ = p.done.send(result.clone());
+        if batch.len() < MAX_BATCH && !batch.iter().any(|p| p.urgent) {
+            hold_until.get_or_insert_with(|| tokio::time::Instant::now() + END_DELAY);
+            continue;
         }
+        commit(store.as_ref(), std::mem::take(&mut batch)).await;
+        hold_until = None;
+    }
+}
+
+/// One group commit: every waiter learns the same result.
+async fn commit(store: &dyn Store, batch: Vec<Pending>) {
+    if batch.is_empty() {
+        return;
+    }
+    let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+    let started = std::time::Instant::now();
+    let result = store.append_audit(&events).await;
+    crate::metrics::audit_batch(events.len(), started.elapsed(), result.is_ok());
+    for p in batch {
+        // A waiter that gave up (request cancelled) is fine: the event is stored anyway.
+        let _ = p.done.send(result.clone());
     }
 }
 

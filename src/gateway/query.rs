@@ -136,7 +136,8 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
             masked: MaskedCounts::default(),
         };
         let ending = task.run(stream, &conn, &sql, started_tx, started).await;
-        record.finish(ending).await;
+        // The handler answered when it read the trailer (or the error) above.
+        record.finish_after_answer(ending).await;
     });
     match started_rx.await {
         Ok(Ok(columns)) => Ok(RowsRun {

@@ -172,13 +172,27 @@ impl ExecutionRecord {
 
     /// Writes the `end` (never lost: spooled if the store refuses) and settles a consumed
     /// approval.
-    pub(crate) async fn finish(mut self, ending: Ending) {
+    pub(crate) async fn finish(self, ending: Ending) {
+        self.close(ending, true).await
+    }
+
+    /// [`Self::finish`] once the client has its answer: the `end` may ride with the next
+    /// audit commit (see `audit::writer`), so back-to-back requests share commits.
+    pub(crate) async fn finish_after_answer(self, ending: Ending) {
+        self.close(ending, false).await
+    }
+
+    async fn close(mut self, ending: Ending, urgent: bool) {
         self.open = false;
         let end = self.end_event(&ending);
         if let Some(claim) = self.claim.take() {
             super::review::settle_run(&self.gateway, claim, &end).await;
         }
-        self.gateway.audit.commit_end(end).await;
+        if urgent {
+            self.gateway.audit.commit_end(end).await;
+        } else {
+            self.gateway.audit.commit_end_after_answer(end).await;
+        }
         self.in_flight = None;
     }
 
