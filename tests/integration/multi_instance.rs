@@ -119,7 +119,6 @@ async fn two_processes_on_one_postgres_store_serve_any_call_of_a_flow() {
         .await
         .unwrap();
     let sshd = Sshd::start(None);
-    let user = String::from_utf8(Command::new("whoami").output().unwrap().stdout).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("airlock.toml");
     std::fs::write(
@@ -137,14 +136,7 @@ name = "pg"
 kind = "postgres"
 url = "{target}"
 
-[[connections]]
-name = "host"
-kind = "ssh"
-url = "ssh://{user}@127.0.0.1:{port}"
-private_key = "file:{key}"
-host_key = "{kh}"
-allow_privileged = true
-
+{host}
 [[rules]]
 id = "read"
 action = "allow"
@@ -175,10 +167,7 @@ match = {{ shell = true }}
 "#,
             store = store.name,
             target = target.url(),
-            user = user.trim(),
-            port = sshd.port,
-            key = sshd.client_key.display(),
-            kh = sshd.known_host,
+            host = sshd.connection_toml("host"),
         ),
     )
     .unwrap();

@@ -15,24 +15,9 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn config(sshd: &Sshd, extra: &str) -> String {
-    let user = String::from_utf8(
-        std::process::Command::new("whoami")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
     format!(
         r#"{DEV_ISSUER}
-[[connections]]
-name = "host"
-kind = "ssh"
-url = "ssh://{user}@127.0.0.1:{port}"
-private_key = "file:{key}"
-host_key = "{kh}"
-# The tests' sshd logs in as the user running them: root on CI machines.
-allow_privileged = true
-
+{host}
 [[rules]]
 id = "ops-shell"
 action = "allow"
@@ -50,10 +35,7 @@ principals = ["group:agents"]
 ticket_ttl_ms = 400
 {extra}
 "#,
-        user = user.trim(),
-        port = sshd.port,
-        key = sshd.client_key.display(),
-        kh = sshd.known_host,
+        host = sshd.connection_toml("host"),
     )
 }
 

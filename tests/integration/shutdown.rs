@@ -56,7 +56,6 @@ impl Drop for Server {
 }
 
 fn config(db: &PgDb, sshd: &Sshd) -> String {
-    let user = String::from_utf8(Command::new("whoami").output().unwrap().stdout).unwrap();
     format!(
         r#"[server]
 drain_timeout_ms = {drain}
@@ -71,15 +70,7 @@ pool_size = 12
 max_rows_ceiling = 10000000
 max_bytes_ceiling = 4000000000
 
-[[connections]]
-name = "host"
-kind = "ssh"
-url = "ssh://{user}@127.0.0.1:{port}"
-private_key = "file:{key}"
-host_key = "{kh}"
-# The tests' sshd logs in as the user running them: root on CI machines.
-allow_privileged = true
-
+{host}
 [[rules]]
 id = "agents-pg"
 action = "allow"
@@ -96,10 +87,7 @@ match = {{ shell = true }}
 "#,
         drain = DRAIN.as_millis(),
         url = db.url(),
-        user = user.trim(),
-        port = sshd.port,
-        key = sshd.client_key.display(),
-        kh = sshd.known_host,
+        host = sshd.connection_toml("host"),
     )
 }
 

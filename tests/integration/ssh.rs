@@ -38,6 +38,20 @@ fn free_port() -> u16 {
 }
 
 impl Sshd {
+    /// A `[[connections]]` block for this sshd, named `name`, logging in with the client key
+    /// as the user running the tests (root on CI machines, hence `allow_privileged`).
+    pub fn connection_toml(&self, name: &str) -> String {
+        let user = String::from_utf8(Command::new("whoami").output().unwrap().stdout).unwrap();
+        format!(
+            "[[connections]]\nname = \"{name}\"\nkind = \"ssh\"\nurl = \"ssh://{user}@127.0.0.1:{port}\"\n\
+             private_key = \"file:{key}\"\nhost_key = \"{kh}\"\nallow_privileged = true\n",
+            user = user.trim(),
+            port = self.port,
+            key = self.client_key.display(),
+            kh = self.known_host,
+        )
+    }
+
     /// Starts sshd; with `password_user`, also creates that user with that password.
     pub fn start(password_user: Option<(&str, &str)>) -> Sshd {
         assert!(

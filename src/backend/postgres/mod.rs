@@ -858,15 +858,7 @@ async fn run_streamed(
         Err(e) => return settle_refused(client, job, ready, end, end_early, e).await,
     };
 
-    let columns = statement
-        .columns()
-        .iter()
-        .map(|c| Column {
-            name: c.name().to_string(),
-            type_name: type_display_name(c.type_()),
-        })
-        .collect();
-    send(job, RowEvent::Columns(columns)).await?;
+    send(job, RowEvent::Columns(columns_of(statement))).await?;
 
     let mut rows = pin!(rows);
     let mut fetched: u64 = 0;
@@ -1080,15 +1072,7 @@ async fn run_in_portal(
     let portal = portal.map_err(&before)?;
 
     let returns_rows = !statement.columns().is_empty();
-    let columns = statement
-        .columns()
-        .iter()
-        .map(|c| Column {
-            name: c.name().to_string(),
-            type_name: type_display_name(c.type_()),
-        })
-        .collect();
-    send(job, RowEvent::Columns(columns)).await?;
+    send(job, RowEvent::Columns(columns_of(statement))).await?;
 
     let limit = job.plan.max_rows.saturating_add(1);
     let mut fetched: u64 = 0;
@@ -1176,6 +1160,18 @@ async fn send(job: &Job, event: RowEvent) -> Result<(), Failure> {
     } else {
         Err(Stop::ConsumerGone.into())
     }
+}
+
+/// The result header the agent sees: names and type names.
+fn columns_of(statement: &tokio_postgres::Statement) -> Vec<Column> {
+    statement
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            type_name: type_display_name(c.type_()),
+        })
+        .collect()
 }
 
 /// `int4`, `text`, ... as the wire names them; arrays as `int4[]` rather than `_int4`.
