@@ -47,6 +47,16 @@ pub fn load_or_create(
     }
 }
 
+/// Reads `path` if it exists (`None` when it does not); never creates it. For commands that
+/// must use the key a server already has rather than make one of their own.
+pub fn load_existing(path: &Path, what: &str) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => checked(path, what, bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {} ({what}): {e}", path.display())),
+    }
+}
+
 /// Refuses a key file others can read.
 fn checked(path: &Path, what: &str, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     let mode = std::fs::metadata(path)

@@ -47,7 +47,8 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
-    /// Print a token signed by the dev issuer (no server needed).
+    /// Print a token signed by the dev issuer's key in the data directory (the server creates
+    /// it on first start; this command never does).
     Token {
         #[arg(long)]
         sub: String,
@@ -147,8 +148,22 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let issuer = config
                 .dev_issuer()
                 .ok_or("no dev issuer is configured (an issuer with `dev = true`)")?;
-            let key = DevIssuer::load_or_create(&cli.data_dir)?;
+            // Never create the key here: a fresh key would sign tokens the server (which
+            // loaded its own key from its data directory) answers with 401.
+            let key = DevIssuer::load(&cli.data_dir)?.ok_or_else(|| {
+                let path = DevIssuer::key_path(&cli.data_dir);
+                let shown = std::path::absolute(&path).unwrap_or(path);
+                format!(
+                    "no dev issuer key at {}; `airlock token` signs with the key the server \
+                     created in its data directory and never creates one. Run it in the \
+                     directory where the server runs, pass the server's data directory \
+                     (--data-dir or AIRLOCK_DATA_DIR), or start the server once so it creates \
+                     the key",
+                    shown.display()
+                )
+            })?;
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            warn_dropped_groups(issuer, &groups);
             let token = key.mint(
                 issuer,
                 &TokenRequest {
@@ -169,6 +184,37 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .await
             .map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// Warns on stderr about groups the dev issuer's `allowed_groups` would drop when the server
+/// verifies the token: they are signed, but the principal would not be in them.
+fn warn_dropped_groups(issuer: &airlock::config::IssuerConfig, groups: &[String]) {
+    let dropped: Vec<&str> = groups
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !issuer.allows_group(g))
+        .collect();
+    if dropped.is_empty() {
+        return;
+    }
+    let why = if issuer.allowed_groups.is_empty() {
+        format!(
+            "issuer `{}` has no `allowed_groups`, so it drops every group",
+            issuer.name
+        )
+    } else {
+        format!(
+            "issuer `{}` allows only {} (its `allowed_groups`)",
+            issuer.name,
+            issuer.allowed_groups.join(", ")
+        )
+    };
+    eprintln!(
+        "warning: the server will drop group(s) {} from this token: {why}, in the configuration \
+         given to this command. Add them to `allowed_groups` of the `[[issuers]]` entry with \
+         `dev = true` in the server's configuration to let them through.",
+        dropped.join(", ")
+    );
 }
 
 /// `airlock audit verify`: walks the chain; the head goes to stdout, a break to stderr.

@@ -33,6 +33,7 @@ impl DevIssuer {
         data_dir.join(KEY_FILE)
     }
 
+    /// The server's side: the key in `data_dir`, created on first start.
     pub fn load_or_create(data_dir: &Path) -> Result<DevIssuer, String> {
         let path = Self::key_path(data_dir);
         let pkcs8 = crate::keyfile::load_or_create(&path, "dev issuer key", || {
@@ -40,6 +41,20 @@ impl DevIssuer {
                 .map(|doc| doc.as_ref().to_vec())
                 .map_err(|_| "cannot generate the dev issuer key".to_string())
         })?;
+        Self::from_pkcs8(&path, pkcs8)
+    }
+
+    /// The minting side (`airlock token`): the key the server created in `data_dir`, or
+    /// `None`. Never creates one: a key of its own would sign tokens the server rejects.
+    pub fn load(data_dir: &Path) -> Result<Option<DevIssuer>, String> {
+        let path = Self::key_path(data_dir);
+        match crate::keyfile::load_existing(&path, "dev issuer key")? {
+            Some(pkcs8) => Self::from_pkcs8(&path, pkcs8).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn from_pkcs8(path: &Path, pkcs8: Vec<u8>) -> Result<DevIssuer, String> {
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .map_err(|_| format!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
         let public = pair.public_key().as_ref().to_vec();

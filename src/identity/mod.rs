@@ -19,7 +19,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
 
 use crate::config::{Config, IssuerConfig, PrincipalKind};
-use crate::glob;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -92,6 +91,17 @@ impl Authenticator {
     pub fn new(config: Config, data_dir: &std::path::Path) -> Result<Authenticator, String> {
         let mut by_iss = HashMap::new();
         for iss in config.issuers {
+            // Groups are how rules and masking exemptions name principals: an issuer that may
+            // assert none is almost always a forgotten key, so say so once at startup.
+            if iss.allowed_groups.is_empty() {
+                tracing::warn!(
+                    issuer = %iss.name,
+                    "issuer `{}` has no allowed_groups: groups in its tokens will be ignored \
+                     (rules with `group:` match none of its principals); list the groups it may \
+                     assert in `allowed_groups` (globs, e.g. [\"agents\", \"team-*\"])",
+                    iss.name
+                );
+            }
             let keys = if iss.dev {
                 let key = dev::DevIssuer::load_or_create(data_dir)?;
                 KeySource::Dev(Arc::new(VerifyKey {
@@ -183,16 +193,24 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 30;
+        let dev = matches!(trusted.keys, KeySource::Dev(_));
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
-            .map_err(|e| AuthError::Invalid(describe_jwt_error(&e)))?;
+            .map_err(|e| AuthError::Invalid(describe_jwt_error(&e, dev)))?;
         let exp = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0);
         Ok((principal_from_claims(&trusted.config, &data.claims)?, exp))
     }
 }
 
-fn describe_jwt_error(e: &jsonwebtoken::errors::Error) -> String {
+/// What the 401 says. `dev`: the issuer is the local dev issuer, whose only usual cause of a
+/// bad signature is a token minted with another data directory's key; saying so names no key
+/// material or path, only the command that mints a good token.
+fn describe_jwt_error(e: &jsonwebtoken::errors::Error, dev: bool) -> String {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
+        K::InvalidSignature if dev => "the signature does not verify: the token was signed by a \
+            different dev key; mint tokens with `airlock token` using the server's data \
+            directory (the same --data-dir or AIRLOCK_DATA_DIR)"
+            .into(),
         K::ExpiredSignature => "the token has expired".into(),
         K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
         K::InvalidAudience => "the token is not for this audience".into(),
@@ -248,12 +266,7 @@ fn principal_from_claims(
         (None, None) => PrincipalKind::Agent,
     };
     // Only groups this issuer may assert are kept.
-    let allowed = |g: &&str| {
-        config
-            .allowed_groups
-            .iter()
-            .any(|pat| glob::matches(pat, g))
-    };
+    let allowed = |g: &&str| config.allows_group(g);
     let groups = match claims.get(&config.groups_claim) {
         Some(serde_json::Value::Array(items)) => items
             .iter()
