@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BackendContext, BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent,
-    RowSender, RowStream, SqlBackend, TableInfo,
+    BackendContext, BackendError, Column, ColumnInfo, DatabaseError, ForeignKey, QueryPlan,
+    RowEvent, RowSender, RowStream, SqlBackend, TableInfo,
 };
 use crate::config::{ConnectionConfig, ConnectionKind, SqliteConfig};
 
@@ -322,28 +322,36 @@ impl SqlBackend for SqliteBackend {
                 .map_err(db_error)?
                 .collect::<Result<_, _>>()
                 .map_err(db_error)?;
-            for (name, kind) in names {
+            for (name, kind) in &names {
                 let mut cols = conn
                     .prepare(
-                        "SELECT name, type, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid",
+                        "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid",
                     )
                     .map_err(db_error)?;
-                let columns = cols
-                    .query_map([&name], |r| {
-                        Ok(ColumnInfo {
+                let rows: Vec<(ColumnInfo, i64)> = cols
+                    .query_map([name], |r| {
+                        let column = ColumnInfo {
                             name: r.get(0)?,
                             type_name: r.get::<_, String>(1)?.to_ascii_lowercase(),
                             nullable: r.get::<_, i64>(2)? == 0,
-                        })
+                            // SQLite keeps no comments.
+                            ..ColumnInfo::default()
+                        };
+                        Ok((column, r.get(3)?))
                     })
                     .map_err(db_error)?
                     .collect::<Result<_, _>>()
                     .map_err(db_error)?;
+                let primary_key = key_order(&rows);
+                let foreign_keys = foreign_keys(&conn, &names, name)?;
                 tables.push(TableInfo {
                     schema: None,
-                    name,
-                    kind,
-                    columns,
+                    name: name.clone(),
+                    kind: kind.clone(),
+                    primary_key,
+                    foreign_keys,
+                    columns: rows.into_iter().map(|(c, _)| c).collect(),
+                    ..TableInfo::default()
                 });
             }
             Ok(tables)
@@ -355,4 +363,89 @@ impl SqlBackend for SqliteBackend {
     fn kind(&self) -> ConnectionKind {
         ConnectionKind::Sqlite
     }
+}
+
+/// Primary key column names in key order, from `pragma_table_info` rows and their `pk`
+/// (1-based position in the key, 0 for a column outside it).
+fn key_order(rows: &[(ColumnInfo, i64)]) -> Vec<String> {
+    let mut key: Vec<(i64, &str)> = rows
+        .iter()
+        .filter(|(_, pk)| *pk > 0)
+        .map(|(c, pk)| (*pk, c.name.as_str()))
+        .collect();
+    key.sort_unstable();
+    key.into_iter().map(|(_, n)| n.to_string()).collect()
+}
+
+/// A table's foreign keys from `pragma_foreign_key_list` (one row per column, `seq` ordering
+/// the key's columns). The pragma gives the parent's names as the declaration wrote them;
+/// SQLite matches them case-insensitively, so they are replaced by the catalog's spelling
+/// (`tables`, the parent's columns). A key declared without parent columns
+/// (`REFERENCES customers`) references the parent's primary key.
+fn foreign_keys(
+    conn: &rusqlite::Connection,
+    tables: &[(String, String)],
+    table: &str,
+) -> Result<Vec<ForeignKey>, BackendError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+        )
+        .map_err(db_error)?;
+    let rows: Vec<(i64, String, String, Option<String>)> = stmt
+        .query_map([table], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .map_err(db_error)?
+        .collect::<Result<_, _>>()
+        .map_err(db_error)?;
+    let mut keys: Vec<(i64, ForeignKey)> = Vec::new();
+    for (id, parent, from, to) in rows {
+        match keys.last_mut() {
+            Some((last, fk)) if *last == id => {
+                fk.columns.push(from);
+                fk.referenced_columns.extend(to);
+            }
+            _ => keys.push((
+                id,
+                ForeignKey {
+                    name: None,
+                    columns: vec![from],
+                    referenced_schema: None,
+                    referenced_table: parent,
+                    referenced_columns: to.into_iter().collect(),
+                },
+            )),
+        }
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    for (_, mut fk) in keys {
+        if let Some((parent, _)) = tables
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&fk.referenced_table))
+        {
+            fk.referenced_table = parent.clone();
+        }
+        let mut stmt = conn
+            .prepare("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")
+            .map_err(db_error)?;
+        let parent: Vec<(String, i64)> = stmt
+            .query_map([&fk.referenced_table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        if fk.referenced_columns.is_empty() {
+            let mut key: Vec<&(String, i64)> = parent.iter().filter(|(_, pk)| *pk > 0).collect();
+            key.sort_unstable_by_key(|(_, pk)| *pk);
+            fk.referenced_columns = key.into_iter().map(|(n, _)| n.clone()).collect();
+        } else {
+            for column in &mut fk.referenced_columns {
+                if let Some((n, _)) = parent.iter().find(|(n, _)| n.eq_ignore_ascii_case(column)) {
+                    *column = n.clone();
+                }
+            }
+        }
+        out.push(fk);
+    }
+    Ok(out)
 }

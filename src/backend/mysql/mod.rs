@@ -68,8 +68,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent, RowSender, RowStream,
-    SqlBackend, TableInfo, bounded,
+    BackendError, Column, ColumnInfo, DatabaseError, ForeignKey, QueryPlan, RowEvent, RowSender,
+    RowStream, SqlBackend, TableInfo, bounded,
 };
 use crate::config::{ConnectionConfig, ConnectionKind, DatabaseConfig, TlsMode};
 
@@ -385,10 +385,18 @@ impl SqlBackend for MysqlBackend {
 
     async fn schema(&self) -> Result<Vec<TableInfo>, BackendError> {
         let mut conn = self.checkout(None).await?;
-        let outcome =
-            tokio::time::timeout(self.admin_timeout, conn.query::<Row, _>(SCHEMA_SQL)).await;
+        let outcome = tokio::time::timeout(self.admin_timeout, async {
+            let rows = conn.query::<Row, _>(SCHEMA_SQL).await?;
+            let keys = conn.query::<Row, _>(KEYS_SQL).await?;
+            Ok::<_, mysql_async::Error>((rows, keys))
+        })
+        .await;
         match outcome {
-            Ok(Ok(rows)) => Ok(tables_from_rows(&rows)),
+            Ok(Ok((rows, keys))) => {
+                let mut tables = tables_from_rows(&rows);
+                add_keys(&mut tables, &keys);
+                Ok(tables)
+            }
             Ok(Err(e)) => Err(admin_error(&self.shared.name, "reading the schema", e)),
             Err(_) => {
                 self.shared.kill_and_discard(conn).await;
@@ -878,7 +886,8 @@ fn leading_keyword(sql: &str) -> Option<String> {
 /// Tables, views and their columns in the current database; with no database selected, in all
 /// non-system schemas.
 const SCHEMA_SQL: &str = "\
-SELECT t.TABLE_SCHEMA, t.TABLE_NAME, t.TABLE_TYPE, c.COLUMN_NAME, c.COLUMN_TYPE, c.IS_NULLABLE \
+SELECT t.TABLE_SCHEMA, t.TABLE_NAME, t.TABLE_TYPE, c.COLUMN_NAME, c.COLUMN_TYPE, c.IS_NULLABLE, \
+       t.TABLE_COMMENT, c.COLUMN_COMMENT \
 FROM information_schema.TABLES AS t \
 LEFT JOIN information_schema.COLUMNS AS c \
   ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME \
@@ -886,6 +895,79 @@ WHERE t.TABLE_SCHEMA = DATABASE() \
    OR (DATABASE() IS NULL AND t.TABLE_SCHEMA NOT IN \
        ('mysql', 'information_schema', 'performance_schema', 'sys')) \
 ORDER BY t.TABLE_SCHEMA, t.TABLE_NAME, c.ORDINAL_POSITION";
+
+/// Primary and foreign keys of the same tables, one row per key column in key order. The
+/// primary key's constraint is always named `PRIMARY`.
+const KEYS_SQL: &str = "\
+SELECT k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, tc.CONSTRAINT_TYPE, k.COLUMN_NAME, \
+       k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME \
+FROM information_schema.TABLE_CONSTRAINTS AS tc \
+JOIN information_schema.KEY_COLUMN_USAGE AS k \
+  ON k.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA AND k.CONSTRAINT_NAME = tc.CONSTRAINT_NAME \
+ AND k.TABLE_SCHEMA = tc.TABLE_SCHEMA AND k.TABLE_NAME = tc.TABLE_NAME \
+WHERE tc.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'FOREIGN KEY') \
+  AND (tc.TABLE_SCHEMA = DATABASE() \
+   OR (DATABASE() IS NULL AND tc.TABLE_SCHEMA NOT IN \
+       ('mysql', 'information_schema', 'performance_schema', 'sys'))) \
+ORDER BY k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION";
+
+/// A catalog comment, or `None` for none: MySQL reports a missing comment as `''`, and a
+/// view's table comment as `VIEW`.
+fn comment(value: Option<String>, view: bool) -> Option<String> {
+    value.filter(|c| !(c.is_empty() || (view && c == "VIEW")))
+}
+
+/// Attaches the ordered `KEYS_SQL` rows to the tables they belong to.
+fn add_keys(tables: &mut [TableInfo], rows: &[Row]) {
+    let index: std::collections::HashMap<(Option<String>, String), usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ((t.schema.clone(), t.name.clone()), i))
+        .collect();
+    // The foreign key the previous row added to, so its later columns join it.
+    let mut open: Option<(usize, String)> = None;
+    for row in rows {
+        let (Some(name), Some(constraint), Some(kind), Some(column)) = (
+            text_value(row.as_ref(1)),
+            text_value(row.as_ref(2)),
+            text_value(row.as_ref(3)),
+            text_value(row.as_ref(4)),
+        ) else {
+            continue;
+        };
+        let Some(&i) = index.get(&(text_value(row.as_ref(0)), name)) else {
+            continue;
+        };
+        let Some(table) = tables.get_mut(i) else {
+            continue;
+        };
+        if kind.eq_ignore_ascii_case("PRIMARY KEY") {
+            table.primary_key.push(column);
+            continue;
+        }
+        let Some(referenced_table) = text_value(row.as_ref(6)) else {
+            continue;
+        };
+        let referenced_column = text_value(row.as_ref(7)).unwrap_or_default();
+        let same = open.as_ref() == Some(&(i, constraint.clone()));
+        match table.foreign_keys.last_mut() {
+            Some(fk) if same => {
+                fk.columns.push(column);
+                fk.referenced_columns.push(referenced_column);
+            }
+            _ => {
+                table.foreign_keys.push(ForeignKey {
+                    name: Some(constraint.clone()),
+                    columns: vec![column],
+                    referenced_schema: text_value(row.as_ref(5)),
+                    referenced_table,
+                    referenced_columns: vec![referenced_column],
+                });
+                open = Some((i, constraint));
+            }
+        }
+    }
+}
 
 /// Groups the ordered `SCHEMA_SQL` rows into tables.
 fn tables_from_rows(rows: &[Row]) -> Vec<TableInfo> {
@@ -899,18 +981,16 @@ fn tables_from_rows(rows: &[Row]) -> Vec<TableInfo> {
         let same = tables
             .last()
             .is_some_and(|t| t.name == table && t.schema == schema);
+        // 'VIEW' and 'SYSTEM VIEW' are views; base tables, MariaDB's 'SYSTEM VERSIONED'
+        // and 'SEQUENCE' are queried like tables.
+        let view = table_type.to_ascii_uppercase().contains("VIEW");
         if !same {
             tables.push(TableInfo {
                 schema,
                 name: table,
-                // 'VIEW' and 'SYSTEM VIEW' are views; base tables, MariaDB's 'SYSTEM VERSIONED'
-                // and 'SEQUENCE' are queried like tables.
-                kind: if table_type.to_ascii_uppercase().contains("VIEW") {
-                    "view".into()
-                } else {
-                    "table".into()
-                },
-                columns: Vec::new(),
+                kind: if view { "view".into() } else { "table".into() },
+                comment: comment(text_value(row.as_ref(6)), view),
+                ..TableInfo::default()
             });
         }
         // A table without visible columns has one row with NULL column fields (LEFT JOIN).
@@ -919,6 +999,8 @@ fn tables_from_rows(rows: &[Row]) -> Vec<TableInfo> {
                 name: column,
                 type_name: text_value(row.as_ref(4)).unwrap_or_default(),
                 nullable: text_value(row.as_ref(5)).is_some_and(|n| n.eq_ignore_ascii_case("YES")),
+                comment: comment(text_value(row.as_ref(7)), false),
+                ..ColumnInfo::default()
             });
         }
     }

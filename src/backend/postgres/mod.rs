@@ -15,6 +15,7 @@
 //!   server's own text form (`SELECT $1::text` with the raw bytes bound back), never an
 //!   error or a null.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::pin;
 use std::sync::Arc;
@@ -35,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadline_after;
 use super::{
-    BackendContext, BackendError, Column, ColumnInfo, DatabaseError, QueryPlan, RowEvent,
-    RowSender, RowStream, SqlBackend, TableInfo, bounded,
+    BackendContext, BackendError, Column, ColumnInfo, DatabaseError, ForeignKey, QueryPlan,
+    RowEvent, RowSender, RowStream, SqlBackend, TableInfo, bounded,
 };
 use crate::config::{ConnectionConfig, ConnectionKind, DatabaseConfig, TlsConfig, TlsMode};
 use crate::store::StoreIdentity;
@@ -95,7 +96,9 @@ SELECT n.nspname::text,
        CASE WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'table' END,
        a.attname::text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
-       NOT a.attnotnull
+       NOT a.attnotnull,
+       pg_catalog.obj_description(c.oid, 'pg_class'),
+       pg_catalog.col_description(c.oid, a.attnum)
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_catalog.pg_attribute a
@@ -110,6 +113,38 @@ SELECT n.nspname::text,
             'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
         OR pg_catalog.has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE, REFERENCES'))
  ORDER BY n.nspname, c.relname, a.attnum";
+
+/// Primary and foreign keys, columns in key order (`conkey`/`confkey` are ordered). Rows of
+/// tables `SCHEMA_SQL` does not list are ignored by the caller. A foreign key that partition
+/// routing cloned (`conparentid <> 0`: one per partition of a referenced partitioned table)
+/// is left out; the key as declared is the parent row.
+const KEYS_SQL: &str = "\
+SELECT n.nspname::text,
+       c.relname::text,
+       con.contype = 'p',
+       con.conname::text,
+       ARRAY(SELECT a.attname::text
+               FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+              ORDER BY k.ord),
+       fn.nspname::text,
+       fc.relname::text,
+       ARRAY(SELECT a.attname::text
+               FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+              ORDER BY k.ord)
+  FROM pg_catalog.pg_constraint con
+  JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_class fc ON fc.oid = con.confrelid
+  LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+ WHERE (con.contype = 'p' OR (con.contype = 'f' AND con.conparentid = 0))
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname !~ '^pg_toast'
+   AND n.nspname !~ '^pg_temp_'
+ ORDER BY n.nspname, c.relname, con.conname";
 
 /// The TLS mode shared by the pool's connections and their cancel requests (a cancel
 /// request is a new connection and must be as protected as the one it cancels).
@@ -501,11 +536,12 @@ impl SqlBackend for PostgresBackend {
             txn.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
                 .await?;
             let rows = txn.query(SCHEMA_SQL, &[]).await?;
+            let keys = txn.query(KEYS_SQL, &[]).await?;
             txn.rollback().await?;
-            Ok::<_, tokio_postgres::Error>(rows)
+            Ok::<_, tokio_postgres::Error>((rows, keys))
         })
         .await;
-        let rows = match outcome {
+        let (rows, keys) = match outcome {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
                 drop(Object::take(client));
@@ -530,6 +566,8 @@ impl SqlBackend for PostgresBackend {
             let column: Option<String> = row.try_get(3).map_err(read)?;
             let type_name: Option<String> = row.try_get(4).map_err(read)?;
             let nullable: Option<bool> = row.try_get(5).map_err(read)?;
+            let table_comment: Option<String> = row.try_get(6).map_err(read)?;
+            let column_comment: Option<String> = row.try_get(7).map_err(read)?;
             let same = tables
                 .last()
                 .is_some_and(|t| t.name == name && t.schema.as_deref() == Some(schema.as_str()));
@@ -538,7 +576,8 @@ impl SqlBackend for PostgresBackend {
                     schema: Some(schema),
                     name,
                     kind,
-                    columns: Vec::new(),
+                    comment: table_comment,
+                    ..TableInfo::default()
                 });
             }
             if let (Some(column), Some(table)) = (column, tables.last_mut()) {
@@ -546,8 +585,38 @@ impl SqlBackend for PostgresBackend {
                     name: column,
                     type_name: type_name.unwrap_or_default(),
                     nullable: nullable.unwrap_or(true),
+                    comment: column_comment,
+                    ..ColumnInfo::default()
                 });
             }
+        }
+        let mut index: HashMap<(String, String), usize> = HashMap::new();
+        for (i, t) in tables.iter().enumerate() {
+            index.insert((t.schema.clone().unwrap_or_default(), t.name.clone()), i);
+        }
+        for row in keys {
+            let schema: String = row.try_get(0).map_err(read)?;
+            let name: String = row.try_get(1).map_err(read)?;
+            let Some(table) = index.get(&(schema, name)).and_then(|&i| tables.get_mut(i)) else {
+                continue;
+            };
+            let primary: bool = row.try_get(2).map_err(read)?;
+            let columns: Vec<String> = row.try_get(4).map_err(read)?;
+            if primary {
+                table.primary_key = columns;
+                continue;
+            }
+            let referenced_table: Option<String> = row.try_get(6).map_err(read)?;
+            let Some(referenced_table) = referenced_table else {
+                continue;
+            };
+            table.foreign_keys.push(ForeignKey {
+                name: Some(row.try_get(3).map_err(read)?),
+                columns,
+                referenced_schema: row.try_get(5).map_err(read)?,
+                referenced_table,
+                referenced_columns: row.try_get(7).map_err(read)?,
+            });
         }
         Ok(tables)
     }
