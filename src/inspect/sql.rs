@@ -56,8 +56,10 @@ pub(crate) const STACK_PER_TOKEN_BYTES: usize = 512;
 /// How deep the constant-`WHERE` check looks; deeper predicates count as real ones.
 const CONSTANT_DEPTH: usize = 32;
 
+/// The kind of a SQL statement, as policy rules match it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(example = "select")]
 pub enum StatementKind {
     Select,
     /// `SELECT ... FOR UPDATE | FOR SHARE` (with `NOWAIT` / `SKIP LOCKED` too): row locks
@@ -102,6 +104,7 @@ pub enum StatementKind {
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
+#[schema(example = "file_access")]
 pub enum FunctionClass {
     /// Reads, writes or lists files on the database server.
     FileAccess,
@@ -128,7 +131,9 @@ pub enum FunctionClass {
 /// What the inspector learned about a request. `Default` is for building facts in tests
 /// and rules; the inspector itself never starts from it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"statement_count": 1, "kinds": ["update"], "unparsed": false, "tables_read": ["customers"], "tables_written": ["customers"]}))]
 pub struct Facts {
+    /// How many statements the input holds (a request must hold exactly one).
     pub statement_count: usize,
     /// Kind of every statement, plus inner statements that execute: the statement under
     /// EXPLAIN ANALYZE (PostgreSQL `EXPLAIN ANALYZE`, `EXPLAIN (ANALYZE)`; MySQL
@@ -1034,10 +1039,12 @@ mod helpers;
 mod lexical;
 mod memo;
 mod postgres_grammar;
+mod syntax;
 use helpers::*;
 pub(crate) use helpers::{fold, render};
 pub(crate) use lexical::invisible;
 pub use memo::inspect_memoized;
+pub use syntax::{SyntaxError, syntax_error};
 
 #[cfg(test)]
 #[path = "sql_tests.rs"]

@@ -94,9 +94,17 @@ async fn sql_errors_and_params_are_explained() {
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["code"], "database_error");
     assert!(b["detail"].as_str().unwrap().contains("nope"));
+    // A typo is the agent's to fix: 400 sql_syntax with the parser's message and where.
     let (s, b) = a.query(&t, "demo", json!({"sql": "SELEC 1"})).await;
-    assert_eq!(s, 403, "unparsed input is denied: {b}");
+    assert_eq!(s, 400, "a syntax error is explained: {b}");
+    assert_eq!(b["code"], "sql_syntax");
     assert_eq!(b["rule"], "deny-unparsed");
+    assert_eq!(b["position"], 1, "{b}");
+    assert_eq!(
+        (b["line"].clone(), b["column"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(b["detail"].as_str().unwrap().contains("SELEC"), "{b}");
     let (s, b) = a
         .query(&t, "demo", json!({"sql": "SELECT ?", "params": []}))
         .await;

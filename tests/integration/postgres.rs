@@ -876,3 +876,57 @@ async fn a_refused_read_keeps_its_connection_clean_and_pooled() {
     assert_eq!((s, &b["rows"][0][0]), (200, &json!("on")), "{b}");
     a.stop().await;
 }
+
+/// A statement the server's grammar rejects is answered as a syntax error with the message
+/// and position PostgreSQL itself gives for the same text (asked directly), audited as
+/// refused; one the server accepts but the inspector cannot check stays a policy denial.
+#[tokio::test]
+async fn syntax_errors_carry_the_servers_message_and_position() {
+    let db = PgDb::create().await;
+    let owner = db.owner().await;
+    owner.batch_execute("CREATE TABLE t (a int)").await.unwrap();
+    let a = Airlock::start(&config(&db, "")).await;
+    let t = a.agent();
+    for sql in [
+        "SELEC * FROM t",
+        "SELECT a,\n  FROM t",
+        "SELECT a FROM t t t",
+        "SELECT 'é', a FROM t WHERE a = = 1",
+        "SELECT a FROM t WHERE ",
+    ] {
+        let direct = owner.simple_query(sql).await.unwrap_err();
+        let direct = direct.as_db_error().unwrap();
+        let position = match direct.position() {
+            Some(tokio_postgres::error::ErrorPosition::Original(p)) => *p,
+            other => panic!("{sql:?}: {other:?}"),
+        };
+        let (s, b) = a.query(&t, "pg", json!({ "sql": sql })).await;
+        assert_eq!(s, 400, "{sql:?}: {b}");
+        assert_eq!(b["code"], "sql_syntax", "{sql:?}: {b}");
+        assert_eq!(b["parser"], "postgresql");
+        assert_eq!(b["position"], position, "{sql:?}: {b}");
+        assert!(
+            b["detail"].as_str().unwrap().starts_with(direct.message()),
+            "{sql:?}: {b} vs {}",
+            direct.message()
+        );
+        let execution_id = b["execution_id"].as_str().unwrap();
+        let events = a.audit_of(execution_id).await;
+        assert_eq!(events.len(), 2, "begin and end: {events:?}");
+        assert_eq!(events[0]["decision"], "deny", "{events:?}");
+    }
+    // Valid PostgreSQL that the inspector does not follow: refused by policy, not blamed on
+    // the agent's syntax.
+    let (s, b) = a
+        .query(
+            &t,
+            "pg",
+            json!({"sql": "SELECT a FROM t FOR KEY SHARE SKIP LOCKED"}),
+        )
+        .await;
+    if s != 200 {
+        assert_eq!(s, 403, "{b}");
+        assert_eq!(b["code"], "policy_denied", "{b}");
+    }
+    a.stop().await;
+}
