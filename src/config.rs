@@ -54,6 +54,8 @@ pub struct Config {
     pub masking: Vec<crate::mask::MaskingConfig>,
     #[serde(default)]
     pub shells: ShellsConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Digests of the configuration as written, for binding approvals.
     #[serde(skip)]
     versions: Versions,
@@ -96,6 +98,44 @@ impl Versions {
             policy: version("airlock-policy-v1", table.get("rules")),
         }
     }
+}
+
+/// Long-running requests (`gateway::jobs`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A query or command whose JSON answer is not complete after this long is answered
+    /// `202` and goes on as a job. Under 60 s, the request timeout of common agent
+    /// frameworks, so an agent gets an id rather than an ambiguous timeout.
+    #[serde(default = "default_sync_budget_ms")]
+    pub sync_budget_ms: u64,
+    /// How long a finished job's result is kept for its requester.
+    #[serde(default = "default_job_ttl_secs")]
+    pub result_ttl_secs: u64,
+    /// The largest result (serialized rows or output) kept; a larger one is kept as a
+    /// failure saying so.
+    #[serde(default = "default_job_max_bytes")]
+    pub max_result_bytes: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            sync_budget_ms: default_sync_budget_ms(),
+            result_ttl_secs: default_job_ttl_secs(),
+            max_result_bytes: default_job_max_bytes(),
+        }
+    }
+}
+
+fn default_sync_budget_ms() -> u64 {
+    50_000
+}
+fn default_job_ttl_secs() -> u64 {
+    3600
+}
+fn default_job_max_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 /// Interactive shells over WebSocket.
@@ -245,8 +285,11 @@ fn default_per_principal() -> usize {
     16
 }
 
+/// Whether a principal is an `agent` (software acting on its own) or a `human`. Only humans
+/// approve reviews or are exempt from masking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(example = "agent")]
 pub enum PrincipalKind {
     Agent,
     Human,
@@ -283,6 +326,8 @@ pub struct IssuerConfig {
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
     /// Globs of the groups this issuer may assert; other groups in its tokens are dropped.
+    /// Empty (the default) drops every group: an issuer is trusted for identities, and for
+    /// groups only as far as this list says.
     #[serde(default)]
     pub allowed_groups: Vec<String>,
     #[serde(default = "default_jwks_max_bytes")]
@@ -292,6 +337,15 @@ pub struct IssuerConfig {
     /// Allow http:// discovery/JWKS URLs (only sensible on loopback, e.g. in tests).
     #[serde(default)]
     pub allow_insecure_http: bool,
+}
+
+impl IssuerConfig {
+    /// Whether a group in this issuer's tokens is kept (matches an `allowed_groups` glob).
+    pub fn allows_group(&self, group: &str) -> bool {
+        self.allowed_groups
+            .iter()
+            .any(|pat| crate::glob::matches(pat, group))
+    }
 }
 
 fn default_groups_claim() -> String {
@@ -335,10 +389,13 @@ impl Default for AuditConfig {
     }
 }
 
+/// What a connection reaches: a SQL database (`postgres`, `mysql`, `sqlite`: `query`,
+/// `schema`, `check`) or hosts and pods (`ssh`, `kubernetes`: `exec`, `shell`, `check`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schema(example = "postgres")]
 pub enum ConnectionKind {
     Postgres,
     Mysql,

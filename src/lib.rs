@@ -21,3 +21,4 @@ pub mod recording;
 pub mod review;
 pub mod server;
 pub mod store;
+pub(crate) mod wire;

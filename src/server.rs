@@ -173,6 +173,7 @@ pub async fn prepare(
     let (memory, memory_total) =
         crate::gateway::Gateway::memory_budget(config.server.memory_budget_bytes);
     let shells_config = config.shells.clone();
+    let jobs_config = config.jobs;
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
     let gateway = Arc::new(Gateway {
@@ -190,7 +191,10 @@ pub async fn prepare(
         in_flight: Default::default(),
         memory,
         memory_total,
+        jobs: Default::default(),
+        jobs_config,
     });
+    crate::gateway::jobs::spawn_cancel_poller(gateway.clone());
     crate::gateway::review::spawn_sweeper(gateway.clone(), run_grace);
     spawn_retention(gateway.clone(), retention_days);
     let state = Arc::new(AppState {

@@ -7,37 +7,102 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::extract::{Auth, RequestId};
-use super::problem::{Problem, ProblemBody};
+use super::problem::Problem;
 use super::state::AppState;
 use crate::config::ConnectionKind;
 use crate::gateway::admit::Action;
 use crate::gateway::schema::SchemaView;
 use crate::gateway::{Answer, Caller, Connection, Request};
 
+/// A connection's limits: the defaults a request gets, and the ceilings it may ask for
+/// (`max_rows`, `max_bytes`, `timeout_ms` in a query or exec body must be 1..=ceiling).
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"max_rows": 1000, "max_rows_ceiling": 100000, "max_bytes": 10485760, "max_bytes_ceiling": 104857600, "timeout_ms": 30000, "max_timeout_ms": 300000}))]
 pub(crate) struct ConnectionLimits {
+    /// Rows a JSON query returns when it does not ask for `max_rows` (NDJSON streams default
+    /// to `max_rows_ceiling`).
     pub(crate) max_rows: u64,
+    /// The most rows a request may ask for.
     pub(crate) max_rows_ceiling: u64,
+    /// Bytes of serialized rows (or command output) a request gets by default.
     pub(crate) max_bytes: u64,
+    /// The most bytes a request may ask for.
     pub(crate) max_bytes_ceiling: u64,
+    /// Statement (or command) timeout by default, in milliseconds.
     pub(crate) timeout_ms: u64,
+    /// The longest timeout a request may ask for, in milliseconds.
     pub(crate) max_timeout_ms: u64,
 }
 
+/// A connection the caller may use.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "demo", "kind": "sqlite", "description": "Demo database (customers, orders)", "read_only": false, "placeholder": "?", "limits": {"max_rows": 1000, "max_rows_ceiling": 100000, "max_bytes": 10485760, "max_bytes_ceiling": 104857600, "timeout_ms": 30000, "max_timeout_ms": 300000}}))]
 pub(crate) struct ConnectionView {
+    /// The name to use in paths (`/v1/connections/{name}/...`).
     pub(crate) name: String,
+    /// What the connection reaches: a SQL database (`query`, `schema`) or hosts/pods
+    /// (`exec`, `shell`).
     pub(crate) kind: ConnectionKind,
+    /// What it is for, as the operator described it.
     pub(crate) description: String,
     /// Writes are refused by the database itself (read-only transaction or handle).
     pub(crate) read_only: bool,
-    /// Placeholder style for `params`: `$1` (postgres) or `?` (mysql, sqlite).
+    /// Placeholder style for `params`: `$1` (postgres), `?` (mysql, sqlite), empty for
+    /// command connections.
+    #[schema(value_type = Placeholder)]
     pub(crate) placeholder: String,
+    /// Defaults and ceilings for `max_rows`, `max_bytes` and `timeout_ms`.
     pub(crate) limits: ConnectionLimits,
+    /// What the caller may do here (`GET /v1/connections/{name}` only; the list leaves it
+    /// out). A summary read off the rules: `POST /v1/connections/{name}/check` gives the
+    /// decision for one request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) permissions: Option<Permissions>,
 }
 
+/// What the caller may do on a connection.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "statements": [{"statement": "select", "decision": "allow", "rule": "agents-read-demo"}, {"statement": "update", "decision": "review", "rule": "demo-writes-need-review", "guardrails": ["deny-unbounded-write"]}, {"statement": "drop", "decision": "deny", "rule": "deny-ddl"}],
+    "rules": [{"id": "agents-read-demo", "action": "allow", "matches": {"statements": ["select", "explain", "show"]}}],
+    "masking": {"columns": [{"column": "customers.email", "strategy": "redact"}], "detectors": ["email"], "strict": false}
+}))]
+pub(crate) struct Permissions {
+    /// SQL connections: what an ordinary statement of each kind gets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) statements: Vec<crate::policy::KindPermission>,
+    /// The rules that apply to the caller here, in the order they are configured; a deny
+    /// rule that matches wins over review, review over allow, and nothing matching is denied.
+    pub(crate) rules: Vec<crate::policy::RuleSummary>,
+    /// How results are masked for the caller.
+    pub(crate) masking: crate::mask::plan::MaskingSummary,
+}
+
+/// The placeholder style for `params` (schema only): `$1` (postgres), `?` (mysql, sqlite),
+/// empty for command connections (ssh, kubernetes).
+pub(crate) struct Placeholder;
+
+impl utoipa::PartialSchema for Placeholder {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(["$1", "?", ""]))
+            .description(Some(
+                "The placeholder style for `params`: `$1`, `$2`, ... (postgres), `?` (mysql, \
+                 sqlite), empty for command connections (ssh, kubernetes).",
+            ))
+            .examples([serde_json::json!("?")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Placeholder {}
+
+/// The connections the caller may use, by name.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"connections": [{"name": "demo", "kind": "sqlite", "description": "Demo database (customers, orders)", "read_only": false, "placeholder": "?", "limits": {"max_rows": 1000, "max_rows_ceiling": 100000, "max_bytes": 10485760, "max_bytes_ceiling": 104857600, "timeout_ms": 30000, "max_timeout_ms": 300000}}]}))]
 pub(crate) struct ConnectionList {
+    /// Sorted by name; only the ones the caller's policy lets it see.
     pub(crate) connections: Vec<ConnectionView>,
 }
 
@@ -62,14 +127,19 @@ fn view(c: &Connection) -> ConnectionView {
             timeout_ms: l.timeout_ms,
             max_timeout_ms: l.max_timeout_ms,
         },
+        permissions: None,
     }
 }
 
-/// The connections the caller may use.
-#[utoipa::path(get, path = "/v1/connections", tag = "connections",
+/// List the connections you may use
+///
+/// Any authenticated caller. Returns the connections the policy lets the caller see, with
+/// their kind, placeholder style and limits; a connection not listed here answers 404
+/// everywhere. Start here: pick a `name`, then query it (`kind` postgres, mysql, sqlite) or
+/// exec on it (ssh, kubernetes).
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", operation_id = "listConnections",
     security(("bearer" = [])),
-    responses((status = 200, description = "Visible connections", body = ConnectionList),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The visible connections, sorted by name.", body = ConnectionList)))]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -85,13 +155,16 @@ pub(crate) async fn list(
     Json(ConnectionList { connections })
 }
 
-/// One connection, if the caller may use it.
-#[utoipa::path(get, path = "/v1/connections/{name}", tag = "connections",
+/// Get one connection
+///
+/// Any authenticated caller. Returns the connection if the policy lets the caller see it:
+/// its kind, placeholder style and the limits (defaults and ceilings) a request on it may
+/// ask for. 404 `not_found` means it does not exist or is not visible to you: list
+/// connections instead of retrying.
+#[utoipa::path(get, path = "/v1/connections/{name}", tag = "connections", operation_id = "getConnection",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name")),
-    responses((status = 200, description = "The connection", body = ConnectionView),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "Unknown or not visible", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("name" = String, Path, description = "Connection name, as `GET /v1/connections` lists it", example = "demo")),
+    responses((status = 200, description = "The connection.", body = ConnectionView)))]
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -102,20 +175,33 @@ pub(crate) async fn get(
         .connections
         .get(&name)
         .filter(|_| gateway.policy.visible(&p, &name))
-        .map(|c| Json(view(c)))
+        .map(|c| {
+            let mut v = view(c);
+            v.permissions = Some(Permissions {
+                statements: match c.sql() {
+                    Some(_) => gateway.policy.kind_permissions(&p, &name),
+                    None => Vec::new(),
+                },
+                rules: gateway.policy.rules_for(&p, &name),
+                masking: gateway.masking.for_request(&p, &name).summary(),
+            });
+            Json(v)
+        })
         .ok_or_else(|| Problem::unknown_connection(&name))
 }
 
-/// Tables and columns of a SQL connection, as its database account sees them, limited to the
-/// tables the caller's policy lets it read.
-#[utoipa::path(get, path = "/v1/connections/{name}/schema", tag = "connections",
+/// Get the tables and columns of a SQL connection
+///
+/// Any caller who can see the connection. Lists tables and views with their columns, as the
+/// connection's database account sees them, limited to the tables the caller's policy lets
+/// it read: use it to write statements that the policy admits. It reads the target, so it
+/// is admitted and audited like a query and takes one of your concurrency slots (429
+/// `too_many_requests`: retry after `Retry-After`). On a command connection it answers 400
+/// `wrong_operation`.
+#[utoipa::path(get, path = "/v1/connections/{name}/schema", tag = "connections", operation_id = "getSchema",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name")),
-    responses((status = 200, description = "Tables and columns", body = SchemaView),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "Unknown or not visible", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 429, description = "Too many concurrent requests (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 503, description = "Target or audit store unavailable", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("name" = String, Path, description = "Name of a SQL connection (kind postgres, mysql or sqlite)", example = "demo")),
+    responses((status = 200, description = "The readable tables and their columns.", body = SchemaView)))]
 pub(crate) async fn schema(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,

@@ -6,59 +6,76 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 
 use super::extract::{ApiJson, Entry};
 use super::ndjson;
-use super::problem::{Problem, ProblemBody};
+use super::problem::Problem;
 use super::query::WaitParams;
 use super::state::AppState;
 use crate::gateway::admit::Action;
 use crate::gateway::command::{CommandRun, ExecOutput, ExecRequest};
 use crate::mask::plan::MaskedCounts;
 
-/// The result of a command.
+/// The result of a command (JSON). With `Accept: application/x-ndjson` the output streams
+/// instead: a header line, `{"type":"stdout"|"stderr","data":"..."}` lines, then
+/// `{"type":"exit",...}` (`ExecSummary`) or `{"type":"error","problem":{...}}`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "session_id": "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182", "rule": "agents-read-logs", "exit_code": 0, "stdout": "Filesystem Size Used Avail Use% Mounted on\n/dev/sda1 40G 12G 28G 30% /\n", "stderr": "", "truncated": false, "masked": {"columns": {}, "detectors": {}}, "duration_ms": 85}))]
 pub(crate) struct ExecResponse {
+    /// Id of this execution in the audit log (UUIDv7).
     pub(crate) execution_id: String,
     /// The recording: `GET /v1/sessions/{id}/recording`.
     pub(crate) session_id: String,
+    /// The policy rule that allowed the command.
     pub(crate) rule: String,
-    /// `None` when the command died of a signal.
+    /// The command's exit status; null when it died of a signal. A non-zero exit is still a
+    /// 200: the command ran.
     pub(crate) exit_code: Option<u32>,
+    /// The signal that ended the command (`KILL`, `TERM`, ...), if one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) signal: Option<String>,
+    /// Standard output as UTF-8 (invalid bytes replaced), masked.
     pub(crate) stdout: String,
+    /// Standard error as UTF-8 (invalid bytes replaced), masked.
     pub(crate) stderr: String,
     /// Output was cut at `max_bytes`; the command was stopped.
     pub(crate) truncated: bool,
+    /// What to do about a truncated output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
+    /// How many values were masked in the output, per detector.
     pub(crate) masked: MaskedCounts,
+    /// Time from admission to the command's end, in milliseconds.
     pub(crate) duration_ms: u64,
 }
 
-/// Run one command (argv, or a command line lexed as POSIX sh).
-#[utoipa::path(post, path = "/v1/connections/{name}/exec", tag = "exec",
+/// Run one command on a host or pod
+///
+/// Any caller who can see the connection (kind ssh or kubernetes); the policy decides per
+/// command. Send `argv` (preferred) or a `command` line, which is lexed as POSIX `sh` would
+/// and refused unless it is one plain command (no pipes, lists, redirections, expansions or
+/// globs: 403 `compound_command`). Every command is recorded as a session. Outcomes:
+///
+/// - **200**: the command ran, whatever its exit code (check `exit_code`, `truncated`);
+///   NDJSON stream with `Accept: application/x-ndjson`.
+/// - **202**: held for human review, as for queries: poll the `Location`, then
+///   `POST /v1/executions/{execution_id}/run`, or resend with `?wait=`.
+/// - **4xx**: fix the request as `detail` says; `policy_denied` will not change on retry.
+/// - **429 / 503**: nothing ran; retry after `Retry-After`. **504**: the command ran past
+///   its timeout and was killed.
+#[utoipa::path(post, path = "/v1/connections/{name}/exec", tag = "exec", operation_id = "execCommand",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name"), WaitParams,
-           ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key finds its existing review")),
-    request_body = ExecRequest,
+    params(("name" = String, Path, description = "Name of a command connection (kind ssh or kubernetes)", example = "web-1"), WaitParams,
+           ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A retried request with the same key (and the same body) finds its existing review instead of filing a new one; the same key with a different request is 409 `idempotency_key_reused`.", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$", example = "step-42-restart")),
+    request_body(content = ExecRequest, content_type = "application/json", description = "The command (exactly one of `argv` or `command`) and optional limits."),
     responses(
-        (status = 200, description = "The command ran (any exit code); NDJSON stream on request", body = ExecResponse,
+        (status = 200, description = "The command ran (any exit code): its output as JSON, or an NDJSON stream when `Accept: application/x-ndjson`.", body = ExecResponse,
          content((ExecResponse = "application/json"), (String = "application/x-ndjson"))),
-        (status = 202, description = "Held for human review", body = crate::gateway::review::HeldView),
-        (status = 400, description = "Malformed request; exec on a SQL connection", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Denied by policy (`rule`), compound or unparsable command", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many concurrent requests", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 502, description = "The host refused authentication", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Host unreachable, host key mismatch, audit or recording unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 504, description = "Timed out; the remote process was killed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 202, description = "Accepted, not answered yet: held for human review (`status: pending_review`, a `HeldView`; nothing ran yet), or running on as a job (`status: running`, a `JobView`: `Prefer: respond-async`, or the JSON answer was not complete within the sync budget). `next` and `next_actions` say what to do; poll the `Location`.", body = super::query::Accepted,
+         headers(("Location" = String, description = "The held execution: `/v1/executions/{execution_id}`"))),
     ))]
 pub(crate) async fn exec(
     State(state): State<Arc<AppState>>,
@@ -68,51 +85,8 @@ pub(crate) async fn exec(
     super::query::serve(&state, entry, Action::Exec(request)).await
 }
 
-/// Sends a started command as JSON or NDJSON.
-pub(crate) async fn respond_command(run: CommandRun, ndjson: bool) -> Result<Response, Problem> {
-    if ndjson {
-        Ok(stream(run))
-    } else {
-        collect(run).await
-    }
-}
-
-async fn collect(mut run: CommandRun) -> Result<Response, Problem> {
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    loop {
-        match run.output.recv().await {
-            Some(ExecOutput::Stdout(s)) => stdout.push_str(&s),
-            Some(ExecOutput::Stderr(s)) => stderr.push_str(&s),
-            Some(ExecOutput::End(summary)) => {
-                return Ok(Json(ExecResponse {
-                    execution_id: run.execution_id,
-                    session_id: run.session_id,
-                    rule: run.rule,
-                    exit_code: summary.exit_code,
-                    signal: summary.signal,
-                    stdout,
-                    stderr,
-                    truncated: summary.truncated,
-                    note: summary.note,
-                    masked: summary.masked,
-                    duration_ms: summary.duration_ms,
-                })
-                .into_response());
-            }
-            Some(ExecOutput::Error(p)) => {
-                return Err(p
-                    .with("execution_id", run.execution_id)
-                    .with("session_id", run.session_id));
-            }
-            None => {
-                return Err(Problem::internal("the command ended without a result")
-                    .with("execution_id", run.execution_id));
-            }
-        }
-    }
-}
-
-fn stream(run: CommandRun) -> Response {
+/// Streams a started command as NDJSON.
+pub(crate) fn stream(run: CommandRun) -> Response {
     let header = ndjson::line(&serde_json::json!({
         "type": "header",
         "execution_id": run.execution_id,

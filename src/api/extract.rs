@@ -192,6 +192,8 @@ pub(crate) struct Entry {
     pub(crate) connection: String,
     pub(crate) hold: crate::gateway::review::HoldOptions,
     pub(crate) ndjson: bool,
+    /// `Prefer: respond-async`: run it as a job at once.
+    pub(crate) respond_async: bool,
 }
 
 impl FromRequestParts<Arc<AppState>> for Entry {
@@ -216,6 +218,7 @@ impl FromRequestParts<Arc<AppState>> for Entry {
             connection,
             hold,
             ndjson: super::query::wants_ndjson(&parts.headers),
+            respond_async: super::query::wants_async(&parts.headers),
         })
     }
 }

@@ -1,8 +1,11 @@
 //! The HTTP API: one file per resource, errors as RFC 9457 problem+json.
 
 pub(crate) mod audit;
+pub(crate) mod check;
 pub(crate) mod connections;
+pub(crate) mod contract;
 pub(crate) mod exec;
+pub(crate) mod executions;
 pub(crate) mod extract;
 pub(crate) mod health;
 pub(crate) mod ndjson;
@@ -40,6 +43,9 @@ pub use state::AppState;
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    // Every error response refers to it (`contract.rs` builds them), none by a handler's
+    // own attribute: registered here so the reference resolves.
+    components(schemas(problem::ProblemBody)),
     tags(
         (name = "connections", description = "What the caller may use"),
         (name = "query", description = "Run SQL through the pipeline"),
@@ -47,7 +53,8 @@ pub use state::AppState;
         (name = "exec", description = "Run commands on hosts through the pipeline"),
         (name = "shell", description = "Interactive shells over WebSocket"),
         (name = "sessions", description = "Recorded sessions (asciicast v2)"),
-        (name = "reviews", description = "Human approval of held requests, and running them once"),
+        (name = "reviews", description = "Human approval of held requests"),
+        (name = "executions", description = "Held requests and jobs: their state, running an approved one once, a job's result, cancelling it"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -78,14 +85,17 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(connections::list))
         .routes(routes!(connections::get))
         .routes(routes!(connections::schema))
+        .routes(routes!(check::check))
         .routes(routes!(query::query))
         .routes(routes!(audit::list))
         .routes(routes!(reviews::list))
         .routes(routes!(reviews::get))
         .routes(routes!(reviews::approve))
         .routes(routes!(reviews::reject))
-        .routes(routes!(reviews::execution))
-        .routes(routes!(reviews::run))
+        .routes(routes!(executions::execution))
+        .routes(routes!(executions::run))
+        .routes(routes!(executions::result))
+        .routes(routes!(executions::cancel))
         .routes(routes!(exec::exec))
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::get))
@@ -95,17 +105,16 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(shell::terminate))
 }
 
-/// The OpenAPI document, exactly as served at `/openapi.json` and committed in the repo.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document, exactly as served at `/openapi.json` and committed in the repo:
+/// what utoipa generates from the handlers, completed by [`contract::complete`].
+pub fn openapi() -> serde_json::Value {
     let (_, mut doc) = api_router().split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc
+    contract::complete(&doc)
 }
 
 pub fn openapi_json() -> String {
-    openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    serde_json::to_string_pretty(&openapi()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 async fn not_found() -> Problem {
@@ -125,7 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = state.max_body_bytes;
     router
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -9,32 +9,51 @@ pub(crate) use crate::gateway::problem::{Code, Problem};
 
 pub(crate) const CONTENT_TYPE: &str = "application/problem+json";
 
-/// The wire shape, for the OpenAPI document.
+/// An RFC 9457 problem: every refusal and failure, as `application/problem+json` (NDJSON
+/// trailers and WebSocket error frames nest the same object under `problem`). Branch on
+/// `code`; `detail` says what to do, in words. The extension members below are present when
+/// they apply; others may be added, so ignore members you do not know.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "urn:airlock:problem:policy_denied", "title": "Forbidden", "status": 403, "detail": "DDL is not allowed for agents", "code": "policy_denied", "rule": "deny-ddl", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21"}))]
 pub(crate) struct ProblemBody {
-    /// `urn:airlock:problem:<code>`
+    /// `urn:airlock:problem:<code>`.
     #[serde(rename = "type")]
+    #[schema(example = "urn:airlock:problem:policy_denied")]
     pub(crate) type_uri: String,
+    /// Short, human-readable summary of the problem type; fixed per `code`.
+    #[schema(example = "Forbidden")]
     pub(crate) title: String,
+    /// The HTTP status code, as on the response (fixed per `code`).
+    #[schema(minimum = 400, maximum = 599, example = 403)]
     pub(crate) status: u16,
+    /// What happened and what to do about it, for this occurrence.
+    #[schema(example = "DDL is not allowed for agents")]
     pub(crate) detail: String,
     /// Stable machine-readable name of the problem.
     pub(crate) code: Code,
-    /// The policy rule that decided, for policy outcomes.
+    /// The policy rule (or built-in check: `limits`, `inspect`, `single-statement`,
+    /// `principal-concurrency`, `masking-strict`, ...) that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "deny-ddl")]
     pub(crate) rule: Option<String>,
+    /// The execution this problem belongs to, in the audit log (and, for held requests,
+    /// `GET /v1/executions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21")]
     pub(crate) execution_id: Option<String>,
     /// The held request's review, for review outcomes.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57")]
     pub(crate) review_id: Option<String>,
-    /// The recorded session of a command.
+    /// The recorded session of a command (`GET /v1/sessions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) session_id: Option<String>,
-    /// Database errors: SQLSTATE, message, detail, hint, position.
+    /// Database errors (`database_error`, `database_conflict`, `read_only`,
+    /// `database_permission`, `backend_unavailable`): SQLSTATE, message, detail, hint,
+    /// position.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) database: Option<crate::backend::DatabaseError>,
-    /// The same request may succeed if retried.
+    /// The same request may succeed if retried (`database_conflict`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) retryable: Option<bool>,
 }

@@ -20,39 +20,64 @@ use serde_json::value::RawValue;
 
 use super::extract::{ApiJson, Entry};
 use super::ndjson;
-use super::problem::{Code, Problem, ProblemBody};
+use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::backend::Column;
 use crate::gateway::admit::Action;
-use crate::gateway::query::{AppliedLimits, Output, QueryRequest, RowsRun, Summary};
+use crate::gateway::jobs::{self, Reply};
+use crate::gateway::query::{AppliedLimits, Output, QueryRequest, RowsRun};
+use crate::gateway::results::Kept;
 use crate::gateway::review::HoldOptions;
 use crate::gateway::{Answer, Request};
 
 pub(crate) const NDJSON: &str = ndjson::CONTENT_TYPE;
 
-/// A complete query result.
+/// A complete query result (JSON). With `Accept: application/x-ndjson` the same content
+/// streams as lines instead: a header object, one array per row, then a trailer (`Summary`
+/// with `"type":"end"`, or `{"type":"error","problem":{...}}`).
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "rule": "agents-read", "columns": [{"name": "id", "type": "INTEGER"}, {"name": "email", "type": "TEXT"}], "rows": [[1, "a***@example.com"], [2, "b***@example.com"]], "row_count": 2, "truncated": false, "masked": {"columns": {"email": 2}, "detectors": {}}, "limits": {"max_rows": 1000, "max_bytes": 10485760, "timeout_ms": 30000}, "duration_ms": 4}))]
 pub(crate) struct QueryResponse {
+    /// Id of this execution in the audit log (UUIDv7); quote it when asking about it.
     pub(crate) execution_id: String,
     /// The policy rule that allowed the request.
     pub(crate) rule: String,
+    /// The result's columns, in order.
     pub(crate) columns: Vec<Column>,
     /// Rows as arrays in column order. int8, numeric, timestamps, intervals, inet, uuid,
     /// enums and ranges are strings; arrays are arrays; JSON is JSON; bytes are base64.
     #[schema(value_type = Vec<Vec<serde_json::Value>>)]
     pub(crate) rows: Vec<Box<RawValue>>,
+    /// How many rows `rows` holds.
     pub(crate) row_count: u64,
+    /// More rows existed than were returned (see `truncated_reason` and `note`).
     pub(crate) truncated: bool,
+    /// Which cap cut the result, when `truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) truncated_reason: Option<crate::gateway::query::Truncation>,
+    /// What to do about a truncated result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
+    /// Rows a write affected (absent for reads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) affected_rows: Option<u64>,
     /// How many values were masked, per output column and per detector.
     pub(crate) masked: crate::mask::plan::MaskedCounts,
+    /// The limits that applied (the request's, or the connection's defaults).
     pub(crate) limits: AppliedLimits,
+    /// Time from admission to the end of the result, in milliseconds.
     pub(crate) duration_ms: u64,
+}
+
+/// `Prefer: respond-async` (RFC 7240): answer 202 with a job at once instead of waiting
+/// for the result.
+pub(crate) fn wants_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
 pub(crate) fn wants_ndjson(headers: &HeaderMap) -> bool {
@@ -63,28 +88,32 @@ pub(crate) fn wants_ndjson(headers: &HeaderMap) -> bool {
         .any(|v| v.split(',').any(|m| m.trim().starts_with(NDJSON)))
 }
 
-/// Run one SQL statement.
-#[utoipa::path(post, path = "/v1/connections/{name}/query", tag = "query",
+/// Run one SQL statement
+///
+/// Any caller who can see the connection (kind postgres, mysql or sqlite); the policy decides
+/// per statement. Send exactly one statement with positional `params` (placeholder style in
+/// `GET /v1/connections/{name}`). Outcomes:
+///
+/// - **200**: the result, as JSON, or as an NDJSON stream with
+///   `Accept: application/x-ndjson` (a header line, one JSON array per row, then a trailer
+///   `{"type":"end",...}` or `{"type":"error","problem":{...}}`; a stream without a trailer
+///   was cut). Check `truncated` and `note`.
+/// - **202**: held for human review. Poll `GET /v1/executions/{execution_id}` (the
+///   `Location` header), then `POST /v1/executions/{execution_id}/run` once approved; or
+///   send the request with `?wait=` to wait for the decision in this call. Retrying with
+///   the same `Idempotency-Key` finds the same review instead of filing another.
+/// - **4xx**: fix the request as `detail` says; `policy_denied` will not change on retry.
+/// - **429 / 503**: nothing ran; retry after `Retry-After`.
+#[utoipa::path(post, path = "/v1/connections/{name}/query", tag = "query", operation_id = "runQuery",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name"), WaitParams,
-           ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key finds its existing review instead of filing a new one")),
-    request_body = QueryRequest,
+    params(("name" = String, Path, description = "Name of a SQL connection", example = "demo"), WaitParams,
+           ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A retried request with the same key (and the same body) finds its existing review instead of filing a new one; the same key with a different request is 409 `idempotency_key_reused`.", min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$", example = "step-42-update-city")),
+    request_body(content = QueryRequest, content_type = "application/json", description = "The statement, its parameters and optional limits."),
     responses(
-        (status = 200, description = "Result (JSON), or an NDJSON stream when `Accept: application/x-ndjson`", body = QueryResponse,
+        (status = 200, description = "The statement ran: the result as JSON, or an NDJSON stream when `Accept: application/x-ndjson` (header line, row arrays, trailer).", body = QueryResponse,
          content((QueryResponse = "application/json"), (String = "application/x-ndjson"))),
-        (status = 202, description = "Held for human review: `execution_id`, `review_id`, what to do next", body = crate::gateway::review::HeldView),
-        (status = 400, description = "Malformed request, SQL error, several statements, wrong params", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Denied by policy (`rule` names it) or read-only violation", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "Serialization failure or deadlock (`retryable`); Idempotency-Key reused for another request", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "The review expired while waiting", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The review was rejected (reason in `detail`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many concurrent requests (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Audit store or target unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 504, description = "Timed out and cancelled on the server", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 202, description = "Accepted, not answered yet: held for human review (`status: pending_review`, a `HeldView`; nothing ran yet), or running on as a job (`status: running`, a `JobView`: `Prefer: respond-async`, or the JSON answer was not complete within the sync budget). `next` and `next_actions` say what to do; poll the `Location`.", body = super::query::Accepted,
+         headers(("Location" = String, description = "The held execution: `/v1/executions/{execution_id}`"))),
     ))]
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
@@ -102,21 +131,112 @@ pub(crate) async fn serve(
     entry: Entry,
     action: Action,
 ) -> Result<Response, Problem> {
+    let delivery = Delivery {
+        ndjson: entry.ndjson,
+        respond_async: entry.respond_async,
+    };
     let request = Request::new(entry.caller, entry.connection, action).with_hold(entry.hold);
-    let answer = crate::gateway::serve(&state.gateway, request).await?;
-    respond(answer, entry.ndjson).await
+    answer(state, request, delivery).await
 }
 
-/// Sends whatever a request turned into: a held review (202), rows, or command output.
-pub(crate) async fn respond(answer: Answer, ndjson: bool) -> Result<Response, Problem> {
+/// A 202: held for review (`status: pending_review`, a `HeldView`), or running on as a job
+/// (`status: running`, a `JobView`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!({"execution_id": "0193a0c4-6a7e-7c4e-9d0b-2f5e8c1a9b10", "status": "running", "next": "it runs in the background: GET /v1/executions/0193a0c4-6a7e-7c4e-9d0b-2f5e8c1a9b10?wait=55 waits for it to end", "next_actions": [{"rel": "status", "method": "GET", "href": "/v1/executions/0193a0c4-6a7e-7c4e-9d0b-2f5e8c1a9b10?wait=55", "description": "read its state, waiting up to 55 s for it to end"}]}))]
+#[allow(dead_code)] // Describes the 202 body in the spec; handlers send the views directly.
+pub(crate) enum Accepted {
+    Held(crate::gateway::review::HeldView),
+    Job(crate::gateway::jobs::JobView),
+}
+
+/// How an answer goes back: streamed as NDJSON, or collected as JSON within the sync
+/// budget (or at once as a job, `Prefer: respond-async`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivery {
+    pub(crate) ndjson: bool,
+    pub(crate) respond_async: bool,
+}
+
+/// Admits and runs `request`, and sends what it turned into: a held review (202), rows or
+/// command output (streamed; or collected whole, or as a job when it outlives the sync
+/// budget, 202).
+pub(crate) async fn answer(
+    state: &AppState,
+    request: Request,
+    delivery: Delivery,
+) -> Result<Response, Problem> {
+    if delivery.ndjson {
+        let answer = crate::gateway::serve(&state.gateway, request).await?;
+        return respond(answer);
+    }
+    let budget = if delivery.respond_async {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_millis(state.gateway.jobs_config.sync_budget_ms)
+    };
+    match jobs::serve_collected(&state.gateway, request, budget).await? {
+        Reply::Held(view) => Ok(accepted(view.location(), view)),
+        Reply::Job(view) => Ok(accepted(view.location(), view)),
+        Reply::Now(kept) => kept_response(kept),
+    }
+}
+
+fn accepted(location: String, view: impl Serialize) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response()
+}
+
+/// Sends a started answer as NDJSON (or a held review as a 202).
+pub(crate) fn respond(answer: Answer) -> Result<Response, Problem> {
     match answer {
-        Answer::Held(view) => Ok((StatusCode::ACCEPTED, Json(view)).into_response()),
-        Answer::Rows(run) if ndjson => Ok(stream_rows(run)),
-        Answer::Rows(run) => collect_rows(run).await,
-        Answer::Command(run) => super::exec::respond_command(run, ndjson).await,
+        Answer::Held(view) => Ok(accepted(view.location(), view)),
+        Answer::Rows(run) => Ok(stream_rows(run)),
+        Answer::Command(run) => Ok(super::exec::stream(run)),
         Answer::Shell(_) | Answer::Schema(_) => Err(Problem::internal(
             "this endpoint does not open shells or read schemas",
         )),
+    }
+}
+
+/// A whole answer as JSON: rows as a [`QueryResponse`], output as an
+/// [`super::exec::ExecResponse`], a failure as its problem.
+pub(crate) fn kept_response(kept: Kept) -> Result<Response, Problem> {
+    match kept {
+        Kept::Rows(r) => Ok(Json(QueryResponse {
+            execution_id: r.execution_id,
+            rule: r.rule,
+            columns: r.columns,
+            rows: r.rows,
+            row_count: r.summary.row_count,
+            truncated: r.summary.truncated,
+            truncated_reason: r.summary.truncated_reason,
+            note: r.summary.note,
+            affected_rows: r.summary.affected_rows,
+            masked: r.summary.masked,
+            limits: r.limits,
+            duration_ms: r.summary.duration_ms,
+        })
+        .into_response()),
+        Kept::Command(c) => Ok(Json(super::exec::ExecResponse {
+            execution_id: c.execution_id,
+            session_id: c.session_id,
+            rule: c.rule,
+            exit_code: c.summary.exit_code,
+            signal: c.summary.signal,
+            stdout: c.stdout,
+            stderr: c.stderr,
+            truncated: c.summary.truncated,
+            note: c.summary.note,
+            masked: c.summary.masked,
+            duration_ms: c.summary.duration_ms,
+        })
+        .into_response()),
+        Kept::Failed { problem } => Err(Problem::from_body(&problem)),
     }
 }
 
@@ -125,8 +245,10 @@ pub(crate) async fn respond(answer: Answer, ndjson: bool) -> Result<Response, Pr
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WaitParams {
-    /// Hold the request up to this many seconds (at most 55) for a review decision; if it is
-    /// approved in time, the result comes in this response.
+    /// Seconds (0..=55) to hold the request for a review decision if the policy sends it to
+    /// review; if it is approved in time, the result comes in this response. Without it (or
+    /// 0) a held request answers 202 at once. No other query parameter is accepted.
+    #[param(minimum = 0, maximum = 55, example = 30)]
     pub(crate) wait: Option<u64>,
 }
 
@@ -171,36 +293,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
             Ok(Some(key.to_string()))
         }
     }
-}
-
-async fn collect_rows(mut run: RowsRun) -> Result<Response, Problem> {
-    let mut rows = Vec::new();
-    let summary: Summary = loop {
-        match run.rows.recv().await {
-            Some(Output::Row(r)) => rows.push(r),
-            Some(Output::End(s)) => break s,
-            Some(Output::Error(p)) => return Err(p.with("execution_id", run.execution_id)),
-            None => {
-                return Err(Problem::internal("the execution ended without a result")
-                    .with("execution_id", run.execution_id));
-            }
-        }
-    };
-    Ok(Json(QueryResponse {
-        execution_id: run.execution_id,
-        rule: run.rule,
-        columns: run.columns,
-        rows,
-        row_count: summary.row_count,
-        truncated: summary.truncated,
-        truncated_reason: summary.truncated_reason,
-        note: summary.note,
-        affected_rows: summary.affected_rows,
-        masked: summary.masked,
-        limits: run.limits,
-        duration_ms: summary.duration_ms,
-    })
-    .into_response())
 }
 
 fn stream_rows(run: RowsRun) -> Response {

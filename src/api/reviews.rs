@@ -1,36 +1,37 @@
 //! Human review: `GET /v1/reviews`, `GET /v1/reviews/{id}`, `POST /v1/reviews/{id}/approve`,
-//! `POST /v1/reviews/{id}/reject`; and the agent's side: `GET /v1/executions/{id}`,
-//! `POST /v1/executions/{id}/run`.
+//! `POST /v1/reviews/{id}/reject`. The agent's side is in `executions.rs`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ApiJson, Auth, NoBody, OptionalJson, RequestId};
-use super::problem::{Code, Problem, ProblemBody};
+use super::extract::{ApiJson, Auth, OptionalJson};
+use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::audit::AuditPrincipal;
-use crate::gateway::admit::Action;
 use crate::gateway::review::{self as flow, Verdict};
-use crate::gateway::{Caller, Request};
 use crate::identity::Principal;
 use crate::inspect::Facts;
-use crate::review::{Approval, Rejection, ReviewRecord, ReviewStatus};
+use crate::review::{Approval, ExecutionStatus, Rejection, ReviewRecord};
 use crate::store::ReviewLookup;
 
-/// A review as a reviewer sees it.
+/// A held request and its review, as a reviewer (or auditor) sees it.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "status": "pending_review", "requester": {"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}, "connection": "demo", "statement": "UPDATE customers SET city = ? WHERE id = ?", "statement_visible": "UPDATE customers SET city = ? WHERE id = ?", "params": ["Lyon", 42], "max_rows": 1000, "timeout_ms": 30000, "facts": {"kinds": ["update"], "tables": ["customers"], "functions": [], "function_classes": [], "statement_count": 1, "has_where": true, "unparsed": false, "shell": false}, "rule": "writes-need-review", "message": "writes need a DBA", "approver_groups": ["dba"], "min_approvals": 1, "approvals": [], "created_at": "2025-01-01T12:00:00Z", "expires_at": "2025-01-01T13:00:00Z"}))]
 pub(crate) struct ReviewView {
+    /// The review's id (for approve and reject).
     pub(crate) id: String,
+    /// The held execution's id (the requester's handle on it).
     pub(crate) execution_id: String,
-    pub(crate) status: ReviewStatus,
+    /// Where it stands, in the one state vocabulary of the API.
+    pub(crate) status: ExecutionStatus,
+    /// Who asked.
     pub(crate) requester: AuditPrincipal,
+    /// The connection it runs on.
     pub(crate) connection: String,
     /// The statement exactly as it will run.
     pub(crate) statement: String,
@@ -40,22 +41,37 @@ pub(crate) struct ReviewView {
     /// applied to their text unless the viewer is exempt from masking.
     #[schema(value_type = Vec<serde_json::Value>)]
     pub(crate) params: Vec<serde_json::Value>,
+    /// The row cap the run will have (0 for commands).
     pub(crate) max_rows: u64,
+    /// The timeout the run will have, in milliseconds.
     pub(crate) timeout_ms: u64,
+    /// What inspection found in the statement or command (kinds, tables, functions, ...).
     pub(crate) facts: Facts,
+    /// The policy rule that sent it to review.
     pub(crate) rule: String,
+    /// The rule's message for reviewers.
     pub(crate) message: String,
+    /// Groups whose members may decide it (glob patterns).
     pub(crate) approver_groups: Vec<String>,
+    /// Approvals needed before it may run.
     pub(crate) min_approvals: u32,
+    /// Approvals so far.
     pub(crate) approvals: Vec<Approval>,
+    /// A write affecting more rows than this is rolled back when it runs (the tightest any
+    /// approver set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_affected_rows: Option<u64>,
+    /// Who rejected it and why, once `rejected`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rejection: Option<Rejection>,
+    /// When it was filed.
     pub(crate) created_at: DateTime<Utc>,
+    /// When it expires if nobody decides it.
     pub(crate) expires_at: DateTime<Utc>,
+    /// Once approved: the run must start before this.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) run_deadline: Option<DateTime<Utc>>,
+    /// Once run: a summary (`outcome`, `row_count`, `error_class`, `sqlstate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<serde_json::Value>,
 }
@@ -86,7 +102,7 @@ pub(crate) fn view(state: &AppState, viewer: &Principal, r: &ReviewRecord) -> Re
     ReviewView {
         id: r.id.clone(),
         execution_id: r.execution_id.clone(),
-        status: r.effective_status(Utc::now()),
+        status: r.effective_status(Utc::now()).into(),
         requester: r.requester.clone(),
         connection: r.connection.clone(),
         statement: r.request.sql.clone(),
@@ -124,8 +140,11 @@ fn may_review(r: &ReviewRecord, p: &Principal) -> bool {
         .any(|g| r.approver_groups.iter().any(|a| crate::glob::matches(a, g)))
 }
 
+/// Reviews the caller may decide (all, for auditors): pending first, then newest.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"reviews": [{"id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "status": "pending_review", "requester": {"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}, "connection": "demo", "statement": "UPDATE customers SET city = ? WHERE id = ?", "statement_visible": "UPDATE customers SET city = ? WHERE id = ?", "params": ["Lyon", 42], "max_rows": 1000, "timeout_ms": 30000, "facts": {"kinds": ["update"], "tables": ["customers"], "functions": [], "function_classes": [], "statement_count": 1, "has_where": true, "unparsed": false, "shell": false}, "rule": "writes-need-review", "message": "writes need a DBA", "approver_groups": ["dba"], "min_approvals": 1, "approvals": [], "created_at": "2025-01-01T12:00:00Z", "expires_at": "2025-01-01T13:00:00Z"}]}))]
 pub(crate) struct ReviewList {
+    /// At most `limit` reviews.
     pub(crate) reviews: Vec<ReviewView>,
 }
 
@@ -133,9 +152,11 @@ pub(crate) struct ReviewList {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewListParams {
-    /// `pending`, `approved`, `rejected`, `expired`, `running`, `done`, `failed`, `unknown`.
-    pub(crate) status: Option<ReviewStatus>,
-    /// 1..=500, default 100.
+    /// Only reviews in this state (`pending` is accepted for `pending_review`). No other
+    /// query parameter than `status` and `limit` is accepted.
+    pub(crate) status: Option<ExecutionStatus>,
+    /// How many reviews at most, 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500, example = 100)]
     pub(crate) limit: Option<usize>,
 }
 
@@ -149,13 +170,16 @@ async fn load(state: &AppState, id: &str) -> Result<ReviewRecord, Problem> {
         .ok_or_else(|| Problem::not_found(format!("no review `{id}`")))
 }
 
-/// Reviews the caller may decide (or all, for auditors): pending first, then newest.
-#[utoipa::path(get, path = "/v1/reviews", tag = "reviews",
+/// List reviews you may decide
+///
+/// For reviewers (members of a review's approver groups) and auditors (`audit.readers`, who
+/// see every review). Pending reviews come first, then the newest. Other callers get an
+/// empty list. Filter with `status=pending_review` to find work; then `GET
+/// /v1/reviews/{id}` and approve or reject.
+#[utoipa::path(get, path = "/v1/reviews", tag = "reviews", operation_id = "listReviews",
     security(("bearer" = [])),
     params(ReviewListParams),
-    responses((status = 200, description = "Reviews", body = ReviewList),
-              (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The reviews visible to you.", body = ReviewList)))]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -170,7 +194,7 @@ pub(crate) async fn list(
     let records = state
         .gateway
         .store
-        .list_reviews(q.status, limit)
+        .list_reviews(q.status.map(Into::into), limit)
         .await
         .map_err(|_| Problem::audit_unavailable())?;
     Ok(Json(ReviewList {
@@ -182,13 +206,16 @@ pub(crate) async fn list(
     }))
 }
 
-/// One review, for its approvers and auditors.
-#[utoipa::path(get, path = "/v1/reviews/{id}", tag = "reviews",
+/// Get one review
+///
+/// For the review's approvers and auditors; anyone else gets 404 `not_found`, as for a
+/// review that does not exist. Shows the statement exactly as it will run (and with
+/// invisible characters made visible), its parameters, the inspection facts and the rule:
+/// read them before you approve.
+#[utoipa::path(get, path = "/v1/reviews/{id}", tag = "reviews", operation_id = "getReview",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Review id")),
-    responses((status = 200, description = "The review", body = ReviewView),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such review visible to you", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("id" = String, Path, description = "Review id (`review_id` of a held request)", example = "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57")),
+    responses((status = 200, description = "The review.", body = ReviewView)))]
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -201,61 +228,89 @@ pub(crate) async fn get(
     Ok(Json(view(&state, &p, &r)))
 }
 
+/// An approval, optionally with a guard and a note. Unknown fields are refused (400
+/// `malformed_body`); an empty body is the same as `{}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"max_affected_rows": 1, "comment": "one row only"}))]
 pub(crate) struct ApproveRequest {
-    /// A write that affects more rows than this is rolled back when it runs.
+    /// A write that affects more rows than this is rolled back when it runs (the tightest
+    /// guard any approver sets wins).
+    #[schema(minimum = 0, example = 1)]
+    #[serde(default, deserialize_with = "crate::wire::opt_count")]
     pub(crate) max_affected_rows: Option<u64>,
+    /// A note for the requester (up to 2000 characters): shown on its execution and audited.
+    #[schema(max_length = 2000)]
+    pub(crate) comment: Option<String>,
 }
 
+/// A rejection. Unknown fields are refused (400 `malformed_body`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "add a WHERE clause on id"}))]
 pub(crate) struct RejectRequest {
-    /// Why; the agent reads it.
+    /// Why; the agent reads it. 1 to 2000 characters once surrounding whitespace is trimmed
+    /// (400 `invalid_reason` otherwise).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "\\S",
+        example = "add a WHERE clause on id"
+    )]
     pub(crate) reason: String,
 }
 
-/// Approve (humans in an approver group; not the requester or its delegators).
-#[utoipa::path(post, path = "/v1/reviews/{id}/approve", tag = "reviews",
+/// Approve a review
+///
+/// For humans in one of the review's approver groups who are neither the requester nor in
+/// its delegation (`act`) chain (403 `not_an_approver` otherwise). Audited. Once
+/// `min_approvals` approvals are in, the status becomes `approved` and the requester may
+/// run it once before `run_deadline`; until then it stays `pending_review` (check
+/// `approvals`). The body is optional.
+#[utoipa::path(post, path = "/v1/reviews/{id}/approve", tag = "reviews", operation_id = "approveReview",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Review id")),
-    request_body(content = ApproveRequest, description = "Optional; an empty body approves without a guard"),
-    responses((status = 200, description = "The review after this approval", body = ReviewView),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 403, description = "Not allowed to approve this review", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such review", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 409, description = "Already decided, or already approved by you", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 410, description = "Expired", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("id" = String, Path, description = "Review id", example = "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57")),
+    request_body(content = ApproveRequest, content_type = "application/json", description = "Optional; an empty body approves without a guard or comment."),
+    responses((status = 200, description = "The review after this approval (`approved`, or still `pending_review` if more approvals are needed).", body = ReviewView)))]
 pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<ApproveRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
+    let comment = match req.comment.as_deref().map(str::trim) {
+        Some(c) if c.chars().count() > 2000 => {
+            return Err(Problem::new(
+                Code::InvalidReason,
+                "a comment is at most 2000 characters",
+            ));
+        }
+        Some(c) if !c.is_empty() => Some(c.to_string()),
+        _ => None,
+    };
     let r = flow::decide(
         &state.gateway,
         &id,
         &p,
         Verdict::Approve {
             max_affected_rows: req.max_affected_rows,
+            comment,
         },
     )
     .await?;
     Ok(Json(view(&state, &p, &r)))
 }
 
-/// Reject with a reason the agent can read.
-#[utoipa::path(post, path = "/v1/reviews/{id}/reject", tag = "reviews",
+/// Reject a review
+///
+/// For the same people who may approve it. Audited. The request never runs; the agent reads
+/// `reason` (in `GET /v1/executions/{id}` and in the 422 `review_rejected` a waiting or
+/// running request gets), so say what to change.
+#[utoipa::path(post, path = "/v1/reviews/{id}/reject", tag = "reviews", operation_id = "rejectReview",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Review id")),
-    request_body = RejectRequest,
-    responses((status = 200, description = "The rejected review", body = ReviewView),
-              (status = 400, description = "Missing reason", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 403, description = "Not allowed to decide this review", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such review", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 409, description = "Already decided", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 410, description = "Expired", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("id" = String, Path, description = "Review id", example = "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57")),
+    request_body(content = RejectRequest, content_type = "application/json", description = "The reason, for the agent."),
+    responses((status = 200, description = "The rejected review.", body = ReviewView)))]
 pub(crate) async fn reject(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -263,7 +318,7 @@ pub(crate) async fn reject(
     ApiJson(req): ApiJson<RejectRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
     let reason = req.reason.trim();
-    if reason.is_empty() || reason.len() > 2000 {
+    if reason.is_empty() || reason.chars().count() > 2000 {
         return Err(Problem::new(
             Code::InvalidReason,
             "give a reason of 1 to 2000 characters; the agent reads it",
@@ -279,104 +334,4 @@ pub(crate) async fn reject(
     )
     .await?;
     Ok(Json(view(&state, &p, &r)))
-}
-
-/// An execution as its requester sees it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ExecutionView {
-    pub(crate) execution_id: String,
-    pub(crate) review_id: String,
-    /// `pending_review`, `approved`, `rejected`, `expired`, `running`, `done`, `failed`, `unknown`.
-    pub(crate) status: String,
-    pub(crate) connection: String,
-    pub(crate) rule: String,
-    pub(crate) expires_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) run_deadline: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) rejection_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) result: Option<serde_json::Value>,
-    /// What to do next.
-    pub(crate) next: String,
-}
-
-/// The state of a held execution (its requester, or auditors).
-#[utoipa::path(get, path = "/v1/executions/{id}", tag = "reviews",
-    security(("bearer" = [])),
-    params(("id" = String, Path, description = "Execution id")),
-    responses((status = 200, description = "The execution", body = ExecutionView),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such execution of yours", body = ProblemBody, content_type = "application/problem+json")))]
-pub(crate) async fn execution(
-    State(state): State<Arc<AppState>>,
-    Auth(p): Auth,
-    Path(id): Path<String>,
-) -> Result<Json<ExecutionView>, Problem> {
-    let not_found = || Problem::not_found(format!("no execution `{id}` of yours"));
-    let r = state
-        .gateway
-        .store
-        .get_review(ReviewLookup::Execution(&id))
-        .await
-        .map_err(|_| Problem::audit_unavailable())?
-        .ok_or_else(not_found)?;
-    let own = r.requester.issuer == p.issuer && r.requester.subject == p.subject;
-    if !(own || is_auditor(&state, &p)) {
-        return Err(not_found());
-    }
-    let status = r.effective_status(Utc::now());
-    let next = match status {
-        ReviewStatus::Pending => "wait for a reviewer; poll this resource".to_string(),
-        ReviewStatus::Approved => format!("POST /v1/executions/{id}/run (no body) to run it once"),
-        ReviewStatus::Rejected => {
-            "rejected: change the request as the reason says and send it again".into()
-        }
-        ReviewStatus::Expired => "expired: send the request again to file a new review".into(),
-        _ => "it ran (or was cut short); it cannot run again".into(),
-    };
-    Ok(Json(ExecutionView {
-        execution_id: r.execution_id.clone(),
-        review_id: r.id.clone(),
-        status: match status {
-            ReviewStatus::Pending => "pending_review".into(),
-            s => s.as_str().into(),
-        },
-        connection: r.connection.clone(),
-        rule: r.rule.clone(),
-        expires_at: r.expires_at,
-        run_deadline: r.run_deadline,
-        rejection_reason: r.rejection.as_ref().map(|x| x.reason.clone()),
-        result: r.result.clone(),
-        next,
-    }))
-}
-
-/// Run an approved execution once, as its original requester. No body.
-#[utoipa::path(post, path = "/v1/executions/{id}/run", tag = "reviews",
-    security(("bearer" = [])),
-    params(("id" = String, Path, description = "Execution id")),
-    responses((status = 200, description = "The result, as for a query (NDJSON on request)", body = super::query::QueryResponse),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such execution of yours", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 409, description = "Not approved yet, already ran, or `approval_stale`", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 410, description = "Review or run window expired", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 422, description = "Rejected (reason in `detail`)", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 503, description = "Audit store or target unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json")))]
-pub(crate) async fn run(
-    State(state): State<Arc<AppState>>,
-    Auth(principal): Auth,
-    RequestId(request_id): RequestId,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    _: NoBody,
-) -> Result<Response, Problem> {
-    let ndjson = super::query::wants_ndjson(&headers);
-    let caller = Caller {
-        principal,
-        request_id,
-    };
-    let request = Request::new(caller, "", Action::RunApproved { execution_id: id });
-    let answer = crate::gateway::serve(&state.gateway, request).await?;
-    super::query::respond(answer, ndjson).await
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::extract::Auth;
-use super::problem::{Code, Problem, ProblemBody};
+use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::identity::Principal;
 use crate::store::{SessionQuery, SessionRecord};
@@ -22,24 +22,33 @@ use crate::store::{SessionQuery, SessionRecord};
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionParams {
+    /// Only sessions on this connection.
     pub(crate) connection: Option<String>,
+    /// Only sessions of this subject (auditors; others always see only their own).
     pub(crate) subject: Option<String>,
-    /// RFC 3339, inclusive.
+    /// RFC 3339 date-time; only sessions started at or after it.
     pub(crate) since: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page (sessions started before it).
     pub(crate) cursor: Option<DateTime<Utc>>,
-    /// 1..=500, default 100.
+    /// Sessions per page, 1..=500 (default 100). No other query parameter is accepted.
+    #[param(minimum = 1, maximum = 500, example = 100)]
     pub(crate) limit: Option<usize>,
 }
 
+/// A page of recorded sessions, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"sessions": [{"id": "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "kind": "exec", "connection": "web-1", "issuer": "dev", "subject": "agent-1", "command": "df -h /", "started_at": "2025-01-01T12:00:00Z", "ended_at": "2025-01-01T12:00:01Z", "status": "ended", "exit_code": 0, "digest": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}], "next_cursor": "2025-01-01T12:00:00Z"}))]
 pub(crate) struct SessionPage {
+    /// At most `limit` sessions the caller may read, newest first.
     pub(crate) sessions: Vec<SessionView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) next_cursor: Option<DateTime<Utc>>,
 }
 
+/// A recorded session; from `GET /v1/sessions/{id}` also whether its recording verifies.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "kind": "exec", "connection": "web-1", "issuer": "dev", "subject": "agent-1", "command": "df -h /", "started_at": "2025-01-01T12:00:00Z", "ended_at": "2025-01-01T12:00:01Z", "status": "ended", "exit_code": 0, "digest": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "chain_valid": true}))]
 pub(crate) struct SessionView {
     #[serde(flatten)]
     pub(crate) session: SessionRecord,
@@ -52,13 +61,15 @@ fn may_read(state: &AppState, p: &Principal, s: &SessionRecord) -> bool {
     state.is_admin(p) || (p.issuer == s.issuer && p.subject == s.subject)
 }
 
-/// Recorded sessions, newest first: auditors see all, others their own.
-#[utoipa::path(get, path = "/v1/sessions", tag = "sessions",
+/// List recorded sessions
+///
+/// Any authenticated caller: auditors (`audit.readers`) see every session, others only
+/// their own. Every `exec` command and interactive shell is recorded as a session. Newest
+/// first; page with `cursor=next_cursor` until `next_cursor` is absent.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", operation_id = "listSessions",
     security(("bearer" = [])),
     params(SessionParams),
-    responses((status = 200, description = "A page of sessions", body = SessionPage),
-              (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of sessions, newest first.", body = SessionPage)))]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -117,13 +128,14 @@ async fn load(state: &AppState, p: &Principal, id: &str) -> Result<SessionRecord
     Ok(s)
 }
 
-/// One session, with its hash chain verified.
-#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+/// Get one recorded session
+///
+/// Its owner and auditors; anyone else gets 404 `not_found`. Verifies the recording's hash
+/// chain on the way: `chain_valid` false means a line was changed, removed or reordered.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", operation_id = "getSession",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Session id")),
-    responses((status = 200, description = "The session", body = SessionView),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such session visible to you", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("id" = String, Path, description = "Session id (`session_id` of an exec result)", example = "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182")),
+    responses((status = 200, description = "The session, with `chain_valid`.", body = SessionView)))]
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -142,13 +154,18 @@ pub(crate) async fn get(
     }))
 }
 
-/// The recording as an asciicast v2 file (plays with `asciinema play`).
-#[utoipa::path(get, path = "/v1/sessions/{id}/recording", tag = "sessions",
+/// Download a session's recording
+///
+/// Its owner and auditors; anyone else gets 404 `not_found`. An asciicast v2 file (a JSON
+/// header line, then `[time, "o"|"i", data]` lines; plays with `asciinema play`), sent as
+/// an attachment: it holds terminal escape sequences, so show it in a terminal player,
+/// never in a page.
+#[utoipa::path(get, path = "/v1/sessions/{id}/recording", tag = "sessions", operation_id = "getRecording",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Session id")),
-    responses((status = 200, description = "asciicast v2", body = String, content_type = "application/x-asciicast"),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No such session visible to you", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("id" = String, Path, description = "Session id", example = "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182")),
+    responses((status = 200, description = "The recording (asciicast v2).", body = String, content_type = "application/x-asciicast",
+               headers(("Content-Disposition" = String, description = "`attachment; filename=\"{id}.cast\"`")),
+               example = json!("{\"version\":2,\"width\":80,\"height\":24}\n[0.01,\"o\",\"Filesystem  Size  Used\\r\\n\"]\n"))))]
 pub(crate) async fn recording(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,

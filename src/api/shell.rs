@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{Admin, Auth, RequestId};
-use super::problem::{Code, Problem, ProblemBody};
+use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::audit::{AuditEvent, Phase};
 use crate::backend::PodTarget;
@@ -33,22 +33,28 @@ use crate::gateway::{Answer, Caller, Request};
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub(crate) const MAX_FRAME_BYTES: usize = 256 * 1024;
 
+/// A single-use ticket to open a shell without an `Authorization` header.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"ticket": "3f9a1c0e5b7d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a0b2c4d", "expires_at": "2025-01-01T12:00:30Z"}))]
 pub(crate) struct ShellTicket {
     /// Pass as `?ticket=` on the WebSocket URL; valid once, for this connection only.
+    #[schema(pattern = "^[0-9a-f]{48}$")]
     pub(crate) ticket: String,
+    /// The ticket is refused after this.
     pub(crate) expires_at: DateTime<Utc>,
 }
 
-/// A single-use, short-lived ticket for a browser shell (browsers cannot set headers on a
-/// WebSocket; a JWT never goes in a URL). Any instance on the same store accepts it.
-#[utoipa::path(post, path = "/v1/connections/{name}/shell-tickets", tag = "shell",
+/// Create a shell ticket
+///
+/// Any caller who can see the command connection (kind ssh or kubernetes; 400
+/// `wrong_operation` on a SQL connection). Returns a single-use, short-lived ticket for
+/// opening a shell from a browser (browsers cannot set headers on a WebSocket, and a JWT
+/// never goes in a URL): pass it as `?ticket=` to `GET /v1/connections/{name}/shell`
+/// before `expires_at`. Any instance on the same store accepts it. No body.
+#[utoipa::path(post, path = "/v1/connections/{name}/shell-tickets", tag = "shell", operation_id = "createShellTicket",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name")),
-    responses((status = 200, description = "A ticket", body = ShellTicket),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 503, description = "The store (shared by every instance) could not keep the ticket", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("name" = String, Path, description = "Name of a command connection", example = "web-1")),
+    responses((status = 200, description = "A ticket for this connection.", body = ShellTicket)))]
 pub(crate) async fn ticket(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
@@ -92,8 +98,10 @@ pub(crate) struct ShellParams {
     /// From `shell-tickets`, for clients that cannot send `Authorization`.
     pub(crate) ticket: Option<String>,
     /// Initial terminal width (1..=1000), default 80.
+    #[param(minimum = 1, maximum = 1000, example = 80)]
     pub(crate) cols: Option<u32>,
     /// Initial terminal height (1..=500), default 24.
+    #[param(minimum = 1, maximum = 500, example = 24)]
     pub(crate) rows: Option<u32>,
     /// Kubernetes connections: the pod's namespace.
     pub(crate) namespace: Option<String>,
@@ -103,17 +111,21 @@ pub(crate) struct ShellParams {
     pub(crate) container: Option<String>,
 }
 
-/// An interactive shell (PTY) over WebSocket, recorded.
-#[utoipa::path(get, path = "/v1/connections/{name}/shell", tag = "shell",
-    security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name"), ShellParams),
-    responses((status = 101, description = "Switching to the WebSocket protocol"),
-              (status = 400, description = "Not a WebSocket request, bad size, or not a command connection", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 401, description = "Missing or invalid token or ticket", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 403, description = "Denied by policy (`rule`)", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "Unknown connection, or one the caller may not see", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 429, description = "Too many concurrent requests or shells (`Retry-After`)", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 503, description = "Target, audit store or recording unavailable; nothing ran", body = ProblemBody, content_type = "application/problem+json")))]
+/// Open an interactive shell (WebSocket)
+///
+/// Any caller who can see the command connection, if the policy allows shells (a shell
+/// cannot be held for review: 403 `review_required`, use exec). Authenticate with
+/// `Authorization` or `?ticket=`. The upgraded connection is recorded as a session: binary
+/// frames carry terminal bytes both ways; text frames carry JSON control messages — from
+/// the client `{"type":"resize","cols":N,"rows":N}`, from Airlock `{"type":"exit","code":N}`
+/// or `{"type":"error","problem":{...}}` (codes `idle_timeout`, `max_duration`,
+/// `terminated`, `shutting_down`, `invalid_resize`, `invalid_control`,
+/// `recording_unavailable`), then a close frame. The session holds one of your concurrency
+/// slots until it ends.
+#[utoipa::path(get, path = "/v1/connections/{name}/shell", tag = "shell", operation_id = "openShell",
+    security(("bearer" = []), ()),
+    params(("name" = String, Path, description = "Name of a command connection", example = "web-1"), ShellParams),
+    responses((status = 101, description = "Switching to the WebSocket protocol: the shell is open.")))]
 pub(crate) async fn shell(
     State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
@@ -214,20 +226,26 @@ impl Terminal for WsTerminal {
     }
 }
 
+/// A terminated shell.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"session_id": "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182", "terminated": true}))]
 pub(crate) struct Terminated {
+    /// The session that was ended.
     pub(crate) session_id: String,
+    /// Always true: the shell was told to end (its client gets a `terminated` error frame).
     pub(crate) terminated: bool,
 }
 
-/// End a running interactive shell (administrators: the audit readers). Audited.
-#[utoipa::path(post, path = "/v1/sessions/{id}/terminate", tag = "shell",
+/// Terminate a running shell
+///
+/// Only administrators (`audit.readers`; 403 `not_an_admin` otherwise). Ends the running
+/// interactive shell `id` on this instance; the attempt is audited first, even when no such
+/// shell runs here (404 `not_found`: it ended, or runs on another instance — try there).
+/// No body.
+#[utoipa::path(post, path = "/v1/sessions/{id}/terminate", tag = "shell", operation_id = "terminateSession",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Session id")),
-    responses((status = 200, description = "Terminated", body = Terminated),
-              (status = 401, description = "Missing or invalid token", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = ProblemBody, content_type = "application/problem+json"),
-              (status = 404, description = "No running session with this id on this instance", body = ProblemBody, content_type = "application/problem+json")))]
+    params(("id" = String, Path, description = "Session id of a running shell", example = "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182")),
+    responses((status = 200, description = "The shell was told to end.", body = Terminated)))]
 pub(crate) async fn terminate(
     State(state): State<Arc<AppState>>,
     Admin(p): Admin,

@@ -20,8 +20,11 @@ use crate::identity::Principal;
 /// Bumped when the shape of [`AuditEvent`] changes incompatibly.
 pub const AUDIT_SCHEMA_VERSION: u32 = 1;
 
+/// Which part of a request an audit event records: `begin` (who, what, decision), `end`
+/// (outcome), or a point `event` (review filed, approved, rejected, expired, session terminated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(example = "end")]
 pub enum Phase {
     Begin,
     End,
@@ -42,6 +45,7 @@ impl Phase {
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(example = "ok")]
 pub enum Outcome {
     /// Ran to completion (possibly truncated by a cap; see `truncated`).
     Ok,
@@ -73,14 +77,27 @@ impl Outcome {
     }
 }
 
+/// Who made a request, as the audit log and reviews record it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}))]
 pub struct AuditPrincipal {
+    /// The configured issuer's name (not the `iss` URL).
     pub issuer: String,
+    /// The token's subject (`sub`).
     pub subject: String,
+    /// `agent` or `human`, from the issuer's configuration.
     pub kind: crate::config::PrincipalKind,
+    /// The groups the token carries.
     pub groups: Vec<String>,
     /// RFC 8693 `act` chain, current actor first.
     pub actor: Vec<String>,
+}
+
+impl AuditPrincipal {
+    /// `issuer/subject`: who a review, a kept result or a job belongs to.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.issuer, self.subject)
+    }
 }
 
 impl From<&Principal> for AuditPrincipal {
@@ -97,20 +114,28 @@ impl From<&Principal> for AuditPrincipal {
 
 /// One audit event. `begin` carries who/what/decision; `end` carries the outcome.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"version": 1, "id": "0190f5c2-7a4f-7000-8000-000000000001", "seq": 1042, "time": "2025-01-01T12:00:00Z", "phase": "end", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "connection": "demo", "operation": "query", "outcome": "ok", "row_count": 2, "duration_ms": 4}))]
 pub struct AuditEvent {
+    /// Shape version of this event (bumped on incompatible changes).
     pub version: u32,
     /// Unique id of this event (UUIDv7).
     pub id: String,
     /// Position in the store's log; assigned by the store, used as the pagination cursor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
+    /// When the event was recorded.
     pub time: DateTime<Utc>,
+    /// `begin`, `end` or `event`.
     pub phase: Phase,
+    /// The execution (request) this event belongs to; its `begin` and `end` share it.
     pub execution_id: String,
+    /// The transport's `X-Request-Id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Who made the request (or decided the review).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<AuditPrincipal>,
+    /// The connection the request was on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection: Option<String>,
     /// `query`, `schema`, ...
@@ -121,34 +146,44 @@ pub struct AuditEvent {
     /// The SQL text as the agent sent it, masked, when it differs from `statement`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted: Option<String>,
+    /// How many parameters the statement had (their values are not recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_count: Option<usize>,
     /// A command's standard input: its length in bytes and SHA-256 (hex). The content itself
     /// is in the session's recording, masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_bytes: Option<u64>,
+    /// SHA-256 (hex) of a command's standard input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_sha256: Option<String>,
+    /// What inspection found in the statement or command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::inspect::Facts>,
     /// `allow` | `deny` | `review`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
+    /// The policy rule (or built-in check) that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// How the request ended (`end` events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// Rows returned (or affected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub row_count: Option<u64>,
+    /// Bytes of serialized rows or output sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub byte_count: Option<u64>,
+    /// The result was cut by `max_rows` or `max_bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
+    /// Time from admission to the end, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// Machine class of the error (`database`, `timeout`, `params`, ...) and SQLSTATE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
+    /// SQLSTATE of a database error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlstate: Option<String>,
     /// Review id for held requests and review events.
@@ -169,7 +204,8 @@ pub struct AuditEvent {
     /// How many values were masked, per column and detector (never the values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked: Option<serde_json::Value>,
-    /// Rejection reason, for `review.rejected`.
+    /// The rejection reason (`review.rejected`) or the approver's comment (`review.approved`,
+    /// `review.approval_recorded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

@@ -36,8 +36,11 @@ use crate::config::{ConnectionConfig, ConnectionKind, TargetConfig};
 /// How many events may sit between a backend's producer task and the client.
 pub const STREAM_BUFFER: usize = 64;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
+/// One result column.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema, PartialEq)]
+#[schema(example = json!({"name": "email", "type": "text"}))]
 pub struct Column {
+    /// The column's name in the result (its alias, if any).
     pub name: String,
     /// The database's type name (`int8`, `numeric`, `varchar`, ...).
     #[serde(rename = "type")]
@@ -119,12 +122,17 @@ impl RowSender {
 
 /// A database error as the server reported it; values it echoes are masked by the pipeline.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"sqlstate": "42P01", "message": "relation \"custmers\" does not exist", "position": 15}))]
 pub struct DatabaseError {
     /// SQLSTATE (PostgreSQL, MySQL) or the SQLite result-code name.
     pub sqlstate: String,
+    /// The server's message (masked like rows; withheld on connections with protected columns
+    /// except for syntax and access errors).
     pub message: String,
+    /// The server's detail, if any (masked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The server's hint, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
     /// 1-based character position in the statement.
@@ -176,22 +184,97 @@ pub enum BackendError {
     Internal(String),
 }
 
-/// The schema an agent can see: tables and their columns.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// One table or view the caller may read, as the connection's database account sees it:
+/// its columns, keys and comments. Backends fill the catalog facts; the gateway fills each
+/// column's `masked`/`masking` for the caller and drops keys that would name what the caller
+/// may not see (see `gateway::schema`).
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "schema": "public",
+    "name": "orders",
+    "kind": "table",
+    "comment": "One row per order",
+    "primary_key": ["id"],
+    "foreign_keys": [{"name": "orders_customer_id_fkey", "columns": ["customer_id"], "referenced_schema": "public", "referenced_table": "customers", "referenced_columns": ["id"]}],
+    "columns": [
+        {"name": "id", "type": "bigint", "nullable": false, "comment": null, "masked": false, "masking": null},
+        {"name": "customer_id", "type": "bigint", "nullable": false, "comment": "Who ordered", "masked": false, "masking": null}
+    ]
+}))]
 pub struct TableInfo {
+    /// The PostgreSQL schema or MySQL database holding the table; null on SQLite.
+    #[schema(example = "public")]
     pub schema: Option<String>,
+    /// The name as the catalog spells it (quote it in SQL if it is not all lower case).
+    #[schema(example = "orders")]
     pub name: String,
     /// `table` or `view`.
+    #[schema(example = "table")]
     pub kind: String,
+    /// The table's comment (PostgreSQL `COMMENT ON TABLE`, MySQL `COMMENT=`); null when it
+    /// has none (SQLite tables never have one).
+    #[schema(example = "One row per order")]
+    pub comment: Option<String>,
+    /// The primary key's columns in key order; empty when the table has none (views,
+    /// tables without one) or when the account cannot see one of its columns.
+    #[schema(example = json!(["id"]))]
+    pub primary_key: Vec<String>,
+    /// This table's foreign keys. A key to a table the caller may not read, or over a
+    /// column the account cannot see, is left out, like that table.
+    pub foreign_keys: Vec<ForeignKey>,
+    /// Columns in table order.
     pub columns: Vec<ColumnInfo>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// A foreign key: `columns` of this table reference `referenced_columns` of
+/// `referenced_schema.referenced_table`, position by position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "orders_customer_id_fkey", "columns": ["customer_id"], "referenced_schema": "public", "referenced_table": "customers", "referenced_columns": ["id"]}))]
+pub struct ForeignKey {
+    /// The constraint's name; null where the catalog names none (SQLite).
+    #[schema(example = "orders_customer_id_fkey")]
+    pub name: Option<String>,
+    /// This table's columns, in key order.
+    #[schema(example = json!(["customer_id"]))]
+    pub columns: Vec<String>,
+    /// The referenced table's schema (PostgreSQL) or database (MySQL); null on SQLite.
+    #[schema(example = "public")]
+    pub referenced_schema: Option<String>,
+    /// The referenced table, as the catalog spells it.
+    #[schema(example = "customers")]
+    pub referenced_table: String,
+    /// The referenced columns, matching `columns` position by position.
+    #[schema(example = json!(["id"]))]
+    pub referenced_columns: Vec<String>,
+}
+
+/// One column, and how the caller would receive its values.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "email", "type": "text", "nullable": false, "comment": "Contact address", "masked": true, "masking": {"column": "customers.email", "strategy": "redact"}}))]
 pub struct ColumnInfo {
+    /// The name as the catalog spells it.
+    #[schema(example = "email")]
     pub name: String,
+    /// The database's type name (`bigint`, `varchar(255)`, `text`, ...).
     #[serde(rename = "type")]
+    #[schema(example = "text")]
     pub type_name: String,
+    /// Whether the column accepts NULL.
+    #[schema(example = false)]
     pub nullable: bool,
+    /// The column's comment (PostgreSQL `COMMENT ON COLUMN`, MySQL `COMMENT`); null when it
+    /// has none (SQLite columns never have one).
+    #[schema(example = "Contact address")]
+    pub comment: Option<String>,
+    /// Whether a masking column rule masks this column's values whole for this caller.
+    /// False for a caller exempt from masking (a human in an exempt group), and for a column
+    /// only the content detectors scan (see the schema's `detectors`).
+    #[schema(example = true)]
+    pub masked: bool,
+    /// How, when `masked`: the column rule (glob over `column` or `table.column`) and its
+    /// strategy. `partial` and `hash` apply to the column selected as stored; any
+    /// expression over it comes back redacted. Null when not masked.
+    pub masking: Option<crate::mask::plan::ColumnRuleView>,
 }
 
 /// One SQL target. Implementations: [`postgres::PostgresBackend`], [`mysql::MysqlBackend`],
@@ -380,8 +463,11 @@ pub trait ExecBackend: Send + Sync {
 /// Where a command runs in a Kubernetes cluster.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"namespace": "shop", "pod": "api-7d9f8b6c5-x2x4q", "container": "api"}))]
 pub struct PodTarget {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub pod: String,
     /// Default: the pod's only (or default) container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -97,6 +97,8 @@ impl Request {
 pub(crate) enum Admission {
     Ready(Box<Admitted>),
     Held(review::HeldView),
+    /// A retry of a request that already ran: its kept result, sent again (nothing runs).
+    Kept(Box<super::results::Kept>),
 }
 
 /// A request that passed every check, ready to start. Its `begin` is not committed yet:
@@ -173,7 +175,8 @@ pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Ad
     // A run is the stored request, admitted again.
     let (connection, action, approval) = match action {
         Action::RunApproved { execution_id } => {
-            let record = review::load_for_run(gateway, &caller, &execution_id, started).await?;
+            let record =
+                review::load_for_run(gateway, &caller, &execution_id, hold.wait, started).await?;
             let action = action_of(&record.request);
             (record.connection.clone(), action, Some(record))
         }
@@ -251,6 +254,84 @@ pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Ad
         }
         Ok(Verdict::Hold(held)) => review::hold(gateway, caller, begin, started, hold, held).await,
         Err(problem) => Err(refuse(gateway, begin, started, problem).await),
+    }
+}
+
+/// What admission would do with a request, found by the same steps that admit it, with
+/// nothing run, held or recorded: the caller (the check endpoint) records it.
+pub(crate) struct DryRun {
+    /// The `begin` as admission filled it (facts, decision, rule, canonical statement).
+    pub(crate) begin: AuditEvent,
+    pub(crate) started: Instant,
+    pub(crate) verdict: Result<DryVerdict, Problem>,
+}
+
+pub(crate) enum DryVerdict {
+    /// It would run, under these limits and with this masking.
+    Allow {
+        conn: Arc<Connection>,
+        masking: RequestMasking,
+        work: Box<Work>,
+    },
+    /// It would be held for a human's approval.
+    Review {
+        facts: Box<Facts>,
+        rule: String,
+        message: String,
+        work: Box<HeldRequest>,
+    },
+}
+
+/// Runs the admission steps for `request` and stops before anything would start: a slot
+/// and memory are taken and given back at once, so a dry run is refused when the real
+/// request would be (429, memory budget) and costs nothing after.
+pub(crate) async fn dry_run(gateway: &Arc<Gateway>, request: Request) -> DryRun {
+    let started = Instant::now();
+    let Request {
+        caller,
+        connection,
+        action,
+        ..
+    } = request;
+    let execution_id = uuid::Uuid::now_v7().to_string();
+    let mut begin = AuditEvent::new(Phase::Begin, &execution_id, "check");
+    begin.request_id = caller.request_id.clone();
+    begin.principal = Some((&caller.principal).into());
+    begin.connection = Some(connection.clone());
+    let record_masking = gateway.masking.for_record(&connection);
+    if let Action::Query { request, .. } = &action {
+        begin.statement = Some(record_masking.text(&request.sql, &mut Default::default()));
+    }
+    let steps = Steps {
+        gateway,
+        caller: &caller,
+        name: &connection,
+        approval: None,
+        record_masking: &record_masking,
+    };
+    let verdict = match steps.run(action, None, &mut begin).await {
+        Ok(Verdict::Ready {
+            conn,
+            masking,
+            work,
+            ..
+        }) => Ok(DryVerdict::Allow {
+            conn,
+            masking,
+            work,
+        }),
+        Ok(Verdict::Hold(held)) => Ok(DryVerdict::Review {
+            facts: Box::new(held.facts),
+            rule: held.rule,
+            message: held.message,
+            work: Box::new(held.request),
+        }),
+        Err(problem) => Err(problem),
+    };
+    DryRun {
+        begin,
+        started,
+        verdict,
     }
 }
 
@@ -463,6 +544,11 @@ impl Steps<'_> {
                 })
             }
             Decision::Deny { rule, message } => {
+                if let Work::Query { plan, .. } = &work
+                    && facts.unparsed
+                {
+                    return Err(unparsed_refusal(conn.config.kind, &plan.sql, rule, message));
+                }
                 let message = match facts.command.as_ref().and_then(|c| c.reason.as_ref()) {
                     Some(reason) if facts.unparsed => format!("{message} ({reason})"),
                     _ => message,
@@ -586,6 +672,42 @@ impl Steps<'_> {
         Ok(Decision::Allow {
             rule: record.rule.clone(),
         })
+    }
+}
+
+/// The refusal of a denied statement the inspector could not parse. A syntax error is the
+/// agent's to fix, so it is answered as one, with the parser's message and position, rather
+/// than as a policy decision; the deny rule is still named, since it is what refused it.
+/// A statement the server's grammar accepts but the inspector cannot check stays a policy
+/// denial, with the inspector's own complaint when it has one.
+fn unparsed_refusal(kind: ConnectionKind, sql: &str, rule: String, message: String) -> Problem {
+    match inspect::sql::syntax_error(kind, sql) {
+        Some(e) if e.parser == "postgresql" || kind != ConnectionKind::Postgres => {
+            let mut p = Problem::new(
+                Code::SqlSyntax,
+                format!(
+                    "{}{}; nothing ran: fix the statement and send it again",
+                    e.message,
+                    match e.line.zip(e.column) {
+                        Some((line, column)) => format!(" (line {line}, column {column})"),
+                        None => String::new(),
+                    }
+                ),
+            )
+            .with("rule", rule)
+            .with("parser", e.parser);
+            if let Some(position) = e.position {
+                p = p.with("position", position);
+            }
+            if let Some(line) = e.line {
+                p = p.with("line", line);
+            }
+            if let Some(column) = e.column {
+                p = p.with("column", column);
+            }
+            p
+        }
+        _ => Problem::new(Code::PolicyDenied, message).with("rule", rule),
     }
 }
 

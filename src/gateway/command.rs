@@ -27,22 +27,32 @@ use crate::inspect::shell;
 use crate::mask::plan::{MaskedCounts, RequestMasking};
 use crate::recording::Recorder;
 
-/// A command as the agent sent it: exactly one of `argv` or `command`.
+/// A command as the agent sent it: exactly one of `argv` or `command` (otherwise 400
+/// `invalid_command`). Unknown fields are refused (400 `malformed_body`).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"argv": ["df", "-h", "/"], "timeout_ms": 10000}))]
 pub(crate) struct ExecRequest {
     /// The program and its arguments; sent quoted, never through a shell's parsing of yours.
+    #[schema(example = json!(["df", "-h", "/"]))]
     pub(crate) argv: Option<Vec<String>>,
     /// A command line, lexed as POSIX `sh` would into argv. Anything but one plain command
     /// (lists, pipes, redirections, expansions, globs) is refused.
+    #[schema(example = "df -h /")]
     pub(crate) command: Option<String>,
     /// Written to the command's standard input, then end of file.
     pub(crate) stdin: Option<String>,
-    /// Up to the connection's ceiling.
+    /// Timeout in milliseconds, 1 up to the connection's `max_timeout_ms`; the command is
+    /// killed when it passes (504 `timeout`).
+    #[schema(minimum = 1, example = 10000)]
+    #[serde(default, deserialize_with = "crate::wire::opt_count")]
     pub(crate) timeout_ms: Option<u64>,
-    /// Cap on stdout + stderr bytes, up to the connection's ceiling.
+    /// Cap on stdout + stderr bytes, 1 up to the connection's `max_bytes_ceiling`.
+    #[schema(minimum = 1, example = 65536)]
+    #[serde(default, deserialize_with = "crate::wire::opt_count")]
     pub(crate) max_bytes: Option<u64>,
-    /// Kubernetes connections: the pod (and container) to run in. Not for SSH.
+    /// Kubernetes connections: the pod (and container) to run in. Required there; refused
+    /// for SSH (400 `invalid_command`).
     pub(crate) target: Option<PodTarget>,
 }
 
@@ -57,18 +67,24 @@ pub(crate) struct CommandPlan {
     pub(crate) max_bytes: u64,
 }
 
-/// The trailer of a command's output.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// The trailer of a command's output: the NDJSON `{"type":"exit",...}` line carries these
+/// fields.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"exit_code": 0, "truncated": false, "masked": {"columns": {}, "detectors": {}}, "duration_ms": 85}))]
 pub(crate) struct ExecSummary {
-    /// `None` when the command died of a signal.
+    /// The command's exit status; null when it died of a signal.
     pub(crate) exit_code: Option<u32>,
+    /// The signal that ended the command, if one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) signal: Option<String>,
     /// Output was cut at `max_bytes`; the command was stopped.
     pub(crate) truncated: bool,
+    /// What to do about a truncated output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
+    /// How many values were masked in the output, per detector.
     pub(crate) masked: MaskedCounts,
+    /// Time from admission to the command's end, in milliseconds.
     pub(crate) duration_ms: u64,
 }
 

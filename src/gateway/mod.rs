@@ -20,11 +20,14 @@
 //!   imports `gateway` or `api`.
 
 pub(crate) mod admit;
+pub(crate) mod check;
 pub(crate) mod command;
 pub(crate) mod connection;
+pub(crate) mod jobs;
 pub(crate) mod problem;
 pub(crate) mod query;
 pub(crate) mod record;
+pub(crate) mod results;
 pub(crate) mod review;
 pub(crate) mod schema;
 pub(crate) mod shell;
@@ -70,6 +73,9 @@ pub struct Gateway {
     pub(crate) memory: Arc<tokio::sync::Semaphore>,
     /// The budget's size in KiB permits.
     pub(crate) memory_total: u64,
+    /// Jobs running on this instance.
+    pub(crate) jobs: jobs::Jobs,
+    pub(crate) jobs_config: crate::config::JobsConfig,
 }
 
 impl Gateway {
@@ -111,6 +117,7 @@ pub(crate) enum Answer {
 pub(crate) async fn serve(gateway: &Arc<Gateway>, request: Request) -> Result<Answer, Problem> {
     match admit::admit(gateway, request).await? {
         Admission::Held(view) => Ok(Answer::Held(view)),
+        Admission::Kept(kept) => kept.into_answer(),
         Admission::Ready(admitted) => start(admitted).await,
     }
 }

@@ -17,14 +17,14 @@ use crate::backend::BackendError;
 macro_rules! codes {
     ($($variant:ident = $name:literal, $status:literal, $title:literal;)*) => {
         /// Stable machine-readable problem codes (`code`, and the tail of `type`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub(crate) enum Code {
             $(#[serde(rename = $name)] $variant,)*
         }
 
         impl Code {
-            /// Every code, for the tests that keep the table consistent.
-            #[cfg(test)]
+            /// Every code: for the tests that keep the table consistent, and the OpenAPI
+            /// document (which lists each with its status and title).
             pub(crate) const ALL: &'static [Code] = &[$(Code::$variant),*];
 
             pub(crate) fn as_str(self) -> &'static str {
@@ -51,6 +51,7 @@ codes! {
     InvalidHeader = "invalid_header", 400, "Bad request";
     InvalidLimit = "invalid_limit", 400, "Bad request";
     InvalidStatement = "invalid_statement", 400, "Bad request";
+    SqlSyntax = "sql_syntax", 400, "SQL syntax error";
     MultipleStatements = "multiple_statements", 400, "Bad request";
     InvalidParams = "invalid_params", 400, "Bad request";
     InvalidCommand = "invalid_command", 400, "Bad request";
@@ -85,6 +86,8 @@ codes! {
     ReviewBusy = "review_busy", 409, "Review busy";
     IdempotencyKeyReused = "idempotency_key_reused", 409, "Idempotency key reused";
     ReviewExpired = "review_expired", 410, "Review expired";
+    ResultNotKept = "result_not_kept", 410, "Result not kept";
+    StillRunning = "still_running", 409, "Still running";
     ReviewRejected = "review_rejected", 422, "Review rejected";
     // Results.
     DatabaseConflict = "database_conflict", 409, "Serialization failure or deadlock";
@@ -193,6 +196,32 @@ impl Problem {
             body.insert(k.clone(), v.clone());
         }
         Value::Object(body)
+    }
+}
+
+impl Problem {
+    /// The problem a body made by [`Problem::to_body`] was made from (a kept failure, sent
+    /// again). A body that is not one becomes an `internal` problem saying so.
+    pub(crate) fn from_body(body: &Value) -> Problem {
+        let code = body
+            .get("code")
+            .and_then(|c| serde_json::from_value::<Code>(c.clone()).ok());
+        let Some(code) = code else {
+            return Problem::internal("a kept problem could not be read back");
+        };
+        let detail = body
+            .get("detail")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default();
+        let mut problem = Problem::new(code, detail);
+        if let Value::Object(map) = body {
+            for (k, v) in map {
+                if !matches!(k.as_str(), "type" | "title" | "status" | "detail" | "code") {
+                    problem.extra.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        problem
     }
 }
 

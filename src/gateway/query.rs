@@ -21,53 +21,82 @@ use crate::audit::Outcome;
 use crate::backend::{BackendError, Column, RowEvent};
 use crate::mask::plan::{ColumnTreatment, MaskedCounts, RequestMasking};
 
-/// A query as the agent sent it.
+/// A query as the agent sent it. Unknown fields are refused (400 `malformed_body`).
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"sql": "SELECT id, email FROM customers WHERE city = ?", "params": ["Paris"], "max_rows": 100}))]
 pub(crate) struct QueryRequest {
     /// Exactly one SQL statement. Use `$1`.. (PostgreSQL) or `?` (MySQL, SQLite) for params.
+    /// Blank text is 400 `invalid_statement`.
+    #[schema(
+        min_length = 1,
+        pattern = "\\S",
+        example = "SELECT id, email FROM customers WHERE city = ?"
+    )]
     pub(crate) sql: String,
     /// Positional parameters; sent separately from the statement, never interpolated.
+    /// Strings, numbers, booleans and null bind as such; arrays and objects bind as their
+    /// JSON text. Their number must match the statement's placeholders (400
+    /// `invalid_params`).
     #[serde(default)]
+    #[schema(example = json!(["Paris"]))]
     pub(crate) params: Vec<serde_json::Value>,
-    /// Fewer rows than the connection's default, or more up to its ceiling.
+    /// Fewer rows than the connection's default, or more up to its `max_rows_ceiling`
+    /// (`GET /v1/connections/{name}`); 0 or above the ceiling is 400 `invalid_limit`.
+    #[schema(minimum = 1, example = 100)]
+    #[serde(default, deserialize_with = "crate::wire::opt_count")]
     pub(crate) max_rows: Option<u64>,
-    /// Byte cap on the serialized rows, up to the connection's ceiling.
+    /// Byte cap on the serialized rows, 1 up to the connection's `max_bytes_ceiling`.
+    #[schema(minimum = 1, example = 1048576)]
+    #[serde(default, deserialize_with = "crate::wire::opt_count")]
     pub(crate) max_bytes: Option<u64>,
-    /// Statement timeout, up to the connection's ceiling.
+    /// Statement timeout in milliseconds, 1 up to the connection's `max_timeout_ms`.
+    #[schema(minimum = 1, example = 5000)]
+    #[serde(default, deserialize_with = "crate::wire::opt_count")]
     pub(crate) timeout_ms: Option<u64>,
 }
 
 /// The limits that applied to one execution.
-#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"max_rows": 1000, "max_bytes": 10485760, "timeout_ms": 30000}))]
 pub(crate) struct AppliedLimits {
+    /// Rows returned at most; more make the result `truncated` (`max_rows`).
     pub(crate) max_rows: u64,
+    /// Bytes of serialized rows at most; more make the result `truncated` (`max_bytes`).
     pub(crate) max_bytes: u64,
+    /// The statement is cancelled after this many milliseconds (504 `timeout`).
     pub(crate) timeout_ms: u64,
 }
 
-/// Why a result stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// Why a result stopped early: it hit `max_rows` or `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = "max_rows")]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Truncation {
     MaxRows,
     MaxBytes,
 }
 
-/// The trailer of a result.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// The trailer of a result: the NDJSON `{"type":"end",...}` line carries these fields.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"row_count": 2, "truncated": false, "masked": {"columns": {}, "detectors": {}}, "duration_ms": 4}))]
 pub(crate) struct Summary {
+    /// How many rows were sent.
     pub(crate) row_count: u64,
+    /// More rows existed than were sent.
     pub(crate) truncated: bool,
+    /// Which cap cut the result, when `truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) truncated_reason: Option<Truncation>,
     /// What to do about a truncated result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
+    /// Rows a write affected (absent for reads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) affected_rows: Option<u64>,
     /// How many values were masked, per column and per detector.
     pub(crate) masked: MaskedCounts,
+    /// Time from admission to the end of the result, in milliseconds.
     pub(crate) duration_ms: u64,
 }
 
@@ -113,6 +142,16 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
         return Err(Problem::internal("an admitted query lost its backend"));
     };
     let started = admitted.started;
+    // An approved run's result is kept for the run window, for the requester's retry.
+    let keeper = admitted.claim.as_ref().map(|claim| {
+        let window = chrono::Duration::seconds(claim.run_window_secs as i64);
+        super::results::Keeper::new(
+            admitted.begin.execution_id.as_str(),
+            admitted.begin.rule.as_deref().unwrap_or_default(),
+            claim.requester_key(),
+            chrono::Utc::now() + window,
+        )
+    });
     let record =
         ExecutionRecord::open(gateway.clone(), admitted.begin, started, admitted.claim).await?;
     let execution_id = record.execution_id().to_string();
@@ -134,8 +173,12 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
             out: out_tx,
             cancel,
             masked: MaskedCounts::default(),
+            keeper,
         };
-        let ending = task.run(stream, &conn, &sql, started_tx, started).await;
+        let gateway_for_keep = gateway.clone();
+        let ending = task
+            .run(stream, &conn, &sql, started_tx, started, &gateway_for_keep)
+            .await;
         // The handler answered when it read the trailer (or the error) above.
         record.finish_after_answer(ending).await;
     });
@@ -165,6 +208,8 @@ struct Task {
     out: mpsc::Sender<Output>,
     cancel: tokio_util::sync::CancellationToken,
     masked: MaskedCounts,
+    /// Collects the rows of an approved run, to answer a retry (see `results`).
+    keeper: Option<super::results::Keeper>,
 }
 
 impl Task {
@@ -221,6 +266,7 @@ impl Task {
         sql: &str,
         started_tx: oneshot::Sender<Result<Vec<Column>, Problem>>,
         started: Instant,
+        gateway: &super::Gateway,
     ) -> Ending {
         // Until the header is known, a failure goes back to the waiting handler.
         let header = async {
@@ -256,6 +302,9 @@ impl Task {
         } else {
             vec![ColumnTreatment::Scan; columns.len()]
         };
+        if let Some(keeper) = &mut self.keeper {
+            keeper.columns(&columns);
+        }
         if started_tx.send(Ok(columns)).is_err() {
             self.cancel.cancel();
             return Ending::with_class(Outcome::Cancelled, "client_gone");
@@ -301,6 +350,9 @@ impl Task {
                     }
                     bytes += len;
                     row_count += 1;
+                    if let Some(keeper) = &mut self.keeper {
+                        keeper.row(&raw);
+                    }
                     if self.out.send(Output::Row(raw)).await.is_err() {
                         self.cancel.cancel();
                         ending = Ending::with_class(Outcome::Cancelled, "client_gone");
@@ -344,6 +396,11 @@ impl Task {
                 masked: self.masked.clone(),
                 duration_ms: started.elapsed().as_millis() as u64,
             };
+            // Kept before the trailer is sent and the run is marked done: a retry that
+            // finds it done finds its result.
+            if let Some(keeper) = self.keeper.take() {
+                keeper.keep(gateway, &summary, self.limits).await;
+            }
             let _ = self.out.send(Output::End(summary)).await;
         }
         ending.row_count = Some(row_count);

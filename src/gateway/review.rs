@@ -36,32 +36,131 @@ pub(crate) struct HoldOptions {
 /// Longest `?wait=` a request may ask for.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(55);
 
-/// The 202 answer for a held request.
+/// The 202 answer for a held request: nothing ran yet; a human must approve it first.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "review_id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "status": "pending_review", "rule": "writes-need-review", "message": "writes need a DBA", "expires_at": "2025-01-01T13:00:00Z", "next": "a human in [\"dba\"] must approve review 0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57; POST /v1/executions/0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21/run?wait=55 runs it once as soon as it is approved", "next_actions": [{"rel": "run", "method": "POST", "href": "/v1/executions/0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21/run?wait=55", "description": "run it once, as soon as it is approved (waits up to 55 s for the decision)"}]}))]
 pub(crate) struct HeldView {
+    /// The held execution: `GET /v1/executions/{execution_id}` (the `Location`).
     pub(crate) execution_id: String,
+    /// Its review, for reviewers: `GET /v1/reviews/{review_id}`.
     pub(crate) review_id: String,
-    /// `pending_review`
-    pub(crate) status: String,
+    /// Always `pending_review` here (a request approved while it waited answers with its
+    /// result instead).
+    pub(crate) status: crate::review::ExecutionStatus,
+    /// The policy rule that sent it to review.
     pub(crate) rule: String,
+    /// The rule's message (why it needs review).
     pub(crate) message: String,
+    /// When the review expires if nobody decides it; after that, send the request again.
     pub(crate) expires_at: chrono::DateTime<Utc>,
-    /// What the agent should do next.
+    /// What the agent should do next, in words.
     pub(crate) next: String,
+    /// The same as requests the agent can send.
+    pub(crate) next_actions: Vec<NextAction>,
+}
+
+impl HeldView {
+    /// The execution's resource, for the 202's `Location` header.
+    pub(crate) fn location(&self) -> String {
+        execution_href(&self.execution_id)
+    }
 }
 
 fn held_view(r: &ReviewRecord) -> HeldView {
     HeldView {
         execution_id: r.execution_id.clone(),
         review_id: r.id.clone(),
-        status: "pending_review".into(),
+        status: crate::review::ExecutionStatus::PendingReview,
         rule: r.rule.clone(),
         message: r.message.clone(),
         expires_at: r.expires_at,
         next: format!(
-            "a human in {:?} must approve review {}; poll GET /v1/executions/{} and, once it is approved, POST /v1/executions/{}/run (no body) to run it once",
-            r.approver_groups, r.id, r.execution_id, r.execution_id
+            "a human in {:?} must approve review {}; {}",
+            r.approver_groups,
+            r.id,
+            next_prose(r, ReviewStatus::Pending)
         ),
+        next_actions: next_actions(r, ReviewStatus::Pending),
+    }
+}
+
+/// One request the agent can send next about a held execution.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"rel": "run", "method": "POST", "href": "/v1/executions/0193a0c4-6a7e-7c4e-9d0b-2f5e8c1a9b10/run?wait=55", "description": "run it once, as soon as it is approved (waits up to 55 s for the decision)"}))]
+pub(crate) struct NextAction {
+    /// What the request does: `status` (read the execution's state), `run` (run the
+    /// approved request once; answers like the original request).
+    pub(crate) rel: &'static str,
+    /// HTTP method.
+    pub(crate) method: &'static str,
+    /// Path relative to the server's base URL, query included.
+    pub(crate) href: String,
+    /// What it is for, in words.
+    pub(crate) description: String,
+}
+
+/// `GET` of a held execution.
+pub(crate) fn execution_href(execution_id: &str) -> String {
+    format!("/v1/executions/{execution_id}")
+}
+
+/// What the requester of `r` can do next while it is `status`. An execution that was
+/// rejected, expired or already ran has no next request: the original one must be sent
+/// again (rejected, expired) or it is over.
+pub(crate) fn next_actions(r: &ReviewRecord, status: ReviewStatus) -> Vec<NextAction> {
+    let href = execution_href(&r.execution_id);
+    let wait = MAX_WAIT.as_secs();
+    let status_action = |description: String| NextAction {
+        rel: "status",
+        method: "GET",
+        href: format!("{href}?wait={wait}"),
+        description,
+    };
+    match status {
+        ReviewStatus::Pending => vec![
+            NextAction {
+                rel: "run",
+                method: "POST",
+                href: format!("{href}/run?wait={wait}"),
+                description: format!(
+                    "run it once, as soon as it is approved (waits up to {wait} s for the decision)"
+                ),
+            },
+            status_action(format!(
+                "read its state, waiting up to {wait} s for a decision"
+            )),
+        ],
+        ReviewStatus::Approved => vec![NextAction {
+            rel: "run",
+            method: "POST",
+            href: format!("{href}/run"),
+            description: "run it once; the answer is the result".into(),
+        }],
+        ReviewStatus::Running => vec![status_action(format!(
+            "read its state, waiting up to {wait} s for the run to end"
+        ))],
+        _ => Vec::new(),
+    }
+}
+
+/// [`next_actions`] in words, for agents that read prose.
+pub(crate) fn next_prose(r: &ReviewRecord, status: ReviewStatus) -> String {
+    let id = &r.execution_id;
+    match status {
+        ReviewStatus::Pending => format!(
+            "POST /v1/executions/{id}/run?wait=55 runs it once as soon as it is approved (or poll GET /v1/executions/{id}, then POST /v1/executions/{id}/run)"
+        ),
+        ReviewStatus::Approved => format!("POST /v1/executions/{id}/run (no body) runs it once"),
+        ReviewStatus::Rejected => {
+            "rejected: change the request as the reason says and send it again".into()
+        }
+        ReviewStatus::Expired => "expired: send the request again to file a new review".into(),
+        ReviewStatus::Running => {
+            format!("it is running; GET /v1/executions/{id}?wait=55 waits for it to end")
+        }
+        ReviewStatus::Done | ReviewStatus::Failed | ReviewStatus::Unknown => {
+            "it ran (or was cut short); it cannot run again. Its outcome is in `result`".into()
+        }
     }
 }
 
@@ -148,7 +247,12 @@ pub(crate) async fn hold(
             .with("execution_id", found.execution_id);
             return Err(super::admit::refuse(state, begin, started, p).await);
         }
-        Some(found) => found,
+        Some(found) => match found.effective_status(Utc::now()) {
+            ReviewStatus::Pending => found,
+            // The retry of a request that was approved, or already decided or run: it
+            // answers the execution's current state, never a stale 202.
+            _ => return retried(state, ctx, begin, started, slot, found).await,
+        },
         None => {
             begin.review_id = Some(record.id.clone());
             // The held request is audited like any other: begin (decision review) ...
@@ -226,6 +330,88 @@ pub(crate) async fn hold(
     }
 }
 
+/// A retried request (same requester, same `Idempotency-Key`, same request) whose review is
+/// no longer pending. Approved: it runs now, as `POST /v1/executions/{id}/run` would. Ran:
+/// the kept result is sent again (audited as a replay; nothing runs), or, when none is kept,
+/// 409 with the outcome. Rejected: 422; expired: 410 — refusals like any other.
+async fn retried(
+    state: &Arc<Gateway>,
+    ctx: Caller,
+    mut begin: AuditEvent,
+    started: Instant,
+    slot: Slot,
+    found: ReviewRecord,
+) -> Result<Admission, Problem> {
+    begin.review_id = Some(found.id.clone());
+    let status = found.effective_status(Utc::now());
+    match status {
+        ReviewStatus::Approved => {
+            let mut run = Request::new(
+                ctx,
+                found.connection.clone(),
+                Action::RunApproved {
+                    execution_id: found.execution_id.clone(),
+                },
+            );
+            run.slot = Some(slot);
+            Box::pin(super::admit::admit(state, run)).await
+        }
+        ReviewStatus::Done => {
+            let kept =
+                super::results::fetch(state, &found.execution_id, &found.requester_key()).await?;
+            match kept {
+                Some(kept @ (super::results::Kept::Rows(_) | super::results::Kept::Command(_))) => {
+                    // Sending rows again discloses them again: on record like a read.
+                    begin.operation = "replay".into();
+                    begin.decision = Some("allow".into());
+                    let record =
+                        super::record::ExecutionRecord::open(state.clone(), begin, started, None)
+                            .await?;
+                    let mut ending = Ending::with_class(Outcome::Ok, "idempotent_replay");
+                    if let super::results::Kept::Rows(rows) = &kept {
+                        ending.row_count = Some(rows.summary.row_count);
+                    }
+                    record.finish(ending).await;
+                    Ok(Admission::Kept(Box::new(kept)))
+                }
+                Some(super::results::Kept::Failed { .. }) | None => {
+                    Err(super::admit::refuse(state, begin, started, ran_problem(&found)).await)
+                }
+            }
+        }
+        ReviewStatus::Running | ReviewStatus::Failed | ReviewStatus::Unknown => {
+            Err(super::admit::refuse(state, begin, started, ran_problem(&found)).await)
+        }
+        ReviewStatus::Pending | ReviewStatus::Rejected | ReviewStatus::Expired => {
+            Err(super::admit::refuse(state, begin, started, status_problem(&found)).await)
+        }
+    }
+}
+
+/// 409 for a retry of a request that ran (or is running) and whose result is not kept:
+/// the outcome, and what the agent can still do.
+fn ran_problem(r: &ReviewRecord) -> Problem {
+    let status = r.effective_status(Utc::now());
+    let detail = match status {
+        ReviewStatus::Running => format!(
+            "this request is running now (it ran once, on approval); GET /v1/executions/{}?wait=55 waits for its outcome",
+            r.execution_id
+        ),
+        ReviewStatus::Done => "this request already ran, successfully; its result was not kept (too large, or expired), so it cannot be sent again, and it does not run twice".to_string(),
+        ReviewStatus::Failed => "this request already ran and failed (see `result`); it does not run twice: send it with a new Idempotency-Key to file a new review".to_string(),
+        _ => "this request was cut short while running and its outcome is unknown; it does not run twice: check the target before sending it with a new Idempotency-Key".to_string(),
+    };
+    let mut p = Problem::new(Code::AlreadyRan, detail)
+        .with("execution_id", r.execution_id.clone())
+        .with("review_id", r.id.clone())
+        .with("rule", r.rule.clone())
+        .with("status", status.as_str());
+    if let Some(result) = &r.result {
+        p = p.with("result", result.clone());
+    }
+    p
+}
+
 /// The review the same requester filed with the same `Idempotency-Key`, if any.
 async fn by_idempotency_key(
     state: &Gateway,
@@ -257,6 +443,18 @@ pub(crate) async fn wait_for_decision(
     execution_id: &str,
     wait: Duration,
 ) -> Result<ReviewRecord, Problem> {
+    wait_while(state, execution_id, wait, |s| s == ReviewStatus::Pending).await
+}
+
+/// Waits while the execution's status satisfies `still` (or until `wait` passes, or the
+/// server shuts down); returns the latest record. Wake-ups are hints: the store is read
+/// again on each, and polled anyway, so a decision taken on another instance is seen too.
+pub(crate) async fn wait_while(
+    state: &Gateway,
+    execution_id: &str,
+    wait: Duration,
+    still: impl Fn(ReviewStatus) -> bool,
+) -> Result<ReviewRecord, Problem> {
     let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
     let notify = state.reviews.subscribe(execution_id);
     loop {
@@ -264,9 +462,7 @@ pub(crate) async fn wait_for_decision(
         let record = get(state, ReviewLookup::Execution(execution_id))
             .await?
             .ok_or_else(|| Problem::not_found("no such execution"))?;
-        if record.effective_status(Utc::now()) != ReviewStatus::Pending
-            || tokio::time::Instant::now() >= deadline
-        {
+        if !still(record.effective_status(Utc::now())) || tokio::time::Instant::now() >= deadline {
             return Ok(record);
         }
         let poll = tokio::time::Instant::now() + crate::review::hub::POLL;
@@ -318,22 +514,33 @@ pub(crate) fn stale(detail: impl Into<String>) -> Problem {
     Problem::new(Code::ApprovalStale, detail)
 }
 
-/// Loads the held request `execution_id` for its requester to run. Refusals (not yours,
-/// not approved, already ran, expired, rejected) are audited like every refusal.
+/// Loads the held request `execution_id` for its requester to run, first waiting up to
+/// `wait` for the decision if it is still pending. Refusals (not yours, not approved,
+/// already ran, expired, rejected) are audited like every refusal.
 pub(crate) async fn load_for_run(
     gateway: &Arc<Gateway>,
     caller: &Caller,
     execution_id: &str,
+    wait: Option<Duration>,
     started: Instant,
 ) -> Result<ReviewRecord, Problem> {
     let not_found = || Problem::not_found(format!("no execution `{execution_id}` of yours"));
-    let found = get(gateway, ReviewLookup::Execution(execution_id)).await?;
+    let mut found = get(gateway, ReviewLookup::Execution(execution_id)).await?;
     let caller_id = AuditPrincipal::from(&caller.principal);
+    let own = |r: &ReviewRecord| {
+        caller_id.issuer == r.requester.issuer && caller_id.subject == r.requester.subject
+    };
+    // Only the requester may wait on its execution: anyone else learns nothing, not even
+    // when a decision comes.
+    if let (Some(record), Some(wait)) = (&found, wait.filter(|w| !w.is_zero()))
+        && own(record)
+        && record.effective_status(Utc::now()) == ReviewStatus::Pending
+    {
+        found =
+            Some(wait_while(gateway, execution_id, wait, |s| s == ReviewStatus::Pending).await?);
+    }
     let refusal = match found {
-        Some(record)
-            if caller_id.issuer == record.requester.issuer
-                && caller_id.subject == record.requester.subject =>
-        {
+        Some(record) if own(&record) => {
             if record.effective_status(Utc::now()) == ReviewStatus::Approved {
                 return Ok(record);
             }
@@ -439,8 +646,13 @@ fn review_event(record: &ReviewRecord, who: &Principal, operation: &str) -> Audi
 
 /// A reviewer's decision.
 pub(crate) enum Verdict {
-    Approve { max_affected_rows: Option<u64> },
-    Reject { reason: String },
+    Approve {
+        max_affected_rows: Option<u64>,
+        comment: Option<String>,
+    },
+    Reject {
+        reason: String,
+    },
 }
 
 /// Applies one reviewer's verdict with a compare-and-swap, retrying on lost races.
@@ -485,11 +697,15 @@ pub(crate) async fn decide(
         }
         let expected = record.version;
         let operation = match &verdict {
-            Verdict::Approve { max_affected_rows } => {
+            Verdict::Approve {
+                max_affected_rows,
+                comment,
+            } => {
                 record.approvals.push(Approval {
                     issuer: who.issuer.clone(),
                     subject: who.subject.clone(),
                     at: now,
+                    comment: comment.clone(),
                 });
                 // The tightest guard any approver set wins.
                 if let Some(m) = max_affected_rows {
@@ -524,7 +740,10 @@ pub(crate) async fn decide(
             .iter()
             .map(|a| format!("{}/{}", a.issuer, a.subject))
             .collect();
-        event.reason = record.rejection.as_ref().map(|r| r.reason.clone());
+        event.reason = match &verdict {
+            Verdict::Approve { comment, .. } => comment.clone(),
+            Verdict::Reject { reason } => Some(reason.clone()),
+        };
         state
             .audit
             .commit(event)

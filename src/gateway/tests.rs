@@ -79,7 +79,9 @@ impl SqlBackend for FakeSql {
                 name: "secret".into(),
                 type_name: "text".into(),
                 nullable: true,
+                ..ColumnInfo::default()
             }],
+            ..TableInfo::default()
         };
         Ok(vec![table("t"), table("hidden")])
     }
@@ -218,6 +220,8 @@ async fn harness(per_principal: usize) -> Harness {
         in_flight: Default::default(),
         memory: super::Gateway::memory_budget(1 << 30).0,
         memory_total: 1 << 20,
+        jobs: Default::default(),
+        jobs_config: Default::default(),
     });
     Harness {
         gateway,
@@ -341,7 +345,7 @@ async fn every_refusal_on_every_entry_path_is_audited() {
         (
             "db",
             query("SELEC 1"),
-            Code::PolicyDenied,
+            Code::SqlSyntax,
             Some("deny-unparsed"),
             Outcome::Denied,
         ),
@@ -473,7 +477,7 @@ async fn a_slot_is_taken_by_every_entry_and_released_when_it_ends() {
     .unwrap()
     {
         Admission::Ready(a) => a,
-        Admission::Held(_) => panic!("not held"),
+        Admission::Held(_) | Admission::Kept(_) => panic!("not ready"),
     };
     // While the slot is taken, every entry path is refused with 429, audited.
     for (connection, action) in [
@@ -557,6 +561,7 @@ async fn a_stale_approval_is_refused_and_audited() {
         &dba,
         review::Verdict::Approve {
             max_affected_rows: None,
+            comment: None,
         },
     )
     .await
@@ -607,7 +612,7 @@ async fn one_principal_holds_at_most_its_share_of_a_connection() {
         let request = Request::new(agent(&[]), "db", query("SELECT 1"));
         match admit::admit(&h.gateway, request).await.unwrap() {
             Admission::Ready(a) => held.push(a),
-            Admission::Held(_) => panic!("not held"),
+            Admission::Held(_) | Admission::Kept(_) => panic!("not ready"),
         }
     }
     let p = refused(&h, agent(&[]), "db", query("SELECT 1")).await;

@@ -37,6 +37,7 @@ const MAX_NESTING: usize = 64;
 /// beyond it the outer wrapper is still reported, which already sends the command to review.
 const MAX_CHAIN_SCAN: usize = 256;
 
+/// A shell feature found in a command line; any of them makes the command compound (never run).
 #[derive(
     Debug,
     Clone,
@@ -51,6 +52,7 @@ const MAX_CHAIN_SCAN: usize = 256;
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
+#[schema(example = "pipeline")]
 pub enum ShellFeature {
     /// `;` `&&` `||`, or a newline between two commands.
     List,
@@ -90,8 +92,10 @@ pub enum ShellFeature {
     Comment,
 }
 
+/// How a program runs other programs or code (see `CommandFacts.wrapper`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(example = "privilege")]
 pub enum Wrapper {
     /// `env` runs its operand as a program.
     Env,
@@ -113,7 +117,9 @@ pub enum Wrapper {
     Runner,
 }
 
+/// What the shell lexer found in a command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"argv": ["df", "-h", "/"], "program": "df", "features": [], "wrapper": null, "unparsed": false, "reason": null}))]
 pub struct CommandFacts {
     /// The argv of a single simple command the lexer fully accounts for; `None` otherwise.
     pub argv: Option<Vec<String>>,
@@ -128,6 +134,7 @@ pub struct CommandFacts {
     /// too. Sorted, deduplicated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub effects: Vec<CommandEffect>,
+    /// The command could not be reduced to one plain argv (see `reason`).
     pub unparsed: bool,
     /// Why unparsed (for the agent), if so.
     pub reason: Option<String>,

@@ -33,7 +33,8 @@ pub struct Masking {
 }
 
 /// How many values were masked, per output column and per detector.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"columns": {"email": 2}, "detectors": {"credit_card": 1}}))]
 pub struct MaskedCounts {
     /// Values masked whole by column rules (or unknown lineage), by output column name.
     pub columns: BTreeMap<String, u64>,
@@ -134,9 +135,54 @@ pub enum ColumnTreatment {
     Whole(ColumnStrategy),
 }
 
+/// The masking a caller is under on a connection, as it may be told: which columns are
+/// masked whole and how, which content detectors scan every value, and whether it is strict.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"columns": [{"column": "customers.email", "strategy": "redact"}], "detectors": ["email", "credit_card"], "strict": false}))]
+pub struct MaskingSummary {
+    /// Column rules (globs over `column` or `table.column`) and their strategy.
+    pub columns: Vec<ColumnRuleView>,
+    /// Content detectors run on every value that is not masked whole.
+    pub detectors: Vec<String>,
+    /// Statements that would use a protected column other than as a plain selected column
+    /// are refused (`masking_strict`).
+    pub strict: bool,
+}
+
+/// One column rule.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"column": "customers.email", "strategy": "redact"}))]
+pub struct ColumnRuleView {
+    /// A glob over the column name (`ssn`), or over `table.column` (`customers.*`).
+    pub column: String,
+    /// `redact`, `partial` or `hash`.
+    #[schema(value_type = String)]
+    pub strategy: crate::mask::ColumnStrategy,
+}
+
 impl RequestMasking {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// What this masking does, without the keys or patterns behind it.
+    pub fn summary(&self) -> MaskingSummary {
+        let mut summary = MaskingSummary::default();
+        for e in &self.entries {
+            for r in &e.config.columns {
+                summary.columns.push(ColumnRuleView {
+                    column: r.column.clone(),
+                    strategy: r.strategy,
+                });
+            }
+            for id in e.detectors.ids() {
+                if !summary.detectors.iter().any(|d| d == id) {
+                    summary.detectors.push(id.to_string());
+                }
+            }
+            summary.strict |= e.config.strict;
+        }
+        summary
     }
 
     pub fn has_column_rules(&self) -> bool {
@@ -149,19 +195,24 @@ impl RequestMasking {
 
     /// The strategy for a source column, if a column rule protects it.
     pub fn protection(&self, source: &SourceColumn) -> Option<ColumnStrategy> {
+        self.protecting_rule(source).map(|r| r.strategy)
+    }
+
+    /// The column rule behind [`RequestMasking::protection`]: the first that matches, in
+    /// configuration order. The schema view reports it, so both must stay this one lookup.
+    pub fn protecting_rule(&self, source: &SourceColumn) -> Option<&super::ColumnRule> {
         let table = (source.table != "*").then_some(source.table.as_str());
         self.entries.iter().find_map(|e| {
-            e.config.columns.iter().find_map(|r| {
+            e.config.columns.iter().find(|r| {
                 // An unresolved table ("*") cannot prove a `table.column` rule does not
                 // apply: treat the column as matching when its name does.
-                let hit = r.matches(table, &source.column)
+                r.matches(table, &source.column)
                     || (table.is_none()
                         && r.column.contains('.')
                         && r.column
                             .rsplit('.')
                             .next()
-                            .is_some_and(|c| crate::glob::matches(c, &source.column)));
-                hit.then_some(r.strategy)
+                            .is_some_and(|c| crate::glob::matches(c, &source.column)))
             })
         })
     }

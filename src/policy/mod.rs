@@ -10,7 +10,9 @@
 //! - A connection is visible to a principal when some allow or review rule names both.
 
 pub mod builtin;
+mod permissions;
 use crate::glob;
+pub use permissions::{KindPermission, RuleSummary};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +23,10 @@ use crate::inspect::{Facts, StatementKind};
 
 pub const DEFAULT_DENY: &str = "default-deny";
 
+/// What a policy rule does with a matching request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(example = "review")]
 pub enum Action {
     Allow,
     Deny,
@@ -150,7 +154,7 @@ impl TryFrom<RawRule> for RuleConfig {
 ///   (one forbidden table among ten is enough);
 /// - an **allow** rule *admits* a request only when *every* fact is within the condition
 ///   (a statement kind, table or function it does not list keeps it out).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Statement kinds, including statements nested in CTEs and under EXPLAIN ANALYZE.

@@ -23,6 +23,8 @@ use crate::config::PrincipalKind;
 use crate::identity::Principal;
 use crate::inspect::Facts;
 
+/// A review's state as stored (`pending` is `pending_review` on the wire: see
+/// [`ExecutionStatus`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewStatus {
@@ -48,6 +50,79 @@ impl ReviewStatus {
             ReviewStatus::Done => "done",
             ReviewStatus::Failed => "failed",
             ReviewStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// The state of an execution — a held request and its review, or a job: the one
+/// vocabulary every API answer uses (`HeldView`, `JobView`, `ExecutionView`, `ReviewView`)
+/// and the `GET /v1/reviews?status=` filter takes (which also accepts `pending` for
+/// `pending_review`).
+///
+/// Held: `pending_review` → `approved` | `rejected` | `expired`; `approved` → `running` →
+/// `done` | `failed`; `running` when the process stopped → `unknown`. Only `approved` can be
+/// run (`POST /v1/executions/{id}/run`, once); `pending_review` waits for reviewers.
+/// Jobs: `running` → `done` | `failed` | `cancelled` | `interrupted`. Every other state is
+/// final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(example = "pending_review")]
+pub enum ExecutionStatus {
+    /// Waiting for reviewers to approve or reject it.
+    #[serde(alias = "pending")]
+    PendingReview,
+    /// Approved: its requester may run it once, before `run_deadline`.
+    Approved,
+    /// A reviewer rejected it (the reason is in `rejection`); it never runs.
+    Rejected,
+    /// Nobody decided before `expires_at`, or the approved run window passed; it never runs.
+    Expired,
+    /// The approved run is in progress.
+    Running,
+    /// The approved run finished successfully.
+    Done,
+    /// The approved run finished with an error.
+    Failed,
+    /// The process stopped while the run was in flight: it may or may not have happened.
+    Unknown,
+    /// A job its requester cancelled (or the server stopped on shutdown); it was stopped on
+    /// the target.
+    Cancelled,
+    /// The process stopped while the job ran: it did not finish (a write was rolled back
+    /// with its transaction; a command may have done part of its work).
+    Interrupted,
+}
+
+impl From<ReviewStatus> for ExecutionStatus {
+    fn from(s: ReviewStatus) -> ExecutionStatus {
+        match s {
+            ReviewStatus::Pending => ExecutionStatus::PendingReview,
+            ReviewStatus::Approved => ExecutionStatus::Approved,
+            ReviewStatus::Rejected => ExecutionStatus::Rejected,
+            ReviewStatus::Expired => ExecutionStatus::Expired,
+            ReviewStatus::Running => ExecutionStatus::Running,
+            ReviewStatus::Done => ExecutionStatus::Done,
+            ReviewStatus::Failed => ExecutionStatus::Failed,
+            ReviewStatus::Unknown => ExecutionStatus::Unknown,
+        }
+    }
+}
+
+impl From<ExecutionStatus> for ReviewStatus {
+    fn from(s: ExecutionStatus) -> ReviewStatus {
+        match s {
+            ExecutionStatus::PendingReview => ReviewStatus::Pending,
+            ExecutionStatus::Approved => ReviewStatus::Approved,
+            ExecutionStatus::Rejected => ReviewStatus::Rejected,
+            ExecutionStatus::Expired => ReviewStatus::Expired,
+            ExecutionStatus::Running => ReviewStatus::Running,
+            ExecutionStatus::Done => ReviewStatus::Done,
+            ExecutionStatus::Failed => ReviewStatus::Failed,
+            ExecutionStatus::Unknown => ReviewStatus::Unknown,
+            // Job states: no review has them; as a filter they match the closest review
+            // state.
+            ExecutionStatus::Cancelled => ReviewStatus::Failed,
+            ExecutionStatus::Interrupted => ReviewStatus::Unknown,
         }
     }
 }
@@ -79,18 +154,32 @@ impl HeldRequest {
     }
 }
 
+/// One reviewer's approval.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"issuer": "dev", "subject": "alice", "at": "2025-01-01T12:05:00Z"}))]
 pub struct Approval {
+    /// The approver's configured issuer name.
     pub issuer: String,
+    /// The approver's subject (`sub`).
     pub subject: String,
+    /// When the approval was recorded.
     pub at: DateTime<Utc>,
+    /// What the approver wrote for the requester (audited as the event's `reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
+/// The reviewer's rejection, with the reason the agent reads.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"issuer": "dev", "subject": "alice", "reason": "add a WHERE clause on id", "at": "2025-01-01T12:05:00Z"}))]
 pub struct Rejection {
+    /// The reviewer's configured issuer name.
     pub issuer: String,
+    /// The reviewer's subject (`sub`).
     pub subject: String,
+    /// Why it was rejected: change the request as it says before sending it again.
     pub reason: String,
+    /// When it was rejected.
     pub at: DateTime<Utc>,
 }
 

@@ -21,26 +21,57 @@ use crate::review::{ReviewRecord, ReviewStatus};
 
 /// A recorded session (asciicast v2): metadata; the lines are separate rows.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190f5c2-7a4f-7aa0-b1c2-3d4e5f607182", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "kind": "exec", "connection": "web-1", "issuer": "dev", "subject": "agent-1", "command": "df -h /", "started_at": "2025-01-01T12:00:00Z", "ended_at": "2025-01-01T12:00:01Z", "status": "ended", "exit_code": 0}))]
 pub struct SessionRecord {
+    /// The session id.
     pub id: String,
+    /// The execution (audit) the session belongs to.
     pub execution_id: String,
-    /// `exec` (later: `shell`).
+    /// `exec` (a command) or `shell` (an interactive shell).
+    #[schema(value_type = SessionKind)]
     pub kind: String,
+    /// The connection it ran on.
     pub connection: String,
+    /// The owner's configured issuer name.
     pub issuer: String,
+    /// The owner's subject (`sub`).
     pub subject: String,
     /// The command as recorded (masked).
     pub command: String,
+    /// When it started.
     pub started_at: DateTime<Utc>,
+    /// When it ended (absent while running).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
-    /// `running`, `ended`, `failed`.
+    /// `running`, `ended`, or `failed` (the command failed or its recording could not be
+    /// written).
+    #[schema(value_type = SessionStatus)]
     pub status: String,
+    /// The command's or shell's exit code, once ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
     /// Head of the hash chain after the last line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+}
+
+/// What a recorded session was (schema of `SessionRecord.kind`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase", example = "exec")]
+#[allow(dead_code)]
+pub enum SessionKind {
+    Exec,
+    Shell,
+}
+
+/// Where a recorded session stands (schema of `SessionRecord.status`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase", example = "ended")]
+#[allow(dead_code)]
+pub enum SessionStatus {
+    Running,
+    Ended,
+    Failed,
 }
 
 /// Filters for listing sessions; newest first.
@@ -96,6 +127,18 @@ pub struct TicketRecord {
     pub digest: String,
     pub connection: String,
     pub principal: Principal,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A result kept after its run ([`crate::gateway::results`]): only its requester reads it,
+/// and only until it expires.
+#[derive(Debug, Clone)]
+pub struct KeptResult {
+    pub execution_id: String,
+    /// `issuer/subject` of the requester.
+    pub requester: String,
+    /// The result as JSON, masked as its requester was shown it.
+    pub body: String,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -185,6 +228,25 @@ pub trait Store: Send + Sync {
 
     /// Keeps a shell ticket (by its digest only) and drops expired ones.
     async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError>;
+
+    /// Keeps a run's result (replacing one kept for the same execution) and drops expired
+    /// ones.
+    async fn put_result(&self, result: &KeptResult) -> Result<(), StoreError>;
+
+    /// The unexpired result of `execution_id` kept for `requester`, if any.
+    async fn get_result(
+        &self,
+        execution_id: &str,
+        requester: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Asks the instance running job `execution_id` to cancel it (it polls for these).
+    async fn request_cancel(&self, execution_id: &str, at: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
+    /// Of `execution_ids`, those whose cancel was requested; the requests are consumed.
+    async fn take_cancels(&self, execution_ids: &[String]) -> Result<Vec<String>, StoreError>;
 
     /// Takes the unexpired ticket with `digest` for `connection`: across every instance on
     /// the store, at most one caller gets it (the row is deleted by the same statement that

@@ -18,8 +18,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditQuery, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store, StoreError,
-    StoreIdentity, TicketRecord,
+    AuditQuery, KeptResult, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store,
+    StoreError, StoreIdentity, TicketRecord,
 };
 use crate::audit::AuditEvent;
 use crate::audit::chain::{ChainHead, ChainRow};
@@ -46,6 +46,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         CHAIN_MIGRATION,
         include_str!("../../migrations/postgres/0005_audit_chain.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_results.sql"),
     ),
 ];
 /// The migration that adds the audit hash chain; rows already stored are chained with it.
@@ -320,6 +324,85 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn put_result(&self, r: &KeptResult) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "DELETE FROM airlock_kept_results WHERE expires_at <= now()",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO airlock_kept_results (execution_id, requester, body, expires_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (execution_id) DO UPDATE SET requester = EXCLUDED.requester, body = EXCLUDED.body, expires_at = EXCLUDED.expires_at",
+                &[&r.execution_id, &r.requester, &r.body, &r.expires_at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_result(
+        &self,
+        execution_id: &str,
+        requester: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let row = client
+            .query_opt(
+                "SELECT body FROM airlock_kept_results WHERE execution_id = $1 AND requester = $2 AND expires_at > $3",
+                &[&execution_id, &requester, &now],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| r.try_get::<_, String>(0))
+            .transpose()
+            .map_err(|e| StoreError::Other(e.to_string()))
+    }
+
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        // A cancel nobody took within a day was for a job that is long gone.
+        client
+            .execute(
+                "DELETE FROM airlock_job_cancels WHERE requested_at < now() - interval '1 day'",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO airlock_job_cancels (execution_id, requested_at) VALUES ($1, $2) \
+                 ON CONFLICT (execution_id) DO UPDATE SET requested_at = EXCLUDED.requested_at",
+                &[&execution_id, &at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_cancels(&self, execution_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let rows = client
+            .query(
+                "DELETE FROM airlock_job_cancels WHERE execution_id = ANY($1) RETURNING execution_id",
+                &[&execution_ids],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Other(e.to_string()))
     }
 
     async fn take_ticket(

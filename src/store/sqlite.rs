@@ -17,8 +17,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AuditQuery, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store, StoreError,
-    StoreIdentity, TicketRecord,
+    AuditQuery, KeptResult, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store,
+    StoreError, StoreIdentity, TicketRecord,
 };
 use crate::audit::AuditEvent;
 use crate::audit::chain::{ChainHead, ChainRow};
@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         CHAIN_MIGRATION,
         include_str!("../../migrations/sqlite/0005_audit_chain.sql"),
     ),
+    (6, include_str!("../../migrations/sqlite/0006_results.sql")),
 ];
 /// The migration that adds the audit hash chain; rows already stored are chained with it.
 const CHAIN_MIGRATION: i64 = 5;
@@ -501,6 +502,93 @@ impl Store for SqliteStore {
             )
             .map_err(classify)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_result(&self, r: &KeptResult) -> Result<(), StoreError> {
+        let row = (
+            r.execution_id.clone(),
+            r.requester.clone(),
+            r.body.clone(),
+            ts(&r.expires_at),
+            ts(&Utc::now()),
+        );
+        Self::with(&self.writer, move |conn| {
+            conn.execute("DELETE FROM kept_results WHERE expires_at <= ?1", params![row.4])
+                .map_err(classify)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO kept_results (execution_id, requester, body, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![row.0, row.1, row.2, row.3],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_result(
+        &self,
+        execution_id: &str,
+        requester: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let (id, requester, now) = (execution_id.to_string(), requester.to_string(), ts(&now));
+        Self::with(&self.reader, move |conn| {
+            conn.query_row(
+                "SELECT body FROM kept_results WHERE execution_id = ?1 AND requester = ?2 AND expires_at > ?3",
+                params![id, requester, now],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (id, at, stale) = (
+            execution_id.to_string(),
+            ts(&at),
+            ts(&(at - chrono::Duration::days(1))),
+        );
+        Self::with(&self.writer, move |conn| {
+            // A cancel nobody took within a day was for a job that is long gone.
+            conn.execute(
+                "DELETE FROM job_cancels WHERE requested_at < ?1",
+                params![stale],
+            )
+            .map_err(classify)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO job_cancels (execution_id, requested_at) VALUES (?1, ?2)",
+                params![id, at],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_cancels(&self, execution_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids = execution_ids.to_vec();
+        Self::with(&self.writer, move |conn| {
+            let mut taken = Vec::new();
+            for id in ids {
+                let n = conn
+                    .execute(
+                        "DELETE FROM job_cancels WHERE execution_id = ?1",
+                        params![id],
+                    )
+                    .map_err(classify)?;
+                if n > 0 {
+                    taken.push(id);
+                }
+            }
+            Ok(taken)
         })
         .await
     }

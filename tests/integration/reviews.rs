@@ -306,7 +306,11 @@ async fn concurrent_approvals_count_once_and_concurrent_runs_run_once() {
     );
     let alice = human(&a, "alice", &["dba"]);
     let (s, b) = post(&a, &alice, &format!("/v1/reviews/{review}/approve"), None).await;
-    assert_eq!((s, b["status"].as_str()), (200, Some("pending")), "{b}");
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (200, Some("pending_review")),
+        "{b}"
+    );
     let (s, _) = post(&a, &alice, &format!("/v1/reviews/{review}/approve"), None).await;
     assert_eq!(s, 409, "the same approver twice does not count twice");
     // Two different approvers at the same moment: exactly two approvals recorded.
@@ -635,5 +639,256 @@ async fn the_reviewer_sees_what_will_run_not_the_agents_text() {
             .unwrap()
             .contains("looks harmless")
     );
+    a.stop().await;
+}
+
+/// Sends `sql` with an Idempotency-Key (and `?wait=`), answering status, headers and body.
+async fn keyed(
+    a: &Airlock,
+    token: &str,
+    key: &str,
+    sql: &str,
+    wait: u64,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = a
+        .http
+        .post(format!("{}/v1/connections/demo/query?wait={wait}", a.base))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A retry with the same Idempotency-Key answers the execution's current state, never a
+/// stale 202: approved → it runs; ran → the same result again (nothing runs twice);
+/// rejected → 422; expired → 410.
+#[tokio::test]
+async fn idempotent_retry_answers_the_current_state() {
+    const MASK_EMAIL: &str = r#"
+[[masking]]
+connections = ["demo"]
+columns = [{ column = "email", strategy = "redact" }]
+"#;
+    let a = Airlock::start(&config(MASK_EMAIL, "expires_in_secs = 3")).await;
+    let agent = a.agent();
+    let alice = human(&a, "alice", &["dba"]);
+    const RETURNING: &str = "UPDATE customers SET city = 'Paris' WHERE id <= 3 RETURNING id, email";
+
+    // Pending: the same 202, with Location and structured next steps.
+    let (s, headers, held) = keyed(&a, &agent, "k-run", RETURNING, 0).await;
+    assert_eq!(s, 202, "{held}");
+    let exec = held["execution_id"].as_str().unwrap().to_string();
+    let review = held["review_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("/v1/executions/{exec}").as_str())
+    );
+    let actions = held["next_actions"].as_array().unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|x| x["method"] == "POST"
+                && x["href"] == format!("/v1/executions/{exec}/run?wait=55")),
+        "{held}"
+    );
+    let (s, _, again) = keyed(&a, &agent, "k-run", RETURNING, 0).await;
+    assert_eq!((s, &again["execution_id"]), (202, &held["execution_id"]));
+
+    // Approved (with a comment for the agent): the retry runs it, once.
+    let (s, b) = post(
+        &a,
+        &alice,
+        &format!("/v1/reviews/{review}/approve"),
+        Some(json!({"comment": "ok for the Paris move"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, view) = a.get(&agent, &format!("/v1/executions/{exec}")).await;
+    assert_eq!(
+        view["approvals"][0]["comment"], "ok for the Paris move",
+        "{view}"
+    );
+    assert_eq!(
+        view["next_actions"][0]["href"],
+        format!("/v1/executions/{exec}/run")
+    );
+    let (s, _, first) = keyed(&a, &agent, "k-run", RETURNING, 0).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["row_count"], 3);
+    assert_eq!(city_count(&a).await, 3);
+    // Ran: the kept result, masked as it was the first time, and nothing runs again.
+    let (s, _, replay) = keyed(&a, &agent, "k-run", RETURNING, 0).await;
+    assert_eq!(s, 200, "{replay}");
+    assert_eq!(replay["rows"], first["rows"]);
+    assert_eq!(replay["columns"], first["columns"]);
+    assert!(
+        !replay["rows"].to_string().contains('@'),
+        "masked: {replay}"
+    );
+    assert!(
+        replay["rows"].to_string().contains("[REDACTED]"),
+        "masked: {replay}"
+    );
+    assert_eq!(replay["execution_id"], exec.as_str());
+    assert_eq!(city_count(&a).await, 3);
+    // Run by its execution id after that: already ran.
+    let (s, b) = post(&a, &agent, &format!("/v1/executions/{exec}/run"), None).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("already_ran")), "{b}");
+    // The comment and the replay are on record.
+    let auditor = human(&a, "aud", &["auditors"]);
+    let (_, page) = a
+        .get(&auditor, &format!("/v1/audit?execution_id={exec}"))
+        .await;
+    let events = page["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["operation"] == "review.approved" && e["reason"] == "ok for the Paris move"),
+        "{page}"
+    );
+    let (_, page) = a.get(&auditor, "/v1/audit?limit=200").await;
+    assert!(
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["operation"] == "replay" && e["review_id"] == review.as_str()),
+        "{page}"
+    );
+
+    // Rejected: 422 with the reason, on every retry.
+    let (_, _, held) = keyed(&a, &agent, "k-reject", UPDATE, 0).await;
+    let review = held["review_id"].as_str().unwrap();
+    let (s, _) = post(
+        &a,
+        &alice,
+        &format!("/v1/reviews/{review}/reject"),
+        Some(json!({"reason": "not today"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, b) = keyed(&a, &agent, "k-reject", UPDATE, 0).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (422, Some("review_rejected")),
+        "{b}"
+    );
+    assert!(b["detail"].as_str().unwrap().contains("not today"));
+
+    // Expired: 410.
+    let (_, _, held) = keyed(&a, &agent, "k-expire", "DELETE FROM orders WHERE id = 1", 0).await;
+    assert_eq!(held["status"], "pending_review", "{held}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (s, _, b) = keyed(&a, &agent, "k-expire", "DELETE FROM orders WHERE id = 1", 0).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (410, Some("review_expired")),
+        "{b}"
+    );
+    a.stop().await;
+}
+
+/// `POST /v1/executions/{id}/run?wait=` waits for the decision and runs at once;
+/// `GET /v1/executions/{id}?wait=` is a long poll that answers when the state changes.
+#[tokio::test]
+async fn run_and_status_wait_for_the_decision() {
+    let a = Airlock::start(&config("", "min_approvals = 1")).await;
+    let agent = a.agent();
+    let (_, held) = a.query(&agent, "demo", json!({"sql": UPDATE})).await;
+    let exec = held["execution_id"].as_str().unwrap().to_string();
+    let review = held["review_id"].as_str().unwrap().to_string();
+    let alice = human(&a, "alice", &["dba"]);
+    let approve_soon = |delay: u64| {
+        let (http, base, alice, review) = (
+            a.http.clone(),
+            a.base.clone(),
+            alice.clone(),
+            review.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            http.post(format!("{base}/v1/reviews/{review}/approve"))
+                .bearer_auth(alice)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // Someone else's wait learns nothing and waits for nothing.
+    let other = a.token("agent-2", &["agents"], PrincipalKind::Agent);
+    let started = std::time::Instant::now();
+    let (s, _) = post(
+        &a,
+        &other,
+        &format!("/v1/executions/{exec}/run?wait=5"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let approver = approve_soon(800);
+    let started = std::time::Instant::now();
+    let (s, b) = a
+        .get(&agent, &format!("/v1/executions/{exec}?wait=20"))
+        .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("approved")), "{b}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(approver.await.unwrap(), 200);
+    let (s, b) = post(
+        &a,
+        &agent,
+        &format!("/v1/executions/{exec}/run?wait=20"),
+        None,
+    )
+    .await;
+    assert_eq!((s, b["affected_rows"].as_u64()), (200, Some(5)), "{b}");
+
+    // Pending, then approved while the run waits: the run's answer is the result.
+    let (_, held) = a
+        .query(
+            &agent,
+            "demo",
+            json!({"sql": "DELETE FROM orders WHERE id = 2"}),
+        )
+        .await;
+    let exec = held["execution_id"].as_str().unwrap().to_string();
+    let review2 = held["review_id"].as_str().unwrap().to_string();
+    let approver = {
+        let (http, base, alice) = (a.http.clone(), a.base.clone(), alice.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            http.post(format!("{base}/v1/reviews/{review2}/approve"))
+                .bearer_auth(alice)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let (s, b) = post(
+        &a,
+        &agent,
+        &format!("/v1/executions/{exec}/run?wait=20"),
+        None,
+    )
+    .await;
+    assert_eq!((s, b["affected_rows"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!(approver.await.unwrap(), 200);
+    let (s, b) = post(
+        &a,
+        &agent,
+        &format!("/v1/executions/{exec}/run?wait=99"),
+        None,
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")), "{b}");
     a.stop().await;
 }

@@ -28,6 +28,7 @@ use super::*;
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
+#[schema(example = "file_write")]
 pub enum CommandEffect {
     /// Writes, creates or deletes files through an option or a script command of a program
     /// that otherwise reads: `find -fprint/-fprintf/-fls/-delete`, `sed -i` and `w`,
