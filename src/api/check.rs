@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 
-use super::extract::{ApiJson, Auth, RequestId};
+use super::extract::{ApiPath, ApiJson, Auth, RequestId};
 use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::gateway::admit::Action;
@@ -47,7 +47,7 @@ pub(crate) async fn check(
     State(state): State<Arc<AppState>>,
     Auth(principal): Auth,
     RequestId(request_id): RequestId,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<CheckView>, Problem> {
     let gateway = &state.gateway;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
 
-use super::extract::{Auth, RequestId};
+use super::extract::{ApiPath, Auth, RequestId};
 use super::problem::Problem;
 use super::state::AppState;
 use crate::config::ConnectionKind;
@@ -168,7 +168,7 @@ pub(crate) async fn list(
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
 ) -> Result<Json<ConnectionView>, Problem> {
     let gateway = &state.gateway;
     gateway
@@ -206,7 +206,7 @@ pub(crate) async fn schema(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     RequestId(request_id): RequestId,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
 ) -> Result<Json<SchemaView>, Problem> {
     let caller = Caller {
         principal: p,

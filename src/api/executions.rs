@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::extract::{Auth, NoBody, RequestId};
+use super::extract::{ApiPath, Auth, NoBody, RequestId};
 use super::problem::{Code, Problem};
 use super::query::{Delivery, WaitParams};
 use super::state::AppState;
@@ -207,7 +207,7 @@ fn job_view(id: &str, s: &ExecutionState) -> ExecutionView {
 pub(crate) async fn execution(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     wait: Result<Query<WaitParams>, QueryRejection>,
 ) -> Result<Json<ExecutionView>, Problem> {
     let wait = super::query::hold_options(wait, &HeaderMap::new())?
@@ -268,7 +268,7 @@ pub(crate) async fn run(
     State(state): State<Arc<AppState>>,
     Auth(principal): Auth,
     RequestId(request_id): RequestId,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     wait: Result<Query<WaitParams>, QueryRejection>,
     headers: HeaderMap,
     _: NoBody,
@@ -306,7 +306,7 @@ pub(crate) async fn run(
 pub(crate) async fn result(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let gateway = &state.gateway;
@@ -364,7 +364,7 @@ pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
     RequestId(request_id): RequestId,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     _: NoBody,
 ) -> Result<Response, Problem> {
     let gateway = &state.gateway;

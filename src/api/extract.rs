@@ -184,6 +184,22 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     }
 }
 
+/// One path segment (a connection name or an id). A segment that is not valid UTF-8 after
+/// percent-decoding cannot name anything: it is answered as not found, in problem+json,
+/// like any name the caller cannot see (axum's own rejection is plain text).
+pub(crate) struct ApiPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(segment)| ApiPath(segment))
+            .map_err(|e| Problem::not_found(format!("no such resource: {}", e.body_text())))
+    }
+}
+
 /// What an entry that may be held for review takes from the request line and headers: the
 /// caller, the connection in the path, `?wait=` and `Idempotency-Key`, and whether the
 /// answer streams as NDJSON.
@@ -202,10 +218,7 @@ impl FromRequestParts<Arc<AppState>> for Entry {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
         let Auth(principal) = Auth::from_request_parts(parts, state).await?;
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
-        let axum::extract::Path(connection) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| Problem::not_found(e.body_text()))?;
+        let ApiPath(connection) = ApiPath::from_request_parts(parts, state).await?;
         let params =
             axum::extract::Query::<super::query::WaitParams>::from_request_parts(parts, state)
                 .await;

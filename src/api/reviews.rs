@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ApiJson, Auth, OptionalJson};
+use super::extract::{ApiPath, ApiJson, Auth, OptionalJson};
 use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::audit::AuditPrincipal;
@@ -219,7 +219,7 @@ pub(crate) async fn list(
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<ReviewView>, Problem> {
     let r = load(&state, &id).await?;
     if !(is_auditor(&state, &p) || may_review(&r, &p)) {
@@ -275,7 +275,7 @@ pub(crate) struct RejectRequest {
 pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     OptionalJson(req): OptionalJson<ApproveRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
     let comment = match req.comment.as_deref().map(str::trim) {
@@ -314,7 +314,7 @@ pub(crate) async fn approve(
 pub(crate) async fn reject(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiJson(req): ApiJson<RejectRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
     let reason = req.reason.trim();

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::extract::ApiPath;
 use super::extract::Auth;
 use super::problem::{Code, Problem};
 use super::state::AppState;
@@ -139,7 +140,7 @@ async fn load(state: &AppState, p: &Principal, id: &str) -> Result<SessionRecord
 pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<SessionView>, Problem> {
     let session = load(&state, &p, &id).await?;
     let lines = state
@@ -169,7 +170,7 @@ pub(crate) async fn get(
 pub(crate) async fn recording(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Response, Problem> {
     load(&state, &p, &id).await?;
     let lines = state

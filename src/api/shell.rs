@@ -14,13 +14,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Admin, Auth, RequestId};
+use super::extract::{ApiPath, Admin, Auth, RequestId};
 use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::audit::{AuditEvent, Phase};
@@ -58,7 +58,7 @@ pub(crate) struct ShellTicket {
 pub(crate) async fn ticket(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
 ) -> Result<Json<ShellTicket>, Problem> {
     let gateway = &state.gateway;
     let conn = gateway
@@ -129,7 +129,7 @@ pub(crate) struct ShellParams {
 pub(crate) async fn shell(
     State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
     params: Result<Query<ShellParams>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -249,7 +249,7 @@ pub(crate) struct Terminated {
 pub(crate) async fn terminate(
     State(state): State<Arc<AppState>>,
     Admin(p): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<Terminated>, Problem> {
     let mut event = AuditEvent::new(Phase::Event, &id, "session.terminate");
     event.principal = Some((&p).into());

@@ -171,3 +171,32 @@ async fn audit_is_for_auditors_and_paginates() {
     assert_eq!(s, 400);
     a.stop().await;
 }
+
+/// A path segment that is not UTF-8 names nothing: 404 in problem+json, never axum's
+/// plain-text rejection.
+#[tokio::test]
+async fn undecodable_path_segments_are_problem_json() {
+    let a = demo().await;
+    let t = a.agent();
+    for path in [
+        "/v1/connections/%FF",
+        "/v1/connections/%FF/schema",
+        "/v1/executions/%C3%28",
+        "/v1/reviews/%FF",
+        "/v1/sessions/%FF/recording",
+    ] {
+        let resp = a
+            .http
+            .get(format!("{}{path}", a.base))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!(ct, "application/problem+json", "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "not_found", "{path}");
+    }
+    a.stop().await;
+}
