@@ -14,6 +14,7 @@ pub mod identity;
 pub mod inspect;
 pub mod keyfile;
 pub mod mask;
+pub mod mcp;
 pub(crate) mod metrics;
 pub mod net;
 pub mod policy;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 
-use super::extract::{ApiPath, ApiJson, Auth, RequestId};
+use super::extract::{ApiJson, ApiPath, Auth, RequestId};
 use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::gateway::admit::Action;

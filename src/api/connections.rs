@@ -13,6 +13,7 @@ use crate::config::ConnectionKind;
 use crate::gateway::admit::Action;
 use crate::gateway::schema::SchemaView;
 use crate::gateway::{Answer, Caller, Connection, Request};
+use crate::identity::Principal;
 
 /// A connection's limits: the defaults a request gets, and the ceilings it may ask for
 /// (`max_rows`, `max_bytes`, `timeout_ms` in a query or exec body must be 1..=ceiling).
@@ -144,15 +145,46 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Auth(p): Auth,
 ) -> Json<ConnectionList> {
+    Json(ConnectionList {
+        connections: visible(&state, &p),
+    })
+}
+
+/// The connections `p` may use, by name.
+pub(crate) fn visible(state: &AppState, p: &Principal) -> Vec<ConnectionView> {
     let gateway = &state.gateway;
     let mut connections: Vec<ConnectionView> = gateway
         .connections
         .values()
-        .filter(|c| gateway.policy.visible(&p, &c.config.name))
+        .filter(|c| gateway.policy.visible(p, &c.config.name))
         .map(|c| view(c))
         .collect();
     connections.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(ConnectionList { connections })
+    connections
+}
+
+/// Connection `name` with what `p` may do there, if `p` may see it.
+pub(crate) fn with_permissions(
+    state: &AppState,
+    p: &Principal,
+    name: &str,
+) -> Result<ConnectionView, Problem> {
+    let gateway = &state.gateway;
+    let c = gateway
+        .connections
+        .get(name)
+        .filter(|_| gateway.policy.visible(p, name))
+        .ok_or_else(|| Problem::unknown_connection(name))?;
+    let mut v = view(c);
+    v.permissions = Some(Permissions {
+        statements: match c.sql() {
+            Some(_) => gateway.policy.kind_permissions(p, name),
+            None => Vec::new(),
+        },
+        rules: gateway.policy.rules_for(p, name),
+        masking: gateway.masking.for_request(p, name).summary(),
+    });
+    Ok(v)
 }
 
 /// Get one connection
@@ -170,24 +202,7 @@ pub(crate) async fn get(
     Auth(p): Auth,
     ApiPath(name): ApiPath,
 ) -> Result<Json<ConnectionView>, Problem> {
-    let gateway = &state.gateway;
-    gateway
-        .connections
-        .get(&name)
-        .filter(|_| gateway.policy.visible(&p, &name))
-        .map(|c| {
-            let mut v = view(c);
-            v.permissions = Some(Permissions {
-                statements: match c.sql() {
-                    Some(_) => gateway.policy.kind_permissions(&p, &name),
-                    None => Vec::new(),
-                },
-                rules: gateway.policy.rules_for(&p, &name),
-                masking: gateway.masking.for_request(&p, &name).summary(),
-            });
-            Json(v)
-        })
-        .ok_or_else(|| Problem::unknown_connection(&name))
+    with_permissions(&state, &p, &name).map(Json)
 }
 
 /// Get the tables and columns of a SQL connection

@@ -210,11 +210,22 @@ pub(crate) async fn execution(
     ApiPath(id): ApiPath,
     wait: Result<Query<WaitParams>, QueryRejection>,
 ) -> Result<Json<ExecutionView>, Problem> {
-    let wait = super::query::hold_options(wait, &HeaderMap::new())?
-        .wait
-        .filter(|w| !w.is_zero());
+    let wait = super::query::hold_options(wait, &HeaderMap::new())?.wait;
+    execution_view(&state, &p, &id, wait).await.map(Json)
+}
+
+/// Execution `id` as `p` may see it, after waiting up to `wait` for a pending review's
+/// decision or a running execution's end.
+pub(crate) async fn execution_view(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    wait: Option<std::time::Duration>,
+) -> Result<ExecutionView, Problem> {
+    let id = id.to_string();
+    let wait = wait.filter(|w| !w.is_zero());
     let gateway = &state.gateway;
-    if let Some(mut r) = review_of(&state, &p, &id).await? {
+    if let Some(mut r) = review_of(state, p, &id).await? {
         // `?wait=`: answers as soon as a pending review is decided or a run ends.
         let initial = r.effective_status(Utc::now());
         if let Some(wait) = wait
@@ -225,15 +236,15 @@ pub(crate) async fn execution(
         let kept = crate::gateway::results::fetch(gateway, &id, &r.requester_key())
             .await?
             .is_some();
-        return Ok(Json(held_view(&r, kept)));
+        return Ok(held_view(&r, kept));
     }
-    let auditor = is_auditor(&state, &p);
+    let auditor = is_auditor(state, p);
     let found = match wait {
-        Some(wait) => jobs::wait_state(gateway, &id, &p, auditor, wait).await?,
-        None => jobs::state(gateway, &id, &p, auditor).await?,
+        Some(wait) => jobs::wait_state(gateway, &id, p, auditor, wait).await?,
+        None => jobs::state(gateway, &id, p, auditor).await?,
     };
     let s = found.ok_or_else(|| not_found(&id))?;
-    Ok(Json(job_view(&id, &s)))
+    Ok(job_view(&id, &s))
 }
 
 /// What running an approved request answers: the original request's result — a query's
@@ -309,20 +320,31 @@ pub(crate) async fn result(
     ApiPath(id): ApiPath,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let kept = kept_result(&state, &p, &id).await?;
+    if super::query::wants_ndjson(&headers) {
+        super::query::respond(kept.into_answer()?)
+    } else {
+        super::query::kept_response(kept)
+    }
+}
+
+/// The kept result of `p`'s execution `id`, or why there is none.
+pub(crate) async fn kept_result(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<crate::gateway::results::Kept, Problem> {
+    let id = id.to_string();
     let gateway = &state.gateway;
-    let requester = AuditPrincipal::from(&p).key();
+    let requester = AuditPrincipal::from(p).key();
     if let Some(kept) = crate::gateway::results::fetch(gateway, &id, &requester).await? {
-        return if super::query::wants_ndjson(&headers) {
-            super::query::respond(kept.into_answer()?)
-        } else {
-            super::query::kept_response(kept)
-        };
+        return Ok(kept);
     }
     // Nothing kept: say why, to its requester only.
-    let status = match review_of(&state, &p, &id).await? {
+    let status = match review_of(state, p, &id).await? {
         Some(r) if r.requester_key() == requester => r.effective_status(Utc::now()).into(),
         Some(_) => return Err(not_found(&id)),
-        None => match jobs::state(gateway, &id, &p, false).await? {
+        None => match jobs::state(gateway, &id, p, false).await? {
             Some(s) => s.status(),
             None => return Err(not_found(&id)),
         },
@@ -367,8 +389,20 @@ pub(crate) async fn cancel(
     ApiPath(id): ApiPath,
     _: NoBody,
 ) -> Result<Response, Problem> {
+    let view = cancel_job(&state, &p, request_id, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Cancels `p`'s running job `id` (audited first); the execution as it stands.
+pub(crate) async fn cancel_job(
+    state: &AppState,
+    p: &Principal,
+    request_id: Option<String>,
+    id: &str,
+) -> Result<ExecutionView, Problem> {
+    let id = id.to_string();
     let gateway = &state.gateway;
-    let Some(s) = jobs::state(gateway, &id, &p, false).await? else {
+    let Some(s) = jobs::state(gateway, &id, p, false).await? else {
         return Err(not_found(&id));
     };
     if s.status() != ExecutionStatus::Running {
@@ -381,7 +415,7 @@ pub(crate) async fn cancel(
     // The cancel is on record before it takes effect, like every decision.
     let mut event = AuditEvent::new(Phase::Event, &id, "job.cancel");
     event.request_id = request_id;
-    event.principal = Some((&p).into());
+    event.principal = Some(p.into());
     event.connection = s.begin.connection.clone();
     gateway
         .audit
@@ -389,5 +423,5 @@ pub(crate) async fn cancel(
         .await
         .map_err(|_| Problem::audit_unavailable())?;
     jobs::cancel(gateway, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(job_view(&id, &s))).into_response())
+    Ok(job_view(&id, &s))
 }

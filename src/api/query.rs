@@ -206,8 +206,13 @@ pub(crate) fn respond(answer: Answer) -> Result<Response, Problem> {
 /// A whole answer as JSON: rows as a [`QueryResponse`], output as an
 /// [`super::exec::ExecResponse`], a failure as its problem.
 pub(crate) fn kept_response(kept: Kept) -> Result<Response, Problem> {
-    match kept {
-        Kept::Rows(r) => Ok(Json(QueryResponse {
+    kept_json(kept).map(|body| Json(body).into_response())
+}
+
+/// [`kept_response`]'s body, for entries that are not HTTP (MCP).
+pub(crate) fn kept_json(kept: Kept) -> Result<serde_json::Value, Problem> {
+    let body = match kept {
+        Kept::Rows(r) => serde_json::to_value(QueryResponse {
             execution_id: r.execution_id,
             rule: r.rule,
             columns: r.columns,
@@ -220,9 +225,8 @@ pub(crate) fn kept_response(kept: Kept) -> Result<Response, Problem> {
             masked: r.summary.masked,
             limits: r.limits,
             duration_ms: r.summary.duration_ms,
-        })
-        .into_response()),
-        Kept::Command(c) => Ok(Json(super::exec::ExecResponse {
+        }),
+        Kept::Command(c) => serde_json::to_value(super::exec::ExecResponse {
             execution_id: c.execution_id,
             session_id: c.session_id,
             rule: c.rule,
@@ -234,10 +238,10 @@ pub(crate) fn kept_response(kept: Kept) -> Result<Response, Problem> {
             note: c.summary.note,
             masked: c.summary.masked,
             duration_ms: c.summary.duration_ms,
-        })
-        .into_response()),
-        Kept::Failed { problem } => Err(Problem::from_body(&problem)),
-    }
+        }),
+        Kept::Failed { problem } => return Err(Problem::from_body(&problem)),
+    };
+    body.map_err(|e| Problem::internal(format!("a result could not be serialized: {e}")))
 }
 
 /// `?wait=SECONDS` on requests that may be held for review.

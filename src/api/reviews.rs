@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ApiPath, ApiJson, Auth, OptionalJson};
+use super::extract::{ApiJson, ApiPath, Auth, OptionalJson};
 use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::audit::AuditPrincipal;

@@ -20,7 +20,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ApiPath, Admin, Auth, RequestId};
+use super::extract::{Admin, ApiPath, Auth, RequestId};
 use super::problem::{Code, Problem};
 use super::state::AppState;
 use crate::audit::{AuditEvent, Phase};

@@ -117,6 +117,10 @@ pub(crate) struct Admitted {
     /// The approval this run consumes, claimed (`running`).
     pub(crate) claim: Option<ReviewRecord>,
     pub(crate) work: Work,
+    /// Told once the `begin` is durable (a job answers only then: its id must name an
+    /// execution on record). Queries and commands tell it; dropped unsent if starting
+    /// fails first.
+    pub(crate) opened: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub(crate) enum Work {
@@ -250,6 +254,7 @@ pub(crate) async fn admit(gateway: &Arc<Gateway>, request: Request) -> Result<Ad
                 masking,
                 claim,
                 work,
+                opened: None,
             })))
         }
         Ok(Verdict::Hold(held)) => review::hold(gateway, caller, begin, started, hold, held).await,

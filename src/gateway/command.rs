@@ -218,6 +218,9 @@ pub(crate) async fn start(admitted: Admitted) -> Result<CommandRun, Problem> {
         None,
     )
     .await?;
+    if let Some(opened) = admitted.opened {
+        let _ = opened.send(());
+    }
     if let Some(stdin) = &plan.stdin {
         let shown = masking.text(stdin, &mut Default::default());
         if recorder.input(&shown).await.is_err() {

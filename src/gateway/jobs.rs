@@ -152,7 +152,10 @@ pub(crate) async fn serve_collected(
         super::admit::Admission::Kept(kept) => return Ok(Reply::Now(*kept)),
         super::admit::Admission::Ready(admitted) => admitted,
     };
+    let mut admitted = admitted;
     let execution_id = admitted.begin.execution_id.clone();
+    let (opened_tx, mut opened) = tokio::sync::oneshot::channel();
+    admitted.opened = Some(opened_tx);
     // Starting (which waits for the target's first answer) and reading are one future, so
     // the budget covers a statement that is slow to produce its first row too.
     let mut reading: std::pin::Pin<Box<dyn Future<Output = Result<Kept, Problem>> + Send>> =
@@ -169,6 +172,17 @@ pub(crate) async fn serve_collected(
             done = &mut reading => return done.map(Reply::Now),
             _ = tokio::time::sleep(budget) => {}
         }
+    }
+    // A job is answered only once its `begin` is on record, so that its id names an
+    // execution every instance can find. Starting it is what writes the begin, so it is
+    // driven meanwhile; if it ends (or fails) first, that is the answer.
+    let begun = tokio::select! {
+        done = &mut reading => return done.map(Reply::Now),
+        begun = &mut opened => begun.is_ok(),
+    };
+    if !begun {
+        // Starting failed before the begin was written: its error is the answer.
+        return reading.await.map(Reply::Now);
     }
     let token = CancellationToken::new();
     gateway

@@ -154,6 +154,9 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
     });
     let record =
         ExecutionRecord::open(gateway.clone(), admitted.begin, started, admitted.claim).await?;
+    if let Some(opened) = admitted.opened {
+        let _ = opened.send(());
+    }
     let execution_id = record.execution_id().to_string();
     let rule = record.rule().to_string();
     let (started_tx, started_rx) = oneshot::channel();

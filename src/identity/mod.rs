@@ -86,6 +86,20 @@ const VERIFIED_TTL_SECS: i64 = 60;
 const ALLOWED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
 impl Authenticator {
+    /// The issuers (`iss`) a client can get a token from, for discovery (RFC 9728
+    /// protected-resource metadata): the configured OIDC issuers, sorted. The dev issuer is
+    /// not one: its tokens come from `airlock token`.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        let mut issuers: Vec<String> = self
+            .by_iss
+            .values()
+            .filter(|t| !t.config.dev)
+            .map(|t| t.config.issuer.clone())
+            .collect();
+        issuers.sort();
+        issuers
+    }
+
     /// Builds verifiers for every configured issuer. The dev issuer's key must exist (or is
     /// created) in `data_dir`.
     pub fn new(config: Config, data_dir: &std::path::Path) -> Result<Authenticator, String> {

@@ -10,10 +10,13 @@
 #                review flows, the audit log, an NDJSON stream).
 #   4. fuzz      schemathesis, bounded, against the live server: no 5xx, no undeclared status,
 #                bodies and content types as declared, invalid input rejected, valid accepted.
+#   5. mcp       the official Python MCP client (mcp_session.py) attaches to /mcp as an agent:
+#                discovery, tools and annotations, queries, isError results, a review flow,
+#                a job past the sync budget, a cancelled job.
 #
 # The server is the binary `cargo build --locked` makes (target/debug/airlock; AIRLOCK_BIN
-# overrides), on the embedded quick-start config, in a temporary directory, on a free
-# loopback port. Tools are pinned (requirements.txt, package-lock.json) and installed once
+# overrides), on the embedded quick-start config with a one-second sync budget (so that a
+# job is quick to make), in a temporary directory, on a free loopback port. Tools are pinned (requirements.txt, package-lock.json) and installed once
 # into target/contract/ (reinstalled when a pin changes).
 #
 # Run alone: tests/contract/run.sh   (CONTRACT_FUZZ_EXAMPLES=N changes the fuzzing depth)
@@ -106,10 +109,12 @@ trap 'exit 130' INT TERM
 
 port="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
-airlock() { (cd "$tmp" && env -u AIRLOCK_CONFIG -u AIRLOCK_LISTEN "$bin" --data-dir "$tmp/data" "$@"); }
+# The quick-start configuration, with a sync budget a test can outlive in seconds.
+{ cat "$repo/src/default_config.toml"; printf '\n[jobs]\nsync_budget_ms = 1000\n'; } >"$tmp/config.toml"
+airlock() { (cd "$tmp" && env -u AIRLOCK_CONFIG -u AIRLOCK_LISTEN "$bin" --config "$tmp/config.toml" --data-dir "$tmp/data" "$@"); }
 
 say "starting the server on $base"
-(cd "$tmp" && exec env -u AIRLOCK_CONFIG RUST_LOG=warn "$bin" --data-dir "$tmp/data" --listen "127.0.0.1:$port" serve \
+(cd "$tmp" && exec env -u AIRLOCK_CONFIG RUST_LOG=warn "$bin" --config "$tmp/config.toml" --data-dir "$tmp/data" --listen "127.0.0.1:$port" serve \
   >"$tmp/server.log" 2>&1) &
 server_pid=$!
 server_log() { # its warnings and errors, without the start-up banner
@@ -140,7 +145,7 @@ auditor_token="$(airlock token --sub carol --groups auditors --kind human)"
 
 # --- 1. the spec ---------------------------------------------------------------------------
 spec="$repo/openapi/openapi.json"
-say "1/4 spec: openapi-spec-validator"
+say "1/5 spec: openapi-spec-validator"
 if ! "$venv/bin/openapi-spec-validator" --validation-errors all "$spec"; then
   check_failed "spec: openapi/openapi.json is not a valid OpenAPI document (see above)"
 elif ! "$py" - "$base" "$spec" <<'EOF'; then
@@ -164,7 +169,7 @@ else
 fi
 
 # --- 2. TypeScript -------------------------------------------------------------------------
-say "2/4 ts: openapi-typescript, then tsc --noEmit (strict) on usage.ts"
+say "2/5 ts: openapi-typescript, then tsc --noEmit (strict) on usage.ts"
 # Generated code goes to this run's temporary directory (runs may overlap); the outputs are
 # copied to target/contract/last/ at the end, to read after a failure.
 ts="$tmp/ts"
@@ -180,7 +185,7 @@ else
 fi
 
 # --- 3. Python client and the agent session ------------------------------------------------
-say "3/4 python: openapi-python-client, then the agent session"
+say "3/5 python: openapi-python-client, then the agent session"
 gen="$tmp/python-client"
 mkdir -p "$gen"
 if ! "$venv/bin/openapi-python-client" generate --path "$spec" --meta none --output-path "$gen/airlock_client" \
@@ -221,15 +226,25 @@ fuzz() { # name token [schemathesis filters...]
 CONTRACT_EXECUTION_ID="$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["execution_id"])' "$tmp/ids.json")"
 CONTRACT_REVIEW_ID="$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["review_id"])' "$tmp/ids.json")"
 export CONTRACT_EXECUTION_ID CONTRACT_REVIEW_ID
-say "4/4 fuzz: schemathesis as the agent, every operation"
+say "4/5 fuzz: schemathesis as the agent, every operation"
 fuzz agent "$agent_token"
-say "4/4 fuzz: schemathesis as the auditor, audit/reviews/sessions"
+say "4/5 fuzz: schemathesis as the auditor, audit/reviews/sessions"
 fuzz auditor "$auditor_token" --include-tag audit --include-tag reviews --include-tag sessions
 if [ ${#fuzz_failed[@]} -gt 0 ]; then
   server_log
   for f in "${fuzz_failed[@]}"; do check_failed "fuzz: schemathesis as the $f"; done
 else
   passed=$((passed + 1))
+fi
+
+# --- 5. MCP ---------------------------------------------------------------------------------
+say "5/5 mcp: the Python MCP client against /mcp"
+if "$py" "$here/mcp_session.py" --base-url "$base" --agent-token "$agent_token" \
+  --approver-token "$approver_token"; then
+  passed=$((passed + 1))
+else
+  server_log
+  check_failed "mcp: the MCP session failed (see FAIL above)"
 fi
 
 # What this run generated, for reading after it: TypeScript types, the Python client,

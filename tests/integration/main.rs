@@ -18,6 +18,7 @@ mod kube;
 mod kube_double;
 mod masking;
 mod masking_corpus;
+mod mcp;
 mod multi_instance;
 mod mysql;
 mod onboarding;

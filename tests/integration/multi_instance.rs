@@ -142,7 +142,7 @@ id = "read"
 action = "allow"
 connections = ["pg"]
 principals = ["group:agents"]
-match = {{ statements = ["select"] }}
+match = {{ statements = ["select"], function_classes = ["sleep"] }}
 
 [[rules]]
 id = "writes-need-review"
@@ -291,6 +291,65 @@ match = {{ shell = true }}
     );
     assert!(tokio_tungstenite::connect_async(again).await.is_err());
 
+    // A job started on A is read, fetched and cancelled through B: its state and result are
+    // in the store, and the cancel travels through it to A, which stops it on the target.
+    let start_job = |sql: &'static str| {
+        let (http, base, agent) = (a.http.clone(), a.base.clone(), agent.clone());
+        async move {
+            let resp = http
+                .post(format!("{base}/v1/connections/pg/query"))
+                .bearer_auth(agent)
+                .header("prefer", "respond-async")
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            let job: Value = resp.json().await.unwrap();
+            job["execution_id"].as_str().unwrap().to_string()
+        }
+    };
+    let done = start_job("SELECT pg_sleep(0.5), 't-job-done'").await;
+    let (_, view) = b
+        .get(&agent, &format!("/v1/executions/{done}?wait=20"))
+        .await;
+    assert_eq!(view["status"], "done", "{view}\n{}", logs(&b_data));
+    let (s, result) = b
+        .get(&agent, &format!("/v1/executions/{done}/result"))
+        .await;
+    assert_eq!(
+        (s, &result["rows"][0][1]),
+        (200, &json!("t-job-done")),
+        "{result}"
+    );
+    let long = start_job("SELECT pg_sleep(30), 't-job-cancel'").await;
+    let sleeping = || async {
+        target
+            .admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%t-job-cancel%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(eventually(Duration::from_secs(10), || async { sleeping().await == 1 }).await);
+    let resp = b
+        .http
+        .post(format!("{}/v1/executions/{long}/cancel", b.base))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let (_, view) = b
+        .get(&agent, &format!("/v1/executions/{long}?wait=20"))
+        .await;
+    assert_eq!(view["status"], "cancelled", "{view}\n{}", logs(&a_data));
+    assert!(eventually(Duration::from_secs(10), || async { sleeping().await == 0 }).await);
+
     // Audit pages read the same on both instances (once every end is written).
     let mut same = false;
     for _ in 0..50 {
@@ -316,4 +375,50 @@ match = {{ shell = true }}
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(same, "audit pages differ between instances");
+}
+
+/// A job outlives its caller, not its process: killed with the instance (SIGKILL), it is
+/// `interrupted` once the instance starts again, on record and in its execution's state.
+#[tokio::test]
+async fn a_job_of_a_killed_instance_is_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    let embedded = airlock::config::EMBEDDED_DEFAULT.replace("listen = \"127.0.0.1:8080\"", "");
+    std::fs::write(&config, embedded).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let agent = mint(&data, "agent-1", &["agents"], PrincipalKind::Agent, None);
+    let first = Instance::spawn(&config, &data).await;
+    let resp = first
+        .http
+        .post(format!("{}/v1/connections/demo/query", first.base))
+        .bearer_auth(&agent)
+        .header("prefer", "respond-async")
+        .json(&json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 2000000000) SELECT count(*) FROM c"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    let id = job["execution_id"].as_str().unwrap().to_string();
+    let (_, view) = first.get(&agent, &format!("/v1/executions/{id}")).await;
+    assert_eq!(view["status"], "running", "{view}");
+    drop(first); // SIGKILL: no drain, no end written.
+
+    let second = Instance::spawn(&config, &data).await;
+    let (s, view) = second.get(&agent, &format!("/v1/executions/{id}")).await;
+    assert_eq!(
+        (s, view["status"].as_str()),
+        (200, Some("interrupted")),
+        "{view}\n{}",
+        logs(&data)
+    );
+    let (s, b) = second
+        .get(&agent, &format!("/v1/executions/{id}/result"))
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (410, Some("result_not_kept")),
+        "{b}"
+    );
 }
