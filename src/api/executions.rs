@@ -142,10 +142,19 @@ fn result_action(id: &str) -> NextAction {
     }
 }
 
-fn job_view(id: &str, s: &ExecutionState) -> ExecutionView {
+/// A job as `viewer` sees it: its requester sees the problem it failed with; an auditor
+/// sees only its code (the detail can quote data the requester's masking let through).
+fn job_view(id: &str, s: &ExecutionState, viewer: &Principal) -> ExecutionView {
     let status = s.status();
+    let own = s.begin.principal.as_ref().map(AuditPrincipal::owner_key)
+        == Some(AuditPrincipal::from(viewer).owner_key());
     let problem = match &s.kept {
-        Some(crate::gateway::results::Kept::Failed { problem }) => Some(problem.clone()),
+        Some(crate::gateway::results::Kept::Failed { problem }) if own => Some(problem.clone()),
+        Some(crate::gateway::results::Kept::Failed { problem }) => Some(serde_json::json!({
+            "code": problem["code"],
+            "status": problem["status"],
+            "detail": "withheld: only the requester sees why its job failed",
+        })),
         _ => None,
     };
     let (next, next_actions) = match status {
@@ -225,6 +234,17 @@ pub(crate) async fn execution_view(
     let id = id.to_string();
     let wait = wait.filter(|w| !w.is_zero());
     let gateway = &state.gateway;
+    // A long poll holds one of the caller's slots while it waits, like any request: a
+    // principal cannot park thousands of waiters on the server.
+    let _slot = match wait {
+        Some(_) => Some(
+            gateway
+                .slots
+                .acquire(p)
+                .map_err(|problem| problem.with("rule", "principal-concurrency"))?,
+        ),
+        None => None,
+    };
     if let Some(mut r) = review_of(state, p, &id).await? {
         // `?wait=`: answers as soon as a pending review is decided or a run ends.
         let initial = r.effective_status(Utc::now());
@@ -233,7 +253,7 @@ pub(crate) async fn execution_view(
         {
             r = flow::wait_while(gateway, &id, wait, |s| s == initial).await?;
         }
-        let kept = crate::gateway::results::fetch(gateway, &id, &r.requester_key())
+        let kept = crate::gateway::results::fetch(gateway, &id, &r.requester.owner_key())
             .await?
             .is_some();
         return Ok(held_view(&r, kept));
@@ -244,7 +264,7 @@ pub(crate) async fn execution_view(
         None => jobs::state(gateway, &id, p, auditor).await?,
     };
     let s = found.ok_or_else(|| not_found(&id))?;
-    Ok(job_view(&id, &s))
+    Ok(job_view(&id, &s, p))
 }
 
 /// What running an approved request answers: the original request's result — a query's
@@ -336,13 +356,13 @@ pub(crate) async fn kept_result(
 ) -> Result<crate::gateway::results::Kept, Problem> {
     let id = id.to_string();
     let gateway = &state.gateway;
-    let requester = AuditPrincipal::from(p).key();
+    let requester = AuditPrincipal::from(p).owner_key();
     if let Some(kept) = crate::gateway::results::fetch(gateway, &id, &requester).await? {
         return Ok(kept);
     }
     // Nothing kept: say why, to its requester only.
     let status = match review_of(state, p, &id).await? {
-        Some(r) if r.requester_key() == requester => r.effective_status(Utc::now()).into(),
+        Some(r) if r.requester.owner_key() == requester => r.effective_status(Utc::now()).into(),
         Some(_) => return Err(not_found(&id)),
         None => match jobs::state(gateway, &id, p, false).await? {
             Some(s) => s.status(),
@@ -423,5 +443,5 @@ pub(crate) async fn cancel_job(
         .await
         .map_err(|_| Problem::audit_unavailable())?;
     jobs::cancel(gateway, &id).await?;
-    Ok(job_view(&id, &s))
+    Ok(job_view(&id, &s, p))
 }

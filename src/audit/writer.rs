@@ -66,6 +66,7 @@ impl AuditWriter {
     }
 
     async fn store_event(&self, event: AuditEvent, urgent: bool) -> Result<(), StoreError> {
+        let event = event.without_nul();
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Pending {
@@ -166,6 +167,18 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>) {
     let started = std::time::Instant::now();
     let result = store.append_audit(&events).await;
     crate::metrics::audit_batch(events.len(), started.elapsed(), result.is_ok());
+    // A store that refuses the batch for what is in it (not for being unavailable) is
+    // asked again event by event: one event it cannot take fails its own request, never
+    // the others' that rode in the same commit.
+    if let Err(StoreError::Other(_)) = &result
+        && batch.len() > 1
+    {
+        for p in batch {
+            let one = store.append_audit(std::slice::from_ref(&p.event)).await;
+            let _ = p.done.send(one);
+        }
+        return;
+    }
     for p in batch {
         // A waiter that gave up (request cancelled) is fine: the event is stored anyway.
         let _ = p.done.send(result.clone());

@@ -148,7 +148,7 @@ pub(crate) async fn start(admitted: Admitted) -> Result<RowsRun, Problem> {
         super::results::Keeper::new(
             admitted.begin.execution_id.as_str(),
             admitted.begin.rule.as_deref().unwrap_or_default(),
-            claim.requester_key(),
+            claim.requester.owner_key(),
             chrono::Utc::now() + window,
         )
     });
@@ -228,10 +228,7 @@ impl Task {
         let e = match e {
             BackendError::Database(mut db) if self.masking.has_column_rules() => {
                 let class = db.sqlstate.get(..2).unwrap_or("");
-                // SQLite reports result-code names; SQLITE_ERROR is its prepare-time error
-                // (syntax, unknown names), the class-42 equivalent.
-                let names_only = class == "42" || db.sqlstate == "SQLITE_ERROR";
-                if !names_only {
+                if !names_only(&db) {
                     db.message = format!(
                         "{} (SQLSTATE {}; the server's message is withheld on a connection with protected columns)",
                         sqlstate_class(class),
@@ -414,9 +411,39 @@ impl Task {
     }
 }
 
+/// Whether a database error's message can only name what the statement itself says (its
+/// tokens, tables and columns), never a value. Only a few exact errors qualify: a class
+/// (42, or SQLite's catch-all SQLITE_ERROR) is not enough, since casting a value to a
+/// name (`::regclass`, `::regproc`) or handing one to a function that quotes its argument
+/// (`json_extract` paths) puts the value in the message of an "undefined object" or a
+/// generic error.
+fn names_only(db: &crate::backend::DatabaseError) -> bool {
+    match db.sqlstate.as_str() {
+        // PostgreSQL: syntax error, undefined column (a column reference is never built
+        // from a value at run time).
+        "42601" | "42703" => true,
+        // MySQL/MariaDB: syntax error; unknown table, unknown column.
+        "42000" => db.code == Some(1064),
+        "42S02" | "42S22" => true,
+        // SQLite reports every error as SQLITE_ERROR: only its prepare-time complaints
+        // about the statement's own text are kept.
+        "SQLITE_ERROR" => [
+            "no such table:",
+            "no such column:",
+            "near \"",
+            "incomplete input",
+            "ambiguous column name:",
+        ]
+        .iter()
+        .any(|p| db.message.starts_with(p)),
+        _ => false,
+    }
+}
+
 /// A fixed, value-free description of a SQLSTATE class (the first two characters).
 fn sqlstate_class(class: &str) -> &'static str {
     match class {
+        "42" => "the statement names something that does not exist, or is not allowed",
         "0A" => "feature not supported",
         "21" => "cardinality violation",
         "22" => "data exception: a value could not be converted, or is out of range",

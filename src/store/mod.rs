@@ -233,6 +233,9 @@ pub trait Store: Send + Sync {
     /// ones.
     async fn put_result(&self, result: &KeptResult) -> Result<(), StoreError>;
 
+    /// Bytes of unexpired results kept for `requester` (its quota's use).
+    async fn kept_bytes(&self, requester: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// The unexpired result of `execution_id` kept for `requester`, if any.
     async fn get_result(
         &self,

@@ -346,6 +346,20 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn kept_bytes(&self, requester: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(octet_length(body)), 0)::int8 FROM airlock_kept_results WHERE requester = $1 AND expires_at > $2",
+                &[&requester, &now],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.try_get::<_, i64>(0)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| StoreError::Other(e.to_string()))
+    }
+
     async fn get_result(
         &self,
         execution_id: &str,

@@ -527,6 +527,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn kept_bytes(&self, requester: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let (requester, now) = (requester.to_string(), ts(&now));
+        Self::with(&self.reader, move |conn| {
+            conn.query_row(
+                "SELECT coalesce(sum(length(body)), 0) FROM kept_results WHERE requester = ?1 AND expires_at > ?2",
+                params![requester, now],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(classify)
+        })
+        .await
+    }
+
     async fn get_result(
         &self,
         execution_id: &str,

@@ -220,3 +220,59 @@ async fn a_request_past_the_sync_budget_becomes_a_job_and_cancel_reaches_the_ser
     );
     a.stop().await;
 }
+
+/// A job belongs to exactly the principal that started it (found by red-teaming: the same
+/// subject with other groups, kind or chain read another's unmasked result), and an
+/// auditor sees a failed job's code, not its detail.
+#[tokio::test]
+async fn a_job_is_its_principals_alone() {
+    let db = PgDb::create().await;
+    db.owner()
+        .await
+        .batch_execute("CREATE TABLE people (id int, email text); INSERT INTO people VALUES (1, 'ann@example.com')")
+        .await
+        .unwrap();
+    let config = config(&db, "").replace(
+        "columns = [{ column = \"email\", strategy = \"redact\" }]",
+        "columns = [{ column = \"email\", strategy = \"redact\" }]\nexempt_groups = [\"dba\"]",
+    ) + "\n[[rules]]\nid = \"dba\"\naction = \"allow\"\nconnections = [\"pg\"]\nprincipals = [\"group:dba\"]\nmatch = { function_classes = [\"sleep\"] }\n[audit]\nreaders = [\"group:auditors\"]\n";
+    let a = Airlock::start(&config).await;
+    let dba = a.token("alice", &["dba"], PrincipalKind::Human);
+    let (s, _, job) = send(&a, &dba, "SELECT pg_sleep(0.2), email FROM people", true).await;
+    assert_eq!(s, 202, "{job}");
+    let id = job["execution_id"].as_str().unwrap().to_string();
+    let (_, b) = a.get(&dba, &format!("/v1/executions/{id}?wait=20")).await;
+    assert_eq!(b["status"], "done", "{b}");
+    let (s, b) = a.get(&dba, &format!("/v1/executions/{id}/result")).await;
+    assert_eq!(
+        (s, &b["rows"][0][1]),
+        (200, &json!("ann@example.com")),
+        "{b}"
+    );
+    // Same issuer and subject, other groups (not exempt): someone else.
+    for other in [
+        a.token("alice", &["agents"], PrincipalKind::Human),
+        a.token("alice", &["dba"], PrincipalKind::Agent),
+    ] {
+        let (s, b) = a.get(&other, &format!("/v1/executions/{id}/result")).await;
+        assert_eq!(s, 404, "{b}");
+    }
+    // A failed job: its requester reads the database's message, an auditor only the code.
+    let (_, _, job) = send(
+        &a,
+        &dba,
+        "SELECT pg_sleep(0.2), (email || ' x')::int FROM people",
+        true,
+    )
+    .await;
+    let id = job["execution_id"].as_str().unwrap().to_string();
+    let (_, b) = a.get(&dba, &format!("/v1/executions/{id}?wait=20")).await;
+    assert_eq!(b["status"], "failed", "{b}");
+    assert!(b["problem"].to_string().contains("ann@example.com"), "{b}");
+    let auditor = a.token("carol", &["auditors"], PrincipalKind::Human);
+    let (s, b) = a.get(&auditor, &format!("/v1/executions/{id}")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["problem"]["code"], "database_error", "{b}");
+    assert!(!b.to_string().contains("ann@example.com"), "{b}");
+    a.stop().await;
+}

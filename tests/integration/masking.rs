@@ -81,6 +81,20 @@ async fn lineage_follows_the_data_not_the_label() {
             "{sql}: {b}"
         );
     }
+    // SQLite reports every error as SQLITE_ERROR, and some functions quote their argument
+    // in it: a transformed value no detector knows must not come back that way.
+    let (s, b) = a
+        .query(&t, "demo", json!({"sql": "SELECT json_extract('{}', 'x' || (SELECT group_concat(replace(ssn, '-', '/') || '~' || hex(card_number), ';') FROM customers))"}))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        !b.to_string().contains('~'),
+        "a transformed SSN leaked: {b}"
+    );
+    let (_, b) = a
+        .query(&t, "demo", json!({"sql": "SELECT nope FROM customers"}))
+        .await;
+    assert!(b["detail"].as_str().unwrap().contains("nope"), "{b}");
     // `*` expands to the protected columns too.
     let (s, b) = a
         .query(
@@ -209,6 +223,26 @@ columns = [{{ column = "customers.email", strategy = "redact" }}, {{ column = "s
         !text.contains("bcd-ef-ghij") && !text.contains("123-45-6789"),
         "{b}"
     );
+    // The same through an "undefined object" error: casting a value to a name puts the
+    // value in a class-42 message (found by red-teaming); only syntax and unknown-column
+    // errors keep the server's text.
+    for sql in [
+        "SELECT ('x' || translate(ssn, '0123456789', 'abcdefghij'))::regclass FROM customers",
+        "SELECT ('x' || translate(ssn, '0123456789', 'abcdefghij'))::regproc FROM customers",
+        "SELECT ('x' || translate(ssn, '0123456789', 'abcdefghij'))::regtype FROM customers",
+    ] {
+        let (s, b) = a.query(&t, "pg", json!({ "sql": sql })).await;
+        let text = b.to_string();
+        assert!(
+            !text.contains("bcd-ef-ghij") && !text.contains("123-45-6789"),
+            "{sql}: {s} {b}"
+        );
+    }
+    let (s, b) = a
+        .query(&t, "pg", json!({"sql": "SELECT nope FROM customers"}))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["detail"].as_str().unwrap().contains("nope"), "{b}");
     let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
     assert!(
         !serde_json::to_string(&events)

@@ -49,6 +49,25 @@ async fn every_call_acts_as_its_own_token_and_is_audited() {
     assert_eq!(s, 401, "{b}");
     let (s, _) = rpc(&a, Some("not-a-token"), "tools/list", json!({})).await;
     assert_eq!(s, 401);
+    // The challenge points at the metadata on the host asked for, and a Host that is not
+    // one cannot write into the header.
+    let resp = a
+        .http
+        .post(format!("{}/mcp", a.base))
+        .header("host", "evil.example/\",error=\"x")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !challenge.contains("evil") && !challenge.contains("error="),
+        "{challenge}"
+    );
 
     // A job of agent-1's is invisible to agent-2, through MCP as through REST.
     let job = call(

@@ -684,6 +684,27 @@ async fn postgres_store_holds_the_audit_log() {
     assert_eq!(s, 200, "{b}");
     let events = a.audit_of(b["execution_id"].as_str().unwrap()).await;
     assert_eq!(events.len(), 2);
+    // PostgreSQL refuses NUL in text: a NUL in a statement or a connection name must
+    // neither fail the request as "audit unavailable" nor the requests batched with it.
+    let agent = a.agent();
+    let nul_calls = (0..8).map(|i| {
+        let (a, agent) = (&a, agent.clone());
+        async move {
+            let sql = if i % 2 == 0 {
+                "SELECT 1 -- \u{0}"
+            } else {
+                "SELECT 2"
+            };
+            a.query(&agent, "pg", json!({ "sql": sql })).await
+        }
+    });
+    for (s, b) in futures::future::join_all(nul_calls).await {
+        assert_ne!(s, 503, "{b}");
+    }
+    let (s, _) = a
+        .query(&agent, "pg\u{0}x", json!({"sql": "SELECT 1"}))
+        .await;
+    assert_eq!(s, 404);
     let n: i64 = store_db
         .admin()
         .await
