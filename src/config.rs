@@ -21,8 +21,8 @@ use crate::policy::RuleConfig;
 mod connections;
 use connections::RawConnection;
 pub use connections::{
-    ConnectionConfig, DatabaseConfig, KubeCredentials, KubernetesConfig, SqliteConfig, SshConfig,
-    TargetConfig,
+    ConnectionConfig, DatabaseConfig, HttpAuth, HttpConfig, KubeCredentials, KubernetesConfig,
+    OAuthClientAuth, SqliteConfig, SshConfig, TargetConfig,
 };
 
 /// The configuration used when no `--config` is given: the zero-setup quick start.
@@ -116,6 +116,10 @@ pub struct JobsConfig {
     /// failure saying so.
     #[serde(default = "default_job_max_bytes")]
     pub max_result_bytes: usize,
+    /// What all of one principal's kept results may hold at once; past it a finished job
+    /// keeps a failure saying so instead of its result (a principal cannot fill the store).
+    #[serde(default = "default_job_quota_bytes")]
+    pub max_kept_bytes_per_principal: u64,
 }
 
 impl Default for JobsConfig {
@@ -124,6 +128,7 @@ impl Default for JobsConfig {
             sync_budget_ms: default_sync_budget_ms(),
             result_ttl_secs: default_job_ttl_secs(),
             max_result_bytes: default_job_max_bytes(),
+            max_kept_bytes_per_principal: default_job_quota_bytes(),
         }
     }
 }
@@ -135,7 +140,10 @@ fn default_job_ttl_secs() -> u64 {
     3600
 }
 fn default_job_max_bytes() -> usize {
-    16 * 1024 * 1024
+    8 * 1024 * 1024
+}
+fn default_job_quota_bytes() -> u64 {
+    32 * 1024 * 1024
 }
 
 /// Interactive shells over WebSocket.
@@ -390,7 +398,8 @@ impl Default for AuditConfig {
 }
 
 /// What a connection reaches: a SQL database (`postgres`, `mysql`, `sqlite`: `query`,
-/// `schema`, `check`) or hosts and pods (`ssh`, `kubernetes`: `exec`, `shell`, `check`).
+/// `schema`, `check`), hosts and pods (`ssh`, `kubernetes`: `exec`, `shell`, `check`) or an
+/// HTTP API (`http`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, utoipa::ToSchema,
 )]
@@ -404,6 +413,8 @@ pub enum ConnectionKind {
     Ssh,
     /// Commands in pods (Kubernetes pod exec).
     Kubernetes,
+    /// An HTTP API under one base URL, called with credentials only Airlock holds.
+    Http,
 }
 
 impl ConnectionKind {
@@ -414,12 +425,16 @@ impl ConnectionKind {
             ConnectionKind::Sqlite => "sqlite",
             ConnectionKind::Ssh => "ssh",
             ConnectionKind::Kubernetes => "kubernetes",
+            ConnectionKind::Http => "http",
         }
     }
 
-    /// SQL targets take `query`; the others take `exec`.
+    /// SQL targets take `query`; hosts and pods take `exec`, HTTP APIs their own calls.
     pub fn is_sql(self) -> bool {
-        !matches!(self, ConnectionKind::Ssh | ConnectionKind::Kubernetes)
+        !matches!(
+            self,
+            ConnectionKind::Ssh | ConnectionKind::Kubernetes | ConnectionKind::Http
+        )
     }
 }
 

@@ -8,16 +8,16 @@ use axum::Json;
 use axum::extract::State;
 
 use super::extract::{ApiJson, ApiPath, Auth, RequestId};
-use super::problem::{Code, Problem};
+use super::problem::Problem;
 use super::state::AppState;
-use crate::gateway::admit::Action;
 use crate::gateway::check::CheckView;
 use crate::gateway::command::ExecRequest;
 use crate::gateway::query::QueryRequest;
 use crate::gateway::{Caller, Request};
 
-/// The body of the request being checked: a query (SQL connections) or a command (SSH and
-/// Kubernetes connections), exactly as `/query` or `/exec` would take it.
+/// The body of the request being checked: a query (SQL connections), a command (SSH and
+/// Kubernetes connections) or an HTTP request (HTTP API connections), exactly as `/query`,
+/// `/exec` or `/http` would take it.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 #[schema(example = json!({"sql": "UPDATE customers SET city = 'Paris' WHERE id = 7"}))]
@@ -25,6 +25,7 @@ use crate::gateway::{Caller, Request};
 pub(crate) enum CheckRequest {
     Query(QueryRequest),
     Exec(ExecRequest),
+    Http(crate::gateway::http::HttpRequest),
 }
 
 /// Check a request without running it.
@@ -53,23 +54,7 @@ pub(crate) async fn check(
     let gateway = &state.gateway;
     // The body's shape follows the connection's kind; for a connection the caller may not
     // see, it follows the body, and admission answers the same 404 as the request would.
-    let runs_sql = match gateway
-        .connections
-        .get(&name)
-        .filter(|_| gateway.policy.visible(&principal, &name))
-    {
-        Some(conn) => conn.sql().is_some(),
-        None => body.get("sql").is_some(),
-    };
-    let malformed = |e: serde_json::Error| Problem::new(Code::MalformedBody, e.to_string());
-    let action = if runs_sql {
-        Action::Query {
-            request: serde_json::from_value::<QueryRequest>(body).map_err(malformed)?,
-            streaming: false,
-        }
-    } else {
-        Action::Exec(serde_json::from_value::<ExecRequest>(body).map_err(malformed)?)
-    };
+    let action = crate::gateway::check::action_for(gateway, &principal, &name, body)?;
     let caller = Caller {
         principal,
         request_id,

@@ -117,7 +117,7 @@ fn view(c: &Connection) -> ConnectionView {
         placeholder: match c.config.kind {
             ConnectionKind::Postgres => "$1",
             ConnectionKind::Mysql | ConnectionKind::Sqlite => "?",
-            ConnectionKind::Ssh | ConnectionKind::Kubernetes => "",
+            ConnectionKind::Ssh | ConnectionKind::Kubernetes | ConnectionKind::Http => "",
         }
         .into(),
         limits: ConnectionLimits {

@@ -69,6 +69,9 @@ fn advice(code: Code) -> &'static str {
         Code::ResultNotKept => {
             "nothing is kept to send: the result expired, was too large to keep, or was streamed; `GET /v1/executions/{id}` has the outcome"
         }
+        Code::InvalidHttpRequest => {
+            "the path, method, query or a header cannot be sent as given (a full URL, a path leaving the base, a forbidden header); fix it as `detail` says"
+        }
         Code::StillRunning => {
             "it has not finished: wait (`GET /v1/executions/{id}?wait=55`) and ask again after `Retry-After`"
         }
@@ -346,6 +349,24 @@ pub(crate) const PROBLEMS: &[(&str, &[&[Code]])] = &[
                 Code::AlreadyRan,
             ],
             STORE,
+        ],
+    ),
+    (
+        "callHttp",
+        &[
+            ANY,
+            AUTH,
+            JSON_BODY,
+            HOLD,
+            ADMIT,
+            &[
+                Code::InvalidHttpRequest,
+                Code::InvalidLimit,
+                Code::PolicyDenied,
+                Code::BackendError,
+                Code::Cancelled,
+                Code::Timeout,
+            ],
         ],
     ),
     (

@@ -8,6 +8,7 @@ pub(crate) mod exec;
 pub(crate) mod executions;
 pub(crate) mod extract;
 pub(crate) mod health;
+pub(crate) mod http;
 pub(crate) mod ndjson;
 pub(crate) mod problem;
 pub(crate) mod query;
@@ -51,6 +52,7 @@ pub use state::AppState;
         (name = "query", description = "Run SQL through the pipeline"),
         (name = "audit", description = "The write-ahead audit log"),
         (name = "exec", description = "Run commands on hosts through the pipeline"),
+        (name = "http", description = "Call HTTP APIs through the pipeline, with credentials only Airlock holds"),
         (name = "shell", description = "Interactive shells over WebSocket"),
         (name = "sessions", description = "Recorded sessions (asciicast v2)"),
         (name = "reviews", description = "Human approval of held requests"),
@@ -86,6 +88,7 @@ fn api_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(connections::get))
         .routes(routes!(connections::schema))
         .routes(routes!(check::check))
+        .routes(routes!(http::http))
         .routes(routes!(query::query))
         .routes(routes!(audit::list))
         .routes(routes!(reviews::list))

@@ -197,6 +197,8 @@ pub(crate) fn respond(answer: Answer) -> Result<Response, Problem> {
         Answer::Held(view) => Ok(accepted(view.location(), view)),
         Answer::Rows(run) => Ok(stream_rows(run)),
         Answer::Command(run) => Ok(super::exec::stream(run)),
+        // Not streamed (the body is capped): sent whole.
+        Answer::Http(result) => Ok(Json(*result).into_response()),
         Answer::Shell(_) | Answer::Schema(_) => Err(Problem::internal(
             "this endpoint does not open shells or read schemas",
         )),
@@ -239,6 +241,7 @@ pub(crate) fn kept_json(kept: Kept) -> Result<serde_json::Value, Problem> {
             masked: c.summary.masked,
             duration_ms: c.summary.duration_ms,
         }),
+        Kept::Http(h) => serde_json::to_value(*h),
         Kept::Failed { problem } => return Err(Problem::from_body(&problem)),
     };
     body.map_err(|e| Problem::internal(format!("a result could not be serialized: {e}")))

@@ -41,7 +41,11 @@ pub(crate) struct ReviewView {
     /// applied to their text unless the viewer is exempt from masking.
     #[schema(value_type = Vec<serde_json::Value>)]
     pub(crate) params: Vec<serde_json::Value>,
-    /// The row cap the run will have (0 for commands).
+    /// HTTP API requests: the request as it will be sent (the body with the viewer's
+    /// masking applied, as `params` are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) http: Option<crate::inspect::NormalizedHttp>,
+    /// The row cap the run will have (0 for commands and HTTP requests).
     pub(crate) max_rows: u64,
     /// The timeout the run will have, in milliseconds.
     pub(crate) timeout_ms: u64,
@@ -113,6 +117,17 @@ pub(crate) fn view(state: &AppState, viewer: &Principal, r: &ReviewRecord) -> Re
             .iter()
             .map(|p| shown_param(p, &masking))
             .collect(),
+        http: r.request.http.as_ref().map(|h| {
+            let mut shown = h.clone();
+            shown.body = h.body.as_ref().map(|b| {
+                masking.body_for_audit(
+                    h.content_type.as_deref(),
+                    b.as_bytes(),
+                    &mut Default::default(),
+                )
+            });
+            shown
+        }),
         max_rows: r.request.max_rows,
         timeout_ms: r.request.timeout_ms,
         facts: r.facts.clone(),

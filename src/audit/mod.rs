@@ -94,9 +94,25 @@ pub struct AuditPrincipal {
 }
 
 impl AuditPrincipal {
-    /// `issuer/subject`: who a review, a kept result or a job belongs to.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.issuer, self.subject)
+    /// Who a kept result or a job belongs to: the whole principal — issuer, subject, kind,
+    /// delegation chain and groups — digested. A token for the same subject with another
+    /// kind, chain or groups may be masked differently (a human in an exempt group sees
+    /// clear values), so it is someone else here.
+    pub fn owner_key(&self) -> String {
+        let mut groups: Vec<&str> = self.groups.iter().map(String::as_str).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let kind = serde_json::to_string(&self.kind).unwrap_or_default();
+        let actors = self.actor.join("\n");
+        let groups = groups.join("\n");
+        crate::digest::digest(&[
+            b"airlock-owner-v1",
+            self.issuer.as_bytes(),
+            self.subject.as_bytes(),
+            kind.as_bytes(),
+            actors.as_bytes(),
+            groups.as_bytes(),
+        ])
     }
 }
 
@@ -201,6 +217,9 @@ pub struct AuditEvent {
     /// A command's exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// An HTTP API request's response status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
     /// How many values were masked, per column and detector (never the values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked: Option<serde_json::Value>,
@@ -211,6 +230,32 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// The event with every NUL character replaced by U+2400 (`␀`). PostgreSQL's text and
+    /// jsonb refuse NUL, so a caller could otherwise put one in a statement, a connection
+    /// name or a key and have its audit record refused; the record keeps where it was.
+    pub fn without_nul(self) -> AuditEvent {
+        fn clean(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) if s.contains('\0') => {
+                    *s = s.replace('\0', "\u{2400}");
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+                serde_json::Value::Object(map) => map.values_mut().for_each(clean),
+                _ => {}
+            }
+        }
+        // Most events have none: one serialisation tells.
+        match serde_json::to_string(&self) {
+            Ok(text) if text.contains("\\u0000") => {}
+            _ => return self,
+        }
+        let Ok(mut value) = serde_json::to_value(&self) else {
+            return self;
+        };
+        clean(&mut value);
+        serde_json::from_value(value).unwrap_or(self)
+    }
+
     pub fn new(phase: Phase, execution_id: &str, operation: &str) -> AuditEvent {
         AuditEvent {
             version: AUDIT_SCHEMA_VERSION,
@@ -245,6 +290,7 @@ impl AuditEvent {
             session_id: None,
             recording_digest: None,
             exit_code: None,
+            http_status: None,
         }
     }
 }

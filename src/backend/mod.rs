@@ -17,6 +17,7 @@
 //! - Every value has a JSON form (see `docs/types.md`); an unknown type falls back to its
 //!   text form, never to an error or a silent null.
 
+pub mod http;
 pub mod kube;
 pub mod mysql;
 pub mod postgres;
@@ -307,11 +308,13 @@ pub struct BackendContext {
     pub store_identity: crate::store::StoreIdentity,
 }
 
-/// A connection's target: SQL (`query`) or commands (`exec`).
+/// A connection's target: SQL (`query`), commands (`exec`) or an HTTP API (one backend
+/// type, so no trait: see [`http::HttpBackend`]).
 #[derive(Clone)]
 pub enum Target {
     Sql(Arc<dyn SqlBackend>),
     Exec(Arc<dyn ExecBackend>),
+    Http(Arc<http::HttpBackend>),
 }
 
 impl Target {
@@ -319,6 +322,7 @@ impl Target {
         match self {
             Target::Sql(b) => b.verify().await,
             Target::Exec(b) => b.verify().await,
+            Target::Http(b) => b.verify().await,
         }
     }
 }
@@ -337,6 +341,9 @@ pub fn build(config: &ConnectionConfig, ctx: &BackendContext) -> Result<Target, 
         (TargetConfig::Ssh(ssh), _) => Target::Exec(Arc::new(ssh::SshBackend::new(config, ssh)?)),
         (TargetConfig::Kubernetes(kube), _) => {
             Target::Exec(Arc::new(kube::KubeBackend::new(config, kube)?))
+        }
+        (TargetConfig::Http(http), _) => {
+            Target::Http(Arc::new(http::HttpBackend::new(config, http)?))
         }
     })
 }

@@ -45,6 +45,7 @@ pub(crate) enum Action {
         streaming: bool,
     },
     Exec(ExecRequest),
+    Http(super::http::HttpRequest),
     Shell(ShellRequest),
     Schema,
     /// Run an approved held request once, as its requester.
@@ -58,6 +59,7 @@ impl Action {
         match self {
             Action::Query { .. } => "query",
             Action::Exec(_) => "exec",
+            Action::Http(_) => "http",
             Action::Shell(_) => "shell",
             Action::Schema => "schema",
             Action::RunApproved { .. } => "run",
@@ -133,6 +135,7 @@ pub(crate) enum Work {
         memory: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     Command(CommandPlan),
+    Http(super::http::HttpPlan),
     Shell(ShellRequest),
     Schema,
 }
@@ -150,6 +153,7 @@ impl Work {
                 argv: None,
                 stdin: None,
                 target: None,
+                http: None,
             }),
             Work::Command(c) => Some(HeldRequest {
                 sql: crate::inspect::shell::quote_argv(&c.argv).ok()?,
@@ -160,6 +164,18 @@ impl Work {
                 argv: Some(c.argv.clone()),
                 stdin: c.stdin.clone(),
                 target: c.target.clone(),
+                http: None,
+            }),
+            Work::Http(h) => Some(HeldRequest {
+                sql: h.call.request_line(),
+                params: Vec::new(),
+                max_rows: 0,
+                max_bytes: h.max_bytes,
+                timeout_ms: h.timeout_ms,
+                argv: None,
+                stdin: None,
+                target: None,
+                http: Some(h.call.clone()),
             }),
             Work::Shell(_) | Work::Schema => None,
         }
@@ -395,6 +411,13 @@ pub(crate) async fn refuse(
 
 /// The action a stored held request came from.
 fn action_of(held: &HeldRequest) -> Action {
+    if let Some(h) = &held.http {
+        return Action::Http(super::http::HttpRequest::from_normalized(
+            h,
+            held.max_bytes,
+            held.timeout_ms,
+        ));
+    }
     match &held.argv {
         Some(argv) => Action::Exec(ExecRequest {
             argv: Some(argv.clone()),
@@ -496,6 +519,11 @@ impl Steps<'_> {
                 let (facts, plan) =
                     super::command::inspect(&conn, request, begin, self.record_masking)?;
                 (facts, Work::Command(plan))
+            }
+            Action::Http(request) => {
+                let (facts, plan) =
+                    super::http::inspect(&conn, request, begin, self.record_masking)?;
+                (facts, Work::Http(plan))
             }
             Action::Shell(request) => {
                 super::shell::check(&conn, &request)?;
@@ -754,14 +782,22 @@ fn check_operation(conn: &Connection, action: &Action) -> Result<(), Problem> {
             format!("connection `{name}` {what}; use POST /v1/connections/{name}/{use_instead}"),
         )
     };
+    // What the connection takes instead, for the message.
+    let instead = if conn.sql().is_some() {
+        ("runs SQL", "query")
+    } else if conn.http().is_some() {
+        ("is an HTTP API", "http")
+    } else {
+        ("runs commands", "exec")
+    };
     match action {
-        Action::Query { .. } if conn.sql().is_none() => Err(wrong("runs commands", "exec")),
-        Action::Schema if conn.sql().is_none() => {
-            Err(wrong("runs commands and has no schema", "exec"))
+        Action::Query { .. } | Action::Schema if conn.sql().is_none() => {
+            Err(wrong(instead.0, instead.1))
         }
         Action::Exec(_) | Action::Shell(_) if conn.exec().is_none() => {
-            Err(wrong("runs SQL", "query"))
+            Err(wrong(instead.0, instead.1))
         }
+        Action::Http(_) if conn.http().is_none() => Err(wrong(instead.0, instead.1)),
         _ => Ok(()),
     }
 }

@@ -118,6 +118,37 @@ pub(crate) struct CheckView {
     pub(crate) output_masking: Vec<OutputMasking>,
 }
 
+/// The action a check body stands for, by the connection's kind: the body `/query`,
+/// `/exec` or `/http` would take. For a connection the caller may not see it follows the
+/// body's shape, and admission then answers the same 404 as the request would.
+pub(crate) fn action_for(
+    gateway: &Gateway,
+    principal: &crate::identity::Principal,
+    connection: &str,
+    body: Value,
+) -> Result<super::admit::Action, Problem> {
+    use super::admit::Action;
+    let malformed = |e: serde_json::Error| Problem::new(Code::MalformedBody, e.to_string());
+    let visible = gateway
+        .connections
+        .get(connection)
+        .filter(|_| gateway.policy.visible(principal, connection));
+    let (sql, http) = match visible {
+        Some(conn) => (conn.sql().is_some(), conn.http().is_some()),
+        None => (body.get("sql").is_some(), body.get("method").is_some()),
+    };
+    Ok(if sql {
+        Action::Query {
+            request: serde_json::from_value(body).map_err(malformed)?,
+            streaming: false,
+        }
+    } else if http {
+        Action::Http(serde_json::from_value(body).map_err(malformed)?)
+    } else {
+        Action::Exec(serde_json::from_value(body).map_err(malformed)?)
+    })
+}
+
 /// Answers a dry run of `request` and records it.
 pub(crate) async fn check(gateway: &Arc<Gateway>, request: Request) -> Result<CheckView, Problem> {
     let caller: Caller = request.caller.clone();
@@ -161,6 +192,14 @@ pub(crate) async fn check(gateway: &Arc<Gateway>, request: Request) -> Result<Ch
                         timeout_ms: plan.timeout_ms,
                     });
                     view.statement = crate::inspect::shell::quote_argv(&plan.argv).ok();
+                }
+                Work::Http(plan) => {
+                    view.limits = Some(CheckLimits {
+                        max_rows: None,
+                        max_bytes: plan.max_bytes,
+                        timeout_ms: plan.timeout_ms,
+                    });
+                    view.statement = Some(plan.call.request_line());
                 }
                 Work::Shell(_) | Work::Schema => {}
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backend::http::HttpBackend;
 use crate::backend::{BackendError, ExecBackend, SqlBackend, Target};
 use crate::config::ConnectionConfig;
 use crate::inspect::lineage::SchemaInfo;
@@ -80,7 +81,7 @@ impl Connection {
     pub(crate) fn sql(&self) -> Option<&Arc<dyn SqlBackend>> {
         match &self.target {
             Target::Sql(b) => Some(b),
-            Target::Exec(_) => None,
+            Target::Exec(_) | Target::Http(_) => None,
         }
     }
 
@@ -88,7 +89,15 @@ impl Connection {
     pub(crate) fn exec(&self) -> Option<&Arc<dyn ExecBackend>> {
         match &self.target {
             Target::Exec(b) => Some(b),
-            Target::Sql(_) => None,
+            Target::Sql(_) | Target::Http(_) => None,
+        }
+    }
+
+    /// The HTTP API backend, or `None` for a SQL or command target.
+    pub(crate) fn http(&self) -> Option<&Arc<HttpBackend>> {
+        match &self.target {
+            Target::Http(b) => Some(b),
+            Target::Sql(_) | Target::Exec(_) => None,
         }
     }
 

@@ -146,7 +146,7 @@ pub(crate) async fn serve_collected(
     request: super::Request,
     budget: Duration,
 ) -> Result<Reply, Problem> {
-    let requester = crate::audit::AuditPrincipal::from(&request.caller.principal).key();
+    let requester = crate::audit::AuditPrincipal::from(&request.caller.principal).owner_key();
     let admitted = match super::admit::admit(gateway, request).await? {
         super::admit::Admission::Held(view) => return Ok(Reply::Held(view)),
         super::admit::Admission::Kept(kept) => return Ok(Reply::Now(*kept)),
@@ -163,6 +163,7 @@ pub(crate) async fn serve_collected(
             match super::start(admitted).await? {
                 super::Answer::Rows(run) => Ok(read_rows(run).await),
                 super::Answer::Command(run) => Ok(read_command(run).await),
+                super::Answer::Http(result) => Ok(Kept::Http(result)),
                 _ => Err(Problem::internal("only queries and commands are collected")),
             }
         });
@@ -203,7 +204,25 @@ pub(crate) async fn serve_collected(
                 "cancelled by its requester; it was stopped on the target",
             )),
         };
-        let kept = if kept.size() > settings.max_result_bytes {
+        let used = gw
+            .store
+            .kept_bytes(&requester, Utc::now())
+            .await
+            .unwrap_or(u64::MAX);
+        let kept = if used.saturating_add(kept.size() as u64)
+            > settings.max_kept_bytes_per_principal
+        {
+            failed(
+                &id,
+                Problem::new(
+                    Code::ResultNotKept,
+                    format!(
+                        "the job finished, but your kept results already hold {used} bytes of the {} a principal may keep (jobs.max_kept_bytes_per_principal): fetch or let them expire, ask for less, or stream it as NDJSON",
+                        settings.max_kept_bytes_per_principal
+                    ),
+                ),
+            )
+        } else if kept.size() > settings.max_result_bytes {
             failed(
                 &id,
                 Problem::new(
@@ -343,7 +362,7 @@ impl ExecutionState {
         // The kept result is written before the execution's end is: it decides first.
         if let Some(kept) = &self.kept {
             return match kept {
-                Kept::Rows(_) | Kept::Command(_) => S::Done,
+                Kept::Rows(_) | Kept::Command(_) | Kept::Http(_) => S::Done,
                 Kept::Failed { problem } if problem["code"] == "cancelled" => S::Cancelled,
                 Kept::Failed { .. } => S::Failed,
             };
@@ -383,12 +402,12 @@ pub(crate) async fn state(
     let Some(owner) = begin.principal.as_ref() else {
         return Ok(None);
     };
-    let own = owner.issuer == caller.issuer && owner.subject == caller.subject;
+    let own = owner.owner_key() == crate::audit::AuditPrincipal::from(caller).owner_key();
     if !(own || auditor) {
         return Ok(None);
     }
     let end = events.iter().find(|e| e.phase == Phase::End).cloned();
-    let kept = super::results::fetch(gateway, execution_id, &owner.key()).await?;
+    let kept = super::results::fetch(gateway, execution_id, &owner.owner_key()).await?;
     Ok(Some(ExecutionState { begin, end, kept }))
 }
 

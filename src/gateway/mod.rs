@@ -23,6 +23,7 @@ pub(crate) mod admit;
 pub(crate) mod check;
 pub(crate) mod command;
 pub(crate) mod connection;
+pub(crate) mod http;
 pub(crate) mod jobs;
 pub(crate) mod problem;
 pub(crate) mod query;
@@ -109,6 +110,8 @@ pub(crate) enum Answer {
     Shell(Box<shell::ShellSession>),
     /// Tables and columns.
     Schema(schema::SchemaView),
+    /// An HTTP API's answer, whole (bodies are capped).
+    Http(Box<http::HttpResult>),
     /// Held for human review (202).
     Held(review::HeldView),
 }
@@ -132,6 +135,7 @@ pub(crate) async fn start(admitted: Box<admit::Admitted>) -> Result<Answer, Prob
             .await
             .map(|s| Answer::Shell(Box::new(s))),
         admit::Work::Schema => schema::read(admitted).await.map(Answer::Schema),
+        admit::Work::Http(_) => http::run(admitted).await.map(|r| Answer::Http(Box::new(r))),
     }
 }
 

@@ -55,6 +55,7 @@ codes! {
     MultipleStatements = "multiple_statements", 400, "Bad request";
     InvalidParams = "invalid_params", 400, "Bad request";
     InvalidCommand = "invalid_command", 400, "Bad request";
+    InvalidHttpRequest = "invalid_http_request", 400, "Bad request";
     InvalidResize = "invalid_resize", 400, "Bad request";
     InvalidControl = "invalid_control", 400, "Bad request";
     InvalidReason = "invalid_reason", 400, "Bad request";

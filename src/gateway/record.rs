@@ -30,6 +30,8 @@ pub(crate) struct Ending {
     pub(crate) truncated: Option<bool>,
     pub(crate) masked: Option<serde_json::Value>,
     pub(crate) exit_code: Option<i64>,
+    /// An HTTP API request's response status.
+    pub(crate) http_status: Option<u16>,
     pub(crate) recording_digest: Option<String>,
 }
 
@@ -44,6 +46,7 @@ impl Ending {
             truncated: None,
             masked: None,
             exit_code: None,
+            http_status: None,
             recording_digest: None,
         }
     }
@@ -227,6 +230,7 @@ pub(crate) fn closing(begin: &AuditEvent, ending: &Ending, duration_ms: Option<u
     end.truncated = ending.truncated;
     end.masked = ending.masked.clone();
     end.exit_code = ending.exit_code;
+    end.http_status = ending.http_status;
     end.recording_digest = ending.recording_digest.clone();
     end.duration_ms = duration_ms;
     end

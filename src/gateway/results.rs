@@ -34,6 +34,8 @@ pub(crate) const MAX_KEPT_BYTES: usize = 1024 * 1024;
 pub(crate) enum Kept {
     Rows(KeptRows),
     Command(KeptCommand),
+    /// An HTTP API's answer, masked as it was sent.
+    Http(Box<super::http::HttpResult>),
     /// It failed (or was cancelled); the problem its requester got, or would have.
     Failed {
         #[serde(default)]
@@ -191,6 +193,7 @@ impl Kept {
         match self {
             Kept::Rows(rows) => Ok(super::Answer::Rows(rows.into_run())),
             Kept::Command(command) => Ok(super::Answer::Command(command.into_run())),
+            Kept::Http(result) => Ok(super::Answer::Http(result)),
             Kept::Failed { problem } => Err(super::problem::Problem::from_body(&problem)),
         }
     }
@@ -199,6 +202,7 @@ impl Kept {
         match self {
             Kept::Rows(r) => Some(&r.execution_id),
             Kept::Command(c) => Some(&c.execution_id),
+            Kept::Http(h) => Some(&h.execution_id),
             Kept::Failed { problem } => problem.get("execution_id").and_then(|v| v.as_str()),
         }
     }
@@ -208,6 +212,7 @@ impl Kept {
         match self {
             Kept::Rows(r) => r.rows.iter().map(|row| row.get().len() + 1).sum(),
             Kept::Command(c) => c.stdout.len() + c.stderr.len(),
+            Kept::Http(h) => h.body.as_ref().map_or(0, |b| b.to_string().len()),
             Kept::Failed { .. } => 0,
         }
     }

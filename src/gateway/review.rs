@@ -357,10 +357,16 @@ async fn retried(
             Box::pin(super::admit::admit(state, run)).await
         }
         ReviewStatus::Done => {
-            let kept =
-                super::results::fetch(state, &found.execution_id, &found.requester_key()).await?;
+            // The kept result is for the principal that ran it, exactly (a token of the same
+            // subject with other groups may be masked differently): anyone else gets 409.
+            let caller_key = AuditPrincipal::from(&ctx.principal).owner_key();
+            let kept = super::results::fetch(state, &found.execution_id, &caller_key).await?;
             match kept {
-                Some(kept @ (super::results::Kept::Rows(_) | super::results::Kept::Command(_))) => {
+                Some(
+                    kept @ (super::results::Kept::Rows(_)
+                    | super::results::Kept::Command(_)
+                    | super::results::Kept::Http(_)),
+                ) => {
                     // Sending rows again discloses them again: on record like a read.
                     begin.operation = "replay".into();
                     begin.decision = Some("allow".into());
@@ -536,8 +542,21 @@ pub(crate) async fn load_for_run(
         && own(record)
         && record.effective_status(Utc::now()) == ReviewStatus::Pending
     {
+        // The wait holds one of the caller's slots, as every request does; it is given
+        // back before admission takes the run's own.
+        let slot = match gateway.slots.acquire(&caller.principal) {
+            Ok(slot) => slot,
+            Err(problem) => {
+                let mut begin = run_begin(record);
+                begin.request_id = caller.request_id.clone();
+                begin.principal = Some(caller_id.clone());
+                let problem = problem.with("rule", "principal-concurrency");
+                return Err(super::admit::refuse(gateway, begin, started, problem).await);
+            }
+        };
         found =
             Some(wait_while(gateway, execution_id, wait, |s| s == ReviewStatus::Pending).await?);
+        drop(slot);
     }
     let refusal = match found {
         Some(record) if own(&record) => {

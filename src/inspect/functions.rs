@@ -50,8 +50,11 @@ fn lists(kind: ConnectionKind) -> Lists {
         ConnectionKind::Postgres => (POSTGRES_SAFE, POSTGRES_DANGEROUS),
         ConnectionKind::Mysql => (MYSQL_SAFE, MYSQL_DANGEROUS),
         ConnectionKind::Sqlite => (SQLITE_SAFE, SQLITE_DANGEROUS),
-        // No SQL runs on an ssh connection; the PostgreSQL lists are the broadest.
-        ConnectionKind::Ssh | ConnectionKind::Kubernetes => (POSTGRES_SAFE, POSTGRES_DANGEROUS),
+        // No SQL runs on an ssh, kubernetes or http connection; the PostgreSQL lists are the
+        // broadest.
+        ConnectionKind::Ssh | ConnectionKind::Kubernetes | ConnectionKind::Http => {
+            (POSTGRES_SAFE, POSTGRES_DANGEROUS)
+        }
     }
 }
 

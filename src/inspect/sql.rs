@@ -215,6 +215,10 @@ pub struct Facts {
     /// An interactive shell as a whole (it cannot be inspected line by line with certainty).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shell: bool,
+    /// For requests to HTTP API targets: the normalised request. SQL facts are then empty,
+    /// and only rules with HTTP conditions (or none) apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::inspect::HttpFacts>,
 }
 
 impl Facts {
@@ -226,6 +230,7 @@ impl Facts {
     pub fn reads_only(&self) -> bool {
         !self.unparsed
             && self.command.is_none()
+            && self.http.is_none()
             && !self.shell
             && !self.kinds.is_empty()
             && self.kinds.iter().all(|k| {
@@ -268,7 +273,9 @@ pub(crate) fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
         ConnectionKind::Sqlite => Box::new(SQLiteDialect {}),
         // Never reached with SQL (the pipeline refuses `query` on an ssh connection); the
         // strictest parse is the safe answer if it ever were.
-        ConnectionKind::Ssh | ConnectionKind::Kubernetes => Box::new(PostgreSqlDialect {}),
+        ConnectionKind::Ssh | ConnectionKind::Kubernetes | ConnectionKind::Http => {
+            Box::new(PostgreSqlDialect {})
+        }
     }
 }
 
@@ -525,6 +532,7 @@ impl Walker {
             nested_write: self.nested_write,
             command: None,
             shell: false,
+            http: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //!   depth limit to hit), all slicing is bounds-checked by construction.
 
 pub mod detectors;
+pub mod json;
 pub mod plan;
 pub mod stream;
 
@@ -65,7 +66,8 @@ pub struct MaskingConfig {
 }
 
 /// A column rule: `column` is a glob over the column name (`ssn`, `*_email`) or over
-/// `table.column` (`users.*`, `*.password`) when it contains a dot.
+/// `table.column` (`users.*`, `*.password`) when it contains a dot. When it starts with `$`
+/// it is a JSON path over HTTP bodies instead (see [`json`]), and never applies to SQL.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnRule {
@@ -137,7 +139,10 @@ impl MaskingConfig {
             }
         }
         for (i, r) in self.columns.iter().enumerate() {
-            if r.column.is_empty() || r.column.chars().any(char::is_whitespace) {
+            if r.is_json_path() {
+                json::JsonPath::parse(&r.column)
+                    .map_err(|m| (format!("columns[{i}].column"), format!("JSON path: {m}")))?;
+            } else if r.column.is_empty() || r.column.chars().any(char::is_whitespace) {
                 return Err((
                     format!("columns[{i}].column"),
                     "a glob over `column` or `table.column`, without spaces".into(),
@@ -172,9 +177,17 @@ impl MaskingConfig {
 }
 
 impl ColumnRule {
+    /// Whether `column` is a JSON path (`$...`) over HTTP bodies rather than a SQL glob.
+    pub fn is_json_path(&self) -> bool {
+        self.column.starts_with('$')
+    }
+
     /// Whether the rule names this column. A glob with a dot needs the table to be known.
+    /// A JSON-path rule names no SQL column.
     pub fn matches(&self, table: Option<&str>, column: &str) -> bool {
-        if self.column.contains('.') {
+        if self.is_json_path() {
+            false
+        } else if self.column.contains('.') {
             table.is_some_and(|t| crate::glob::matches(&self.column, &format!("{t}.{column}")))
         } else {
             crate::glob::matches(&self.column, column)
@@ -281,7 +294,7 @@ pub fn mask_json(
     }
 }
 
-fn mask_keys(
+pub(super) fn mask_keys(
     map: &mut Map<String, Value>,
     set: &DetectorSet,
     strategy: DetectorStrategy,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::json::{BodyMasking, JsonRule, MaskedBody};
 use super::{ColumnStrategy, DetectorSet, MaskCounts, MaskingConfig};
 use crate::config::PrincipalKind;
 use crate::identity::Principal;
@@ -24,6 +25,17 @@ use crate::inspect::lineage::{Lineage, OutputLineage, SourceColumn};
 struct Entry {
     config: MaskingConfig,
     detectors: Arc<DetectorSet>,
+    /// The `$...` column rules, compiled; they apply to HTTP bodies only.
+    json_rules: Vec<JsonRule>,
+}
+
+impl Entry {
+    /// The column rules that apply to SQL results: every rule but the JSON paths. Every
+    /// SQL use of column rules (plan, strict check, lineage, error withholding, schema)
+    /// must go through this, so that a JSON-path rule never changes SQL masking.
+    fn sql_rules(&self) -> impl Iterator<Item = &super::ColumnRule> {
+        self.config.columns.iter().filter(|r| !r.is_json_path())
+    }
 }
 
 /// Every `[[masking]]` entry, compiled once at startup.
@@ -64,9 +76,18 @@ impl Masking {
             let detectors = config
                 .detector_set()
                 .map_err(|e| format!("masking[{i}]: {e}"))?;
+            let mut json_rules = Vec::new();
+            for (j, r) in config.columns.iter().enumerate() {
+                if r.is_json_path() {
+                    json_rules.push(JsonRule::new(&r.column, r.strategy).map_err(|m| {
+                        format!("masking[{i}].columns[{j}].column: JSON path: {m}")
+                    })?);
+                }
+            }
             entries.push(Arc::new(Entry {
                 config: config.clone(),
                 detectors: Arc::new(detectors),
+                json_rules,
             }));
         }
         Ok(Masking {
@@ -153,7 +174,8 @@ pub struct MaskingSummary {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"column": "customers.email", "strategy": "redact"}))]
 pub struct ColumnRuleView {
-    /// A glob over the column name (`ssn`), or over `table.column` (`customers.*`).
+    /// A glob over the column name (`ssn`), or over `table.column` (`customers.*`); or,
+    /// starting with `$`, a JSON path over HTTP API bodies (`$.customers[*].email`).
     pub column: String,
     /// `redact`, `partial` or `hash`.
     #[schema(value_type = String)]
@@ -185,8 +207,14 @@ impl RequestMasking {
         summary
     }
 
+    /// Whether SQL column rules apply (JSON-path rules do not count: see `sql_rules`).
     pub fn has_column_rules(&self) -> bool {
-        self.entries.iter().any(|e| !e.config.columns.is_empty())
+        self.entries.iter().any(|e| e.sql_rules().next().is_some())
+    }
+
+    /// Whether JSON-path column rules apply to HTTP bodies.
+    pub fn has_json_rules(&self) -> bool {
+        self.entries.iter().any(|e| !e.json_rules.is_empty())
     }
 
     pub fn strict(&self) -> bool {
@@ -203,7 +231,7 @@ impl RequestMasking {
     pub fn protecting_rule(&self, source: &SourceColumn) -> Option<&super::ColumnRule> {
         let table = (source.table != "*").then_some(source.table.as_str());
         self.entries.iter().find_map(|e| {
-            e.config.columns.iter().find(|r| {
+            e.sql_rules().find(|r| {
                 // An unresolved table ("*") cannot prove a `table.column` rule does not
                 // apply: treat the column as matching when its name does.
                 r.matches(table, &source.column)
@@ -323,6 +351,57 @@ impl RequestMasking {
                 }
             }
         }
+    }
+
+    /// What applies to HTTP bodies, borrowed for one body.
+    fn body_masking(&self) -> BodyMasking<'_> {
+        BodyMasking {
+            rules: self.entries.iter().flat_map(|e| &e.json_rules).collect(),
+            detectors: self
+                .entries
+                .iter()
+                .map(|e| (&*e.detectors, e.config.strategy))
+                .collect(),
+            key: &self.key,
+            strict: self.strict(),
+        }
+    }
+
+    /// Masks a JSON value from an HTTP body in place: JSON-path rules (counted under
+    /// `counts.columns` by path), then content detectors over strings, long numbers and
+    /// object keys (`counts.detectors`). SQL column rules do not apply.
+    pub fn json(&self, value: &mut Value, counts: &mut MaskedCounts) {
+        self.body_masking().value(value, counts);
+    }
+
+    /// Masks an HTTP body by its content type (see [`BodyMasking::body`]): JSON and NDJSON
+    /// are parsed and masked, other text goes through the detectors, what cannot be masked
+    /// with certainty is withheld. Used for responses with the requester's masking, and for
+    /// request bodies kept in audit with [`Masking::for_record`]'s.
+    pub fn body(
+        &self,
+        content_type: Option<&str>,
+        body: &[u8],
+        counts: &mut MaskedCounts,
+    ) -> MaskedBody {
+        self.body_masking().body(content_type, body, counts)
+    }
+
+    /// A body as audit keeps it: masked as [`RequestMasking::body`] does, as text (a body
+    /// that is not UTF-8 is never stored, even where nothing masks bodies).
+    pub fn body_for_audit(
+        &self,
+        content_type: Option<&str>,
+        body: &[u8],
+        counts: &mut MaskedCounts,
+    ) -> String {
+        let masked = self.body(content_type, body, counts);
+        String::from_utf8(masked.bytes).unwrap_or_else(|e| {
+            format!(
+                "[body withheld: {} bytes, not UTF-8 text]",
+                e.as_bytes().len()
+            )
+        })
     }
 
     /// The masker chain for one byte stream (stdout, stderr, a terminal).

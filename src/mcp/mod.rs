@@ -131,7 +131,15 @@ fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        // Only what a host (and port, or an IPv6 literal) can be: anything else would let a
+        // client write into the challenge header or the discovery document.
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
+        })
         .unwrap_or("localhost");
     let scheme = match headers
         .get("x-forwarded-proto")

@@ -278,6 +278,41 @@ fn catalogue() -> Vec<Builtin> {
             },
             message: "the statement calls a function Airlock does not know to be safe; a human must approve it",
         },
+        // HTTP API targets.
+        Builtin {
+            id: "review-http-writes",
+            action: Action::Review,
+            matcher: Match {
+                methods: Some(
+                    ["POST", "PUT", "PATCH", "DELETE"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+                ..Match::default()
+            },
+            message: "a request that can change something on the API needs a human's approval",
+        },
+        Builtin {
+            id: "deny-http-admin-paths",
+            action: Action::Deny,
+            matcher: Match {
+                paths: Some(
+                    [
+                        "/admin/**",
+                        "**/admin/**",
+                        "/internal/**",
+                        "**/actuator/**",
+                        "**/.env",
+                        "**/.git/**",
+                        "**/debug/**",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ),
+                ..Match::default()
+            },
+            message: "administrative, internal and diagnostic paths are not for agents",
+        },
     ]
 }
 

@@ -195,6 +195,15 @@ pub struct Match {
     /// `true`: the rule is about interactive shells. An allow rule admits a shell only when
     /// it says so; a deny or review rule without conditions also catches shells.
     pub shell: Option<bool>,
+    /// HTTP API targets: methods (uppercase; `*` for any).
+    pub methods: Option<Vec<String>>,
+    /// HTTP API targets: globs over the normalised path (`/customers/*`, `/admin/**`; `*`
+    /// stays within one segment, `**` crosses segments).
+    pub paths: Option<Vec<String>>,
+    /// HTTP API targets: globs over query parameter names.
+    pub query_keys: Option<Vec<String>>,
+    /// HTTP API targets: request body content types (`application/json`).
+    pub content_types: Option<Vec<String>>,
 }
 
 /// Does the argv pattern (one glob per word) match?
@@ -221,6 +230,26 @@ fn table_matches(pattern: &str, table: &str) -> bool {
     }
 }
 
+/// Whether a path glob matches a normalised path: `*` matches within one segment, `**`
+/// across segments (including none), everything else literally. Matched segment by
+/// segment, so `/admin*` never matches `/administrators/..` by accident of a shared prefix
+/// unless the glob says so, and `/admin/**` matches `/admin` itself.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    fn go(p: &[&str], s: &[&str]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((&"**", rest)) => (0..=s.len()).any(|i| go(rest, &s[i..])),
+            Some((seg, rest)) => match s.split_first() {
+                Some((first, tail)) => glob::matches(seg, first) && go(rest, tail),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+    let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    go(&p, &s)
+}
+
 fn function_matches(pattern: &str, function: &str) -> bool {
     table_matches(pattern, function)
 }
@@ -245,6 +274,59 @@ impl Match {
             || self.function_unlisted.is_some()
             || self.nested_write.is_some()
             || self.multi_statement.is_some()
+    }
+
+    fn has_http_conditions(&self) -> bool {
+        self.methods.is_some()
+            || self.paths.is_some()
+            || self.query_keys.is_some()
+            || self.content_types.is_some()
+    }
+
+    /// An HTTP API request: only HTTP conditions apply; a rule with SQL or command
+    /// conditions does not. Same catch/admit semantics as the rest: a deny or review rule
+    /// catches when any fact hits, an allow rule admits only when every fact is covered.
+    fn matches_http(&self, h: &crate::inspect::HttpFacts, action: Action) -> bool {
+        if self.has_sql_conditions() || self.has_command_conditions() || self.shell == Some(true) {
+            return false;
+        }
+        // Unparsed input is not a fact of HTTP requests (they are refused before the policy
+        // when they cannot be normalised); a rule only about unparsed input is not about them.
+        if self.unparsed == Some(true) {
+            return false;
+        }
+        let admit = action == Action::Allow;
+        if let Some(methods) = &self.methods
+            && !methods
+                .iter()
+                .any(|m| m == "*" || m.eq_ignore_ascii_case(&h.method))
+        {
+            return false;
+        }
+        if let Some(globs) = &self.paths
+            && !globs.iter().any(|g| path_matches(g, &h.path))
+        {
+            return false;
+        }
+        if let Some(globs) = &self.query_keys
+            && !covers(admit, &h.query_keys, |k| {
+                globs.iter().any(|g| glob::matches(g, k))
+            })
+        {
+            return false;
+        }
+        if let Some(types) = &self.content_types {
+            let hit = |t: &String| types.iter().any(|x| x.eq_ignore_ascii_case(t));
+            match &h.content_type {
+                Some(t) if !hit(t) => return false,
+                Some(_) => {}
+                // No body: a content-type condition does not catch it, and an allow rule
+                // listing types admits a body-less request.
+                None if !admit => return false,
+                None => {}
+            }
+        }
+        true
     }
 
     fn has_command_conditions(&self) -> bool {
@@ -355,16 +437,27 @@ impl Match {
                 return false;
             }
             return match self.shell {
-                Some(true) => !self.has_sql_conditions() && !self.has_command_conditions(),
+                Some(true) => {
+                    !self.has_sql_conditions()
+                        && !self.has_command_conditions()
+                        && !self.has_http_conditions()
+                }
                 Some(false) => false,
                 None => {
                     action != Action::Allow
                         && !self.has_sql_conditions()
                         && !self.has_command_conditions()
+                        && !self.has_http_conditions()
                 }
             };
         }
         if self.shell == Some(true) {
+            return false;
+        }
+        if let Some(h) = &facts.http {
+            return self.matches_http(h, action);
+        }
+        if self.has_http_conditions() {
             return false;
         }
         if let Some(c) = &facts.command {
@@ -1091,5 +1184,24 @@ mod tests {
         let mut f = facts();
         f.kinds = vec![StatementKind::Delete];
         assert_eq!(pol.decide(&p, "demo", &f).rule(), "no-delete");
+    }
+
+    #[test]
+    fn path_globs_match_segment_by_segment() {
+        for (glob, path, hit) in [
+            ("/customers/*", "/customers/42", true),
+            ("/customers/*", "/customers/42/notes", false),
+            ("/customers/**", "/customers/42/notes", true),
+            ("/customers/**", "/customers", true),
+            ("/admin/**", "/admin", true),
+            ("/admin/**", "/administrators", false),
+            ("**/admin/**", "/v2/admin/users", true),
+            ("**/admin/**", "/v2/badmin/users", false),
+            ("/admin*", "/administrators", true),
+            ("**/.env", "/app/.env", true),
+            ("/", "/", true),
+        ] {
+            assert_eq!(path_matches(glob, path), hit, "{glob} vs {path}");
+        }
     }
 }

@@ -146,6 +146,9 @@ pub struct HeldRequest {
     /// Kubernetes commands: the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<crate::backend::PodTarget>,
+    /// Set for HTTP API requests: the request exactly as it will be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::inspect::NormalizedHttp>,
 }
 
 impl HeldRequest {
@@ -288,6 +291,28 @@ pub fn binding(
     if let Some(stdin) = &request.stdin {
         fields.push(("command.stdin", stdin.as_bytes().to_vec()));
     }
+    if let Some(h) = &request.http {
+        fields.push(("http.method", h.method.as_bytes().to_vec()));
+        fields.push(("http.path", h.path.as_bytes().to_vec()));
+        let pairs = |items: &[crate::inspect::NameValue]| {
+            list(
+                items
+                    .iter()
+                    .map(|nv| list([nv.name.as_bytes(), nv.value.as_bytes()].into_iter()))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(Vec::as_slice),
+            )
+        };
+        fields.push(("http.query", pairs(&h.query)));
+        fields.push(("http.headers", pairs(&h.headers)));
+        if let Some(ct) = &h.content_type {
+            fields.push(("http.content_type", ct.as_bytes().to_vec()));
+        }
+        if let Some(body) = &h.body {
+            fields.push(("http.body", body.as_bytes().to_vec()));
+        }
+    }
     if let Some(t) = &request.target {
         fields.push(("pod.namespace", t.namespace.as_bytes().to_vec()));
         fields.push(("pod.name", t.pod.as_bytes().to_vec()));
@@ -376,6 +401,7 @@ mod tests {
             argv: None,
             stdin: None,
             target: None,
+            http: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod auth;
 mod bad_input;
 mod deploy;
 mod guardrails;
+mod http_api;
 mod jobs;
 mod kube;
 mod kube_double;

@@ -165,9 +165,10 @@ pub(crate) fn fold(kind: ConnectionKind, ident: &Ident) -> String {
             s
         }
         ConnectionKind::Mysql => ident.value.to_lowercase(),
-        ConnectionKind::Sqlite | ConnectionKind::Ssh | ConnectionKind::Kubernetes => {
-            ident.value.to_ascii_lowercase()
-        }
+        ConnectionKind::Sqlite
+        | ConnectionKind::Ssh
+        | ConnectionKind::Kubernetes
+        | ConnectionKind::Http => ident.value.to_ascii_lowercase(),
     }
 }
 
