@@ -242,7 +242,7 @@ pub(crate) async fn hold(
         Some(found) if found.binding != record.binding => {
             let p = Problem::new(
                 Code::IdempotencyKeyReused,
-                "this Idempotency-Key was used for a different request; use a new key",
+                "this Idempotency-Key was used for a different request (another statement, params or limits; an NDJSON request has other default limits than a JSON one): use a new key, or resend exactly the first request",
             )
             .with("execution_id", found.execution_id);
             return Err(super::admit::refuse(state, begin, started, p).await);
