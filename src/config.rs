@@ -56,6 +56,9 @@ pub struct Config {
     pub shells: ShellsConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// The approvers' web console at `/console`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Digests of the configuration as written, for binding approvals.
     #[serde(skip)]
     versions: Versions,
@@ -98,6 +101,64 @@ impl Versions {
             policy: version("airlock-policy-v1", table.get("rules")),
         }
     }
+}
+
+/// The approvers' web console (`console`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console at `/console`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The console's external origin (`https://airlock.example.com`): the base of the OIDC
+    /// redirect URI (`{public_url}/console/callback`, to register at the identity provider)
+    /// and whether cookies are `Secure`. Without it, OIDC sign-in works only on a loopback
+    /// origin, taken from the request.
+    pub public_url: Option<String>,
+    /// A console session ends after this long without a request.
+    #[serde(default = "default_console_idle_secs")]
+    pub idle_timeout_secs: u64,
+    /// ...and this long after sign-in, whatever happens.
+    #[serde(default = "default_console_max_secs")]
+    pub max_session_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            public_url: None,
+            idle_timeout_secs: default_console_idle_secs(),
+            max_session_secs: default_console_max_secs(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_console_idle_secs() -> u64 {
+    30 * 60
+}
+fn default_console_max_secs() -> u64 {
+    12 * 3600
+}
+
+/// How people sign in to the console with an issuer: OpenID Connect authorization code
+/// with PKCE (S256). The ID token's audience is `client_id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConsoleConfig {
+    pub client_id: String,
+    /// For identity providers that require a confidential client (sent as HTTP Basic).
+    pub client_secret: Option<SecretRef>,
+    /// Must include `openid`; add what makes the provider put groups in the ID token.
+    #[serde(default = "default_console_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_console_scopes() -> Vec<String> {
+    vec!["openid".into()]
 }
 
 /// Long-running requests (`gateway::jobs`).
@@ -345,6 +406,8 @@ pub struct IssuerConfig {
     /// Allow http:// discovery/JWKS URLs (only sensible on loopback, e.g. in tests).
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Console sign-in through this issuer (OIDC authorization code with PKCE).
+    pub console: Option<IssuerConsoleConfig>,
 }
 
 impl IssuerConfig {
@@ -785,12 +848,67 @@ impl Config {
                     "a dev issuer has no discovery document",
                 ));
             }
+            if let Some(c) = &iss.console {
+                if iss.dev {
+                    return Err(err(
+                        at("console"),
+                        "the dev issuer has no sign-in endpoint; the console signs its tokens in on loopback without this",
+                    ));
+                }
+                if iss.principal_kind == Some(PrincipalKind::Agent) {
+                    return Err(err(
+                        at("console"),
+                        "this issuer's principals are agents; the console is for humans",
+                    ));
+                }
+                if c.client_id.trim().is_empty() {
+                    return Err(err(at("console.client_id"), "a client id is required"));
+                }
+                if !c.scopes.iter().any(|s| s == "openid") {
+                    return Err(err(
+                        at("console.scopes"),
+                        "the scopes must include `openid`",
+                    ));
+                }
+                if let Some(secret) = &c.client_secret {
+                    secret
+                        .resolve()
+                        .map_err(|m| err(at("console.client_secret"), m))?;
+                }
+            }
             if iss.jwks_max_bytes == 0 || iss.jwks_timeout_ms == 0 {
                 return Err(err(at("jwks_max_bytes"), "JWKS limits must be positive"));
             }
         }
         if self.issuers.iter().filter(|i| i.dev).count() > 1 {
             return Err(err("issuers", "at most one dev issuer"));
+        }
+        if let Some(url) = &self.console.public_url {
+            let parsed = check_http_url(url, true)
+                .and_then(|()| reqwest::Url::parse(url).map_err(|e| e.to_string()))
+                .map_err(|m| err("console.public_url", m))?;
+            let loopback = parsed.host_str().is_some_and(is_loopback_host);
+            if parsed.scheme() == "http" && !loopback {
+                return Err(err(
+                    "console.public_url",
+                    "use https: session cookies over plain http are only for loopback",
+                ));
+            }
+            if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(err(
+                    "console.public_url",
+                    "give only the origin (scheme, host, port), e.g. https://airlock.example.com",
+                ));
+            }
+        }
+        if self.console.idle_timeout_secs == 0
+            || self.console.max_session_secs == 0
+            || self.console.max_session_secs > 30 * 86_400
+        {
+            return Err(err(
+                "console.max_session_secs",
+                "console session timeouts must be positive and at most 30 days",
+            ));
         }
         if let Some(url) = &self.store.url {
             check_db_url(url, &["postgres", "postgresql"]).map_err(|m| err("store.url", m))?;
@@ -900,6 +1018,16 @@ fn check_name(name: &str) -> Result<(), String> {
             "`{name}` must be 1-64 characters of letters, digits, `-`, `_`, `.`"
         ))
     }
+}
+
+/// `localhost` or a loopback IP address (IPv6 in brackets, as URLs write it).
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 fn check_http_url(url: &str, allow_http: bool) -> Result<(), String> {

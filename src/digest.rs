@@ -20,6 +20,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
+/// Equality that takes the same time wherever the first difference is (secrets compared
+/// with what a caller sent).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// JSON with object keys sorted at every level and no insignificant whitespace, so equal
 /// values always encode to equal bytes whatever order they were built in.
 pub fn canonical_json(value: &Value) -> String {

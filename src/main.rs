@@ -269,7 +269,18 @@ async fn serve(
                     lifetime_secs: 3600,
                 },
             )?;
-            Some(token)
+            // And a person's, for the approvers' console (loopback dev sign-in).
+            let approver = DevIssuer::load_or_create(&data_dir)?.mint(
+                issuer,
+                &TokenRequest {
+                    subject: "dba-1",
+                    groups: &["dba".to_string()],
+                    kind: PrincipalKind::Human,
+                    act: None,
+                    lifetime_secs: 3600,
+                },
+            )?;
+            Some((token, approver))
         }
         _ => None,
     };
@@ -281,12 +292,15 @@ async fn serve(
         data_dir.display()
     );
     eprintln!("API docs: http://{addr}/docs");
-    if let Some(token) = hint {
+    if let Some((token, approver)) = hint {
         eprintln!(
             "\nA dev token for agent-1 (group agents), valid 1 hour:\n\n  export AIRLOCK_TOKEN={token}\n"
         );
         eprintln!(
             "Query the demo:\n\n  curl -s http://{addr}/v1/connections/demo/query \\\n    -H \"Authorization: Bearer $AIRLOCK_TOKEN\" -H 'Content-Type: application/json' \\\n    -d '{{\"sql\": \"SELECT id, name, email, city FROM customers ORDER BY id LIMIT 3\"}}'\n"
+        );
+        eprintln!(
+            "Approve, audit and replay in the console, signed in as dba-1 (group dba) for 1 hour:\n\n  http://{addr}/console/#dev-token={approver}\n"
         );
     }
     running.wait().await;

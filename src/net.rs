@@ -61,8 +61,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -80,7 +80,17 @@ pub async fn serve(
             idle: limits.write_idle,
             stalled: None,
         });
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer's address, for what only a loopback caller may do (the console's dev
+        // sign-in); axum's `ConnectInfo` reads it.
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let mut phase = phase.subscribe();
         tokio::spawn(async move {
             let _permit = permit;

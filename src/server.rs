@@ -174,6 +174,7 @@ pub async fn prepare(
         crate::gateway::Gateway::memory_budget(config.server.memory_budget_bytes);
     let shells_config = config.shells.clone();
     let jobs_config = config.jobs;
+    let console = config.console.clone();
     let auth = Authenticator::new(config, data_dir)?;
     auth.warm_up().await;
     let gateway = Arc::new(Gateway {
@@ -204,6 +205,7 @@ pub async fn prepare(
         ready: AtomicBool::new(true),
         max_body_bytes,
         body_read_timeout: Duration::from_millis(config_body_read_ms),
+        console,
     });
     Ok(Prepared {
         state,

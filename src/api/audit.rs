@@ -68,6 +68,12 @@ pub(crate) async fn list(
     query: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, Problem> {
     let Query(q) = query.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
+    page(&state, q).await.map(Json)
+}
+
+/// A page of the audit log (the API's and the console's search); the caller checked that
+/// the reader is an administrator.
+pub(crate) async fn page(state: &AppState, q: AuditParams) -> Result<AuditPage, Problem> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(Problem::new(
@@ -102,8 +108,8 @@ pub(crate) async fn list(
     let next_cursor = (events.len() == limit)
         .then(|| events.last().and_then(|e| e.seq).map(|s| s.to_string()))
         .flatten();
-    Ok(Json(AuditPage {
+    Ok(AuditPage {
         events,
         next_cursor,
-    }))
+    })
 }

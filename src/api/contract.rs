@@ -118,6 +118,15 @@ fn advice(code: Code) -> &'static str {
             "you may not decide this review (not in its approver groups, or you requested it)"
         }
         Code::NotAnAdmin => "this needs an administrator (a principal listed in `audit.readers`)",
+        Code::CsrfFailed => {
+            "console only: send the session's CSRF token (GET /console/api/me) in X-Airlock-CSRF, from the console's own page"
+        }
+        Code::ConsoleHumansOnly => {
+            "console only: the console is for people; agents call the API with their bearer token"
+        }
+        Code::ConsoleDevLoginUnavailable => {
+            "console only: the dev sign-in needs the dev issuer and a loopback client; sign in with your identity provider"
+        }
         Code::NotFound => {
             "no such resource visible to you (list what you may use first); do not retry as is"
         }

@@ -53,7 +53,24 @@ pub(crate) async fn authenticate(
                 .map_err(|_| Problem::unauthorized("the Authorization header is not valid text"))
         })
         .transpose()?;
-    match state.auth.authenticate(header).await {
+    verdict(state.auth.authenticate(header).await)
+}
+
+/// Verifies a bare token (the console's dev sign-in) exactly as a bearer header would be.
+pub(crate) async fn authenticate_token(
+    state: &AppState,
+    token: &str,
+) -> Result<Principal, Problem> {
+    verdict(
+        state
+            .auth
+            .authenticate(Some(&format!("Bearer {token}")))
+            .await,
+    )
+}
+
+fn verdict(result: Result<Principal, AuthError>) -> Result<Principal, Problem> {
+    match result {
         Ok(p) => Ok(p),
         Err(AuthError::KeysUnavailable) => Err(Problem::new(
             Code::IdentityUnavailable,

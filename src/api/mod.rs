@@ -138,6 +138,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.max_body_bytes;
     router
         .merge(crate::mcp::router(state.clone()))
+        .merge(crate::console::router(state.clone()))
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -21,7 +21,7 @@ use crate::store::ReviewLookup;
 
 /// A held request and its review, as a reviewer (or auditor) sees it.
 #[derive(Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "status": "pending_review", "requester": {"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}, "connection": "demo", "statement": "UPDATE customers SET city = ? WHERE id = ?", "statement_visible": "UPDATE customers SET city = ? WHERE id = ?", "params": ["Lyon", 42], "max_rows": 1000, "timeout_ms": 30000, "facts": {"kinds": ["update"], "tables": ["customers"], "functions": [], "function_classes": [], "statement_count": 1, "has_where": true, "unparsed": false, "shell": false}, "rule": "writes-need-review", "message": "writes need a DBA", "approver_groups": ["dba"], "min_approvals": 1, "approvals": [], "created_at": "2025-01-01T12:00:00Z", "expires_at": "2025-01-01T13:00:00Z"}))]
+#[schema(example = json!({"id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "status": "pending_review", "requester": {"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}, "connection": "demo", "statement": "UPDATE customers SET city = ? WHERE id = ?", "statement_visible": "UPDATE customers SET city = ? WHERE id = ?", "params": ["Lyon", 42], "max_rows": 1000, "timeout_ms": 30000, "facts": {"statement_count": 1, "kinds": ["update"], "unparsed": false, "tables_read": ["customers"], "tables_written": ["customers"], "missing_where": false, "functions": [], "function_classes": []}, "rule": "writes-need-review", "message": "writes need a DBA", "approver_groups": ["dba"], "min_approvals": 1, "approvals": [], "created_at": "2025-01-01T12:00:00Z", "expires_at": "2025-01-01T13:00:00Z"}))]
 pub(crate) struct ReviewView {
     /// The review's id (for approve and reject).
     pub(crate) id: String,
@@ -157,7 +157,7 @@ fn may_review(r: &ReviewRecord, p: &Principal) -> bool {
 
 /// Reviews the caller may decide (all, for auditors): pending first, then newest.
 #[derive(Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"reviews": [{"id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "status": "pending_review", "requester": {"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}, "connection": "demo", "statement": "UPDATE customers SET city = ? WHERE id = ?", "statement_visible": "UPDATE customers SET city = ? WHERE id = ?", "params": ["Lyon", 42], "max_rows": 1000, "timeout_ms": 30000, "facts": {"kinds": ["update"], "tables": ["customers"], "functions": [], "function_classes": [], "statement_count": 1, "has_where": true, "unparsed": false, "shell": false}, "rule": "writes-need-review", "message": "writes need a DBA", "approver_groups": ["dba"], "min_approvals": 1, "approvals": [], "created_at": "2025-01-01T12:00:00Z", "expires_at": "2025-01-01T13:00:00Z"}]}))]
+#[schema(example = json!({"reviews": [{"id": "0190f5c2-7a52-7d10-8e4b-2b9c1f0d3e57", "execution_id": "0190f5c2-7a4e-7c3b-9f2a-5d1e8b6a4c21", "status": "pending_review", "requester": {"issuer": "dev", "subject": "agent-1", "kind": "agent", "groups": ["agents"], "actor": []}, "connection": "demo", "statement": "UPDATE customers SET city = ? WHERE id = ?", "statement_visible": "UPDATE customers SET city = ? WHERE id = ?", "params": ["Lyon", 42], "max_rows": 1000, "timeout_ms": 30000, "facts": {"statement_count": 1, "kinds": ["update"], "unparsed": false, "tables_read": ["customers"], "tables_written": ["customers"], "missing_where": false, "functions": [], "function_classes": []}, "rule": "writes-need-review", "message": "writes need a DBA", "approver_groups": ["dba"], "min_approvals": 1, "approvals": [], "created_at": "2025-01-01T12:00:00Z", "expires_at": "2025-01-01T13:00:00Z"}]}))]
 pub(crate) struct ReviewList {
     /// At most `limit` reviews.
     pub(crate) reviews: Vec<ReviewView>,
@@ -201,24 +201,33 @@ pub(crate) async fn list(
     query: Result<Query<ReviewListParams>, QueryRejection>,
 ) -> Result<Json<ReviewList>, Problem> {
     let Query(q) = query.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
+    list_for(&state, &p, q).await.map(Json)
+}
+
+/// The reviews `p` may see (the API's and the console's list).
+pub(crate) async fn list_for(
+    state: &AppState,
+    p: &Principal,
+    q: ReviewListParams,
+) -> Result<ReviewList, Problem> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 500 {
         return Err(Problem::new(Code::InvalidQuery, "limit must be in 1..=500"));
     }
-    let auditor = is_auditor(&state, &p);
+    let auditor = is_auditor(state, p);
     let records = state
         .gateway
         .store
         .list_reviews(q.status.map(Into::into), limit)
         .await
         .map_err(|_| Problem::audit_unavailable())?;
-    Ok(Json(ReviewList {
+    Ok(ReviewList {
         reviews: records
             .iter()
-            .filter(|r| auditor || may_review(r, &p))
-            .map(|r| view(&state, &p, r))
+            .filter(|r| auditor || may_review(r, p))
+            .map(|r| view(state, p, r))
             .collect(),
-    }))
+    })
 }
 
 /// Get one review
@@ -236,11 +245,20 @@ pub(crate) async fn get(
     Auth(p): Auth,
     ApiPath(id): ApiPath,
 ) -> Result<Json<ReviewView>, Problem> {
-    let r = load(&state, &id).await?;
-    if !(is_auditor(&state, &p) || may_review(&r, &p)) {
+    get_for(&state, &p, &id).await.map(Json)
+}
+
+/// One review, if `p` may see it.
+pub(crate) async fn get_for(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<ReviewView, Problem> {
+    let r = load(state, id).await?;
+    if !(is_auditor(state, p) || may_review(&r, p)) {
         return Err(Problem::not_found(format!("no review `{id}`")));
     }
-    Ok(Json(view(&state, &p, &r)))
+    Ok(view(state, p, &r))
 }
 
 /// An approval, optionally with a guard and a note. Unknown fields are refused (400
@@ -293,6 +311,16 @@ pub(crate) async fn approve(
     ApiPath(id): ApiPath,
     OptionalJson(req): OptionalJson<ApproveRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
+    approve_as(&state, &p, &id, req).await.map(Json)
+}
+
+/// `p` approves review `id` (the API's and the console's approval).
+pub(crate) async fn approve_as(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    req: ApproveRequest,
+) -> Result<ReviewView, Problem> {
     let comment = match req.comment.as_deref().map(str::trim) {
         Some(c) if c.chars().count() > 2000 => {
             return Err(Problem::new(
@@ -305,15 +333,15 @@ pub(crate) async fn approve(
     };
     let r = flow::decide(
         &state.gateway,
-        &id,
-        &p,
+        id,
+        p,
         Verdict::Approve {
             max_affected_rows: req.max_affected_rows,
             comment,
         },
     )
     .await?;
-    Ok(Json(view(&state, &p, &r)))
+    Ok(view(state, p, &r))
 }
 
 /// Reject a review
@@ -332,6 +360,16 @@ pub(crate) async fn reject(
     ApiPath(id): ApiPath,
     ApiJson(req): ApiJson<RejectRequest>,
 ) -> Result<Json<ReviewView>, Problem> {
+    reject_as(&state, &p, &id, req).await.map(Json)
+}
+
+/// `p` rejects review `id` (the API's and the console's rejection).
+pub(crate) async fn reject_as(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    req: RejectRequest,
+) -> Result<ReviewView, Problem> {
     let reason = req.reason.trim();
     if reason.is_empty() || reason.chars().count() > 2000 {
         return Err(Problem::new(
@@ -341,12 +379,12 @@ pub(crate) async fn reject(
     }
     let r = flow::decide(
         &state.gateway,
-        &id,
-        &p,
+        id,
+        p,
         Verdict::Reject {
             reason: reason.to_string(),
         },
     )
     .await?;
-    Ok(Json(view(&state, &p, &r)))
+    Ok(view(state, p, &r))
 }

@@ -77,11 +77,20 @@ pub(crate) async fn list(
     query: Result<Query<SessionParams>, QueryRejection>,
 ) -> Result<Json<SessionPage>, Problem> {
     let Query(q) = query.map_err(|e| Problem::new(Code::InvalidQuery, e.body_text()))?;
+    list_for(&state, &p, q).await.map(Json)
+}
+
+/// The sessions `p` may read (the API's and the console's list).
+pub(crate) async fn list_for(
+    state: &AppState,
+    p: &Principal,
+    q: SessionParams,
+) -> Result<SessionPage, Problem> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 500 {
         return Err(Problem::new(Code::InvalidQuery, "limit must be in 1..=500"));
     }
-    let auditor = state.is_admin(&p);
+    let auditor = state.is_admin(p);
     let subject = if auditor {
         q.subject
     } else {
@@ -102,17 +111,38 @@ pub(crate) async fn list(
     let next_cursor = (sessions.len() == limit)
         .then(|| sessions.last().map(|s| s.started_at))
         .flatten();
-    Ok(Json(SessionPage {
+    Ok(SessionPage {
         sessions: sessions
             .into_iter()
-            .filter(|s| may_read(&state, &p, s))
+            .filter(|s| may_read(state, p, s))
             .map(|session| SessionView {
                 session,
                 chain_valid: None,
             })
             .collect(),
         next_cursor,
-    }))
+    })
+}
+
+/// A session's asciicast, if `p` may read it.
+pub(crate) async fn recording_for(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<String, Problem> {
+    load(state, p, id).await?;
+    let lines = state
+        .gateway
+        .store
+        .session_lines(id)
+        .await
+        .map_err(|_| Problem::audit_unavailable())?;
+    let mut body = String::new();
+    for (line, _) in lines {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    Ok(body)
 }
 
 async fn load(state: &AppState, p: &Principal, id: &str) -> Result<SessionRecord, Problem> {
@@ -142,17 +172,26 @@ pub(crate) async fn get(
     Auth(p): Auth,
     ApiPath(id): ApiPath,
 ) -> Result<Json<SessionView>, Problem> {
-    let session = load(&state, &p, &id).await?;
+    get_for(&state, &p, &id).await.map(Json)
+}
+
+/// One session with its chain verified, if `p` may read it.
+pub(crate) async fn get_for(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<SessionView, Problem> {
+    let session = load(state, p, id).await?;
     let lines = state
         .gateway
         .store
-        .session_lines(&id)
+        .session_lines(id)
         .await
         .map_err(|_| Problem::audit_unavailable())?;
-    Ok(Json(SessionView {
+    Ok(SessionView {
         session,
         chain_valid: Some(crate::recording::verify(&lines)),
-    }))
+    })
 }
 
 /// Download a session's recording
@@ -172,18 +211,7 @@ pub(crate) async fn recording(
     Auth(p): Auth,
     ApiPath(id): ApiPath,
 ) -> Result<Response, Problem> {
-    load(&state, &p, &id).await?;
-    let lines = state
-        .gateway
-        .store
-        .session_lines(&id)
-        .await
-        .map_err(|_| Problem::audit_unavailable())?;
-    let mut body = String::new();
-    for (line, _) in lines {
-        body.push_str(&line);
-        body.push('\n');
-    }
+    let body = recording_for(&state, &p, &id).await?;
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(

@@ -18,6 +18,8 @@ pub struct AppState {
     pub(crate) max_body_bytes: usize,
     /// A request body must arrive within this.
     pub(crate) body_read_timeout: std::time::Duration,
+    /// The approvers' console: whether it is served, its origin, session lifetimes.
+    pub(crate) console: crate::config::ConsoleConfig,
 }
 
 impl AppState {

@@ -74,6 +74,10 @@ codes! {
     DatabasePermission = "database_permission", 403, "Forbidden";
     NotAnApprover = "not_an_approver", 403, "Forbidden";
     NotAnAdmin = "not_an_admin", 403, "Forbidden";
+    // The console (cookie sessions for people).
+    CsrfFailed = "csrf_failed", 403, "Forbidden";
+    ConsoleHumansOnly = "console_humans_only", 403, "Forbidden";
+    ConsoleDevLoginUnavailable = "console_dev_login_unavailable", 403, "Forbidden";
     // Routing.
     NotFound = "not_found", 404, "Not found";
     MethodNotAllowed = "method_not_allowed", 405, "Method not allowed";

@@ -287,6 +287,8 @@ pub(crate) async fn hold(
                     .await?
                     .ok_or_else(|| Problem::internal("idempotent review vanished"))?
             } else {
+                // A new review: the console's live view shows it at once.
+                state.reviews.wake(&record.execution_id);
                 // ... and end (outcome pending_review). The run, if approved, gets its own pair.
                 let end = end_of(
                     &begin,

@@ -29,7 +29,16 @@ pub const MAX_AGE: Duration = Duration::from_secs(600);
 struct Cached {
     /// Keyed by `kid`; keys without a `kid` are stored under "".
     keys: HashMap<String, Arc<VerifyKey>>,
+    /// The discovery document's endpoints, for the console's sign-in.
+    endpoints: Option<Endpoints>,
     fetched_at: Option<Instant>,
+}
+
+/// Where a browser signs in and where its code is exchanged (OIDC discovery).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub authorization: String,
+    pub token: String,
 }
 
 pub struct JwksCache {
@@ -154,37 +163,145 @@ impl JwksCache {
             let kid = jwk.common.key_id.clone().unwrap_or_default();
             keys.insert(kid, Arc::new(VerifyKey { alg, key }));
         }
+        let endpoint = |name: &str| {
+            discovery
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|u| self.fetchable(u).is_ok())
+                .map(str::to_string)
+        };
+        let endpoints = match (
+            endpoint("authorization_endpoint"),
+            endpoint("token_endpoint"),
+        ) {
+            (Some(authorization), Some(token)) => Some(Endpoints {
+                authorization,
+                token,
+            }),
+            _ => None,
+        };
         let mut c = self.cached.write().await;
         c.keys = keys;
+        c.endpoints = endpoints;
         c.fetched_at = Some(Instant::now());
         Ok(())
     }
 
-    async fn get_bounded(&self, url: &str) -> Result<Vec<u8>, String> {
+    /// The sign-in endpoints from the discovery document (fetched now if never fetched).
+    pub async fn endpoints(&self) -> Result<Endpoints, String> {
+        let cached = self.cached.read().await.endpoints.clone();
+        if let Some(e) = cached {
+            return Ok(e);
+        }
+        self.refresh_rate_limited().await?;
+        self.cached.read().await.endpoints.clone().ok_or_else(|| {
+            "the issuer's discovery document names no usable authorization_endpoint and \
+             token_endpoint"
+                .to_string()
+        })
+    }
+
+    /// An https URL (or http on an issuer allowed to use it).
+    fn fetchable(&self, url: &str) -> Result<reqwest::Url, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
         match parsed.scheme() {
-            "https" => {}
-            "http" if self.allow_http => {}
-            s => return Err(format!("refusing to fetch keys over {s}")),
+            "https" => Ok(parsed),
+            "http" if self.allow_http => Ok(parsed),
+            s => Err(format!("refusing to talk to the issuer over {s}")),
         }
-        let mut resp = self
+    }
+
+    async fn get_bounded(&self, url: &str) -> Result<Vec<u8>, String> {
+        let parsed = self.fetchable(url)?;
+        let resp = self
             .http
             .get(parsed)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
+        self.read_bounded(url, resp, true).await
+    }
+
+    /// POSTs a form (the console's code exchange) and reads a bounded JSON answer; an
+    /// error status comes back with the provider's `error` and `error_description`.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<serde_json::Value, String> {
+        let parsed = self.fetchable(url)?;
+        let mut req = self
+            .http
+            .post(parsed)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(form_encode(form));
+        if let Some((user, password)) = basic {
+            // RFC 6749 2.3.1: the client id and secret are form-encoded before Basic.
+            req = req.basic_auth(form_encode_value(user), Some(form_encode_value(password)));
+        }
+        let resp = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+        let ok = resp.status().is_success();
+        let status = resp.status();
+        let body = self.read_bounded(url, resp, false).await?;
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| format!("POST {url}: HTTP {status}, not a JSON answer"))?;
+        if !ok {
+            let field = |k: &str| json.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            return Err(format!(
+                "POST {url}: HTTP {status} {} {}",
+                field("error"),
+                field("error_description")
+            ));
+        }
+        Ok(json)
+    }
+
+    async fn read_bounded(
+        &self,
+        url: &str,
+        mut resp: reqwest::Response,
+        require_success: bool,
+    ) -> Result<Vec<u8>, String> {
+        if require_success && !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
             if body.len() + chunk.len() > self.max_bytes {
-                return Err(format!("GET {url}: larger than {} bytes", self.max_bytes));
+                return Err(format!("{url}: larger than {} bytes", self.max_bytes));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(body)
     }
+}
+
+/// `application/x-www-form-urlencoded`.
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode_value(k), form_encode_value(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn form_encode_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 fn lookup(

@@ -182,6 +182,112 @@ impl Authenticator {
 
     /// Full verification; returns the principal and the token's `exp`.
     async fn verify(&self, token: &str) -> Result<(Principal, i64), AuthError> {
+        let iss = unverified_issuer(token)?;
+        let trusted = self.by_iss.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        let claims = self
+            .verified_claims(trusted, token, &trusted.config.audience)
+            .await?;
+        let exp = claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0);
+        Ok((principal_from_claims(&trusted.config, &claims)?, exp))
+    }
+
+    /// The configured issuer of this name.
+    pub fn issuer(&self, name: &str) -> Option<&IssuerConfig> {
+        self.by_iss
+            .values()
+            .map(|t| &t.config)
+            .find(|c| c.name == name)
+    }
+
+    /// Issuers people can sign in to the console with (OIDC), by name.
+    pub fn console_issuers(&self) -> Vec<&IssuerConfig> {
+        let mut out: Vec<&IssuerConfig> = self
+            .by_iss
+            .values()
+            .map(|t| &t.config)
+            .filter(|c| c.console.is_some())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The dev issuer's name, when one is configured.
+    pub fn dev_issuer(&self) -> Option<&str> {
+        self.by_iss
+            .values()
+            .find(|t| t.config.dev)
+            .map(|t| t.config.name.as_str())
+    }
+
+    /// The discovery endpoints of an OIDC issuer, for the console's sign-in.
+    pub async fn endpoints(&self, issuer: &str) -> Result<jwks::Endpoints, String> {
+        match self.by_iss.values().find(|t| t.config.name == issuer) {
+            Some(TrustedIssuer {
+                keys: KeySource::Jwks(cache),
+                ..
+            }) => cache.endpoints().await,
+            _ => Err(format!("`{issuer}` is not an OIDC issuer")),
+        }
+    }
+
+    /// POSTs a form to an endpoint of the issuer, with its HTTP limits (the code exchange).
+    pub async fn post_form(
+        &self,
+        issuer: &str,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<serde_json::Value, String> {
+        match self.by_iss.values().find(|t| t.config.name == issuer) {
+            Some(TrustedIssuer {
+                keys: KeySource::Jwks(cache),
+                ..
+            }) => cache.post_form(url, form, basic).await,
+            _ => Err(format!("`{issuer}` is not an OIDC issuer")),
+        }
+    }
+
+    /// Verifies an OpenID Connect ID token from the console's sign-in: signed by the named
+    /// issuer's keys, for `client_id` (`aud`, and `azp` when present), carrying `nonce`.
+    pub async fn verify_id_token(
+        &self,
+        issuer: &str,
+        token: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<Principal, AuthError> {
+        let trusted = self
+            .by_iss
+            .values()
+            .find(|t| t.config.name == issuer)
+            .ok_or(AuthError::UnknownIssuer)?;
+        if unverified_issuer(token)? != trusted.config.issuer {
+            return Err(AuthError::UnknownIssuer);
+        }
+        let claims = self.verified_claims(trusted, token, client_id).await?;
+        if let Some(azp) = claims.get("azp").and_then(|v| v.as_str())
+            && azp != client_id
+        {
+            return Err(AuthError::Invalid(
+                "the ID token is for another client (azp)".into(),
+            ));
+        }
+        let token_nonce = claims.get("nonce").and_then(|v| v.as_str()).unwrap_or("");
+        if !crate::digest::constant_time_eq(token_nonce.as_bytes(), nonce.as_bytes()) {
+            return Err(AuthError::Invalid(
+                "the ID token's nonce does not match this sign-in".into(),
+            ));
+        }
+        principal_from_claims(&trusted.config, &claims)
+    }
+
+    /// Signature, algorithm, issuer, audience and time checks; the verified claims.
+    async fn verified_claims(
+        &self,
+        trusted: &TrustedIssuer,
+        token: &str,
+        audience: &str,
+    ) -> Result<serde_json::Value, AuthError> {
         let jwt_header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if !ALLOWED.contains(&jwt_header.alg) {
@@ -190,8 +296,6 @@ impl Authenticator {
                 jwt_header.alg
             )));
         }
-        let iss = unverified_issuer(token)?;
-        let trusted = self.by_iss.get(&iss).ok_or(AuthError::UnknownIssuer)?;
         let key = match &trusted.keys {
             KeySource::Dev(k) => k.clone(),
             KeySource::Jwks(cache) => cache.key(jwt_header.kid.as_deref(), jwt_header.alg).await?,
@@ -202,7 +306,7 @@ impl Authenticator {
             ));
         }
         let mut validation = Validation::new(key.alg);
-        validation.set_audience(&[trusted.config.audience.as_str()]);
+        validation.set_audience(&[audience]);
         validation.set_issuer(&[trusted.config.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
@@ -210,8 +314,7 @@ impl Authenticator {
         let dev = matches!(trusted.keys, KeySource::Dev(_));
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(describe_jwt_error(&e, dev)))?;
-        let exp = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0);
-        Ok((principal_from_claims(&trusted.config, &data.claims)?, exp))
+        Ok(data.claims)
     }
 }
 

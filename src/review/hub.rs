@@ -1,4 +1,4 @@
-//! Wake-ups for requests waiting on a review decision.
+//! Wake-ups for requests waiting on a review decision, and for consoles showing reviews.
 //!
 //! The store is the truth: a waiter re-reads it at least every [`POLL`]. Wake-ups (in
 //! process, or via PostgreSQL LISTEN/NOTIFY from other instances) only make it re-read
@@ -12,9 +12,20 @@ use tokio::sync::Notify;
 
 pub const POLL: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub struct ReviewHub {
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Counts every change seen (any review, this instance or another): consoles watch it
+    /// and re-read the list. Like the waiters, a hint; the store is the truth.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ReviewHub {
+    fn default() -> Self {
+        ReviewHub {
+            waiters: Mutex::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl ReviewHub {
@@ -31,7 +42,13 @@ impl ReviewHub {
             .clone()
     }
 
+    /// A receiver that sees a new value whenever any review changes.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     pub fn wake(&self, execution_id: &str) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         let map = match self.waiters.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),

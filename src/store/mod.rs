@@ -130,6 +130,31 @@ pub struct TicketRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A signed-in console session as the store keeps it: the SHA-256 of its cookie, never the
+/// cookie itself.
+#[derive(Debug, Clone)]
+pub struct ConsoleSessionRecord {
+    pub digest: String,
+    pub principal: Principal,
+    pub csrf: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// The absolute end, whatever the activity.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An OIDC sign-in between the redirect to the identity provider and its callback, keyed by
+/// the SHA-256 of its `state`.
+#[derive(Debug, Clone)]
+pub struct ConsoleLoginRecord {
+    pub digest: String,
+    pub issuer: String,
+    pub verifier: String,
+    pub nonce: String,
+    pub redirect_uri: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A result kept after its run ([`crate::gateway::results`]): only its requester reads it,
 /// and only until it expires.
 #[derive(Debug, Clone)]
@@ -225,6 +250,30 @@ pub trait Store: Send + Sync {
     /// Compare-and-swap: writes `record` (with `version = expected + 1`) only if the stored
     /// version is still `expected`. `Ok(false)` means someone else changed it first.
     async fn swap_review(&self, record: &ReviewRecord, expected: i64) -> Result<bool, StoreError>;
+
+    /// Keeps a console session and drops expired ones.
+    async fn put_console_session(&self, s: &ConsoleSessionRecord) -> Result<(), StoreError>;
+    /// The session with this cookie digest, expired or not (the caller decides).
+    async fn console_session(
+        &self,
+        digest: &str,
+    ) -> Result<Option<ConsoleSessionRecord>, StoreError>;
+    /// Records activity on a session (for the idle timeout).
+    async fn touch_console_session(
+        &self,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Ends a session (sign-out, expiry).
+    async fn delete_console_session(&self, digest: &str) -> Result<(), StoreError>;
+    /// Keeps an OIDC sign-in in progress and drops expired ones.
+    async fn put_console_login(&self, l: &ConsoleLoginRecord) -> Result<(), StoreError>;
+    /// Takes (deletes and returns) a sign-in in progress: each `state` is redeemed once,
+    /// even by instances racing on the same callback.
+    async fn take_console_login(
+        &self,
+        digest: &str,
+    ) -> Result<Option<ConsoleLoginRecord>, StoreError>;
 
     /// Keeps a shell ticket (by its digest only) and drops expired ones.
     async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError>;

@@ -18,8 +18,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditQuery, KeptResult, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store,
-    StoreError, StoreIdentity, TicketRecord,
+    AuditQuery, ConsoleLoginRecord, ConsoleSessionRecord, KeptResult, ReviewLookup, SessionLine,
+    SessionQuery, SessionRecord, Store, StoreError, StoreIdentity, TicketRecord,
 };
 use crate::audit::AuditEvent;
 use crate::audit::chain::{ChainHead, ChainRow};
@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../../migrations/postgres/0006_results.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_console.sql"),
     ),
 ];
 /// The migration that adds the audit hash chain; rows already stored are chained with it.
@@ -303,6 +307,129 @@ impl Store for PostgresStore {
 
     fn identity(&self) -> StoreIdentity {
         self.identity.clone()
+    }
+
+    async fn put_console_session(&self, c: &ConsoleSessionRecord) -> Result<(), StoreError> {
+        let principal =
+            serde_json::to_value(&c.principal).map_err(|e| StoreError::Other(e.to_string()))?;
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "DELETE FROM airlock_console_sessions WHERE expires_at <= now()",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO airlock_console_sessions (digest, principal, csrf, created_at, last_seen_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&c.digest, &principal, &c.csrf, &c.created_at, &c.last_seen_at, &c.expires_at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn console_session(
+        &self,
+        digest: &str,
+    ) -> Result<Option<ConsoleSessionRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT digest, principal, csrf, created_at, last_seen_at, expires_at FROM airlock_console_sessions WHERE digest = $1",
+                &[&digest],
+            )
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let bad = |e: tokio_postgres::Error| StoreError::Other(e.to_string());
+        let principal: serde_json::Value = row.try_get(1).map_err(bad)?;
+        Ok(Some(ConsoleSessionRecord {
+            digest: row.try_get(0).map_err(bad)?,
+            principal: serde_json::from_value(principal)
+                .map_err(|e| StoreError::Other(e.to_string()))?,
+            csrf: row.try_get(2).map_err(bad)?,
+            created_at: row.try_get(3).map_err(bad)?,
+            last_seen_at: row.try_get(4).map_err(bad)?,
+            expires_at: row.try_get(5).map_err(bad)?,
+        }))
+    }
+
+    async fn touch_console_session(
+        &self,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "UPDATE airlock_console_sessions SET last_seen_at = $2 WHERE digest = $1 AND last_seen_at < $2",
+                &[&digest, &at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delete_console_session(&self, digest: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "DELETE FROM airlock_console_sessions WHERE digest = $1",
+                &[&digest],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn put_console_login(&self, l: &ConsoleLoginRecord) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "DELETE FROM airlock_console_logins WHERE expires_at <= now()",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO airlock_console_logins (digest, issuer, verifier, nonce, redirect_uri, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&l.digest, &l.issuer, &l.verifier, &l.nonce, &l.redirect_uri, &l.expires_at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_console_login(
+        &self,
+        digest: &str,
+    ) -> Result<Option<ConsoleLoginRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        // One statement deletes and reads: a `state` is redeemed once across instances.
+        let Some(row) = client
+            .query_opt(
+                "DELETE FROM airlock_console_logins WHERE digest = $1 RETURNING digest, issuer, verifier, nonce, redirect_uri, expires_at",
+                &[&digest],
+            )
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let bad = |e: tokio_postgres::Error| StoreError::Other(e.to_string());
+        Ok(Some(ConsoleLoginRecord {
+            digest: row.try_get(0).map_err(bad)?,
+            issuer: row.try_get(1).map_err(bad)?,
+            verifier: row.try_get(2).map_err(bad)?,
+            nonce: row.try_get(3).map_err(bad)?,
+            redirect_uri: row.try_get(4).map_err(bad)?,
+            expires_at: row.try_get(5).map_err(bad)?,
+        }))
     }
 
     async fn put_ticket(&self, t: &TicketRecord) -> Result<(), StoreError> {

@@ -17,8 +17,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AuditQuery, KeptResult, ReviewLookup, SessionLine, SessionQuery, SessionRecord, Store,
-    StoreError, StoreIdentity, TicketRecord,
+    AuditQuery, ConsoleLoginRecord, ConsoleSessionRecord, KeptResult, ReviewLookup, SessionLine,
+    SessionQuery, SessionRecord, Store, StoreError, StoreIdentity, TicketRecord,
 };
 use crate::audit::AuditEvent;
 use crate::audit::chain::{ChainHead, ChainRow};
@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0005_audit_chain.sql"),
     ),
     (6, include_str!("../../migrations/sqlite/0006_results.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_console.sql")),
 ];
 /// The migration that adds the audit hash chain; rows already stored are chained with it.
 const CHAIN_MIGRATION: i64 = 5;
@@ -58,6 +59,12 @@ fn open_conn(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
 /// Fixed-width UTC timestamps sort correctly as text.
 pub(crate) fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Other(format!("stored timestamp `{s}`: {e}")))
 }
 
 fn classify(e: rusqlite::Error) -> StoreError {
@@ -481,6 +488,158 @@ impl Store for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+
+    async fn put_console_session(&self, c: &ConsoleSessionRecord) -> Result<(), StoreError> {
+        let principal =
+            serde_json::to_string(&c.principal).map_err(|e| StoreError::Other(e.to_string()))?;
+        let row = (
+            c.digest.clone(),
+            principal,
+            c.csrf.clone(),
+            ts(&c.created_at),
+            ts(&c.last_seen_at),
+            ts(&c.expires_at),
+            ts(&Utc::now()),
+        );
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "DELETE FROM console_sessions WHERE expires_at <= ?1",
+                params![row.6],
+            )
+            .map_err(classify)?;
+            conn.execute(
+                "INSERT INTO console_sessions (digest, principal, csrf, created_at, last_seen_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![row.0, row.1, row.2, row.3, row.4, row.5],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn console_session(
+        &self,
+        digest: &str,
+    ) -> Result<Option<ConsoleSessionRecord>, StoreError> {
+        let digest = digest.to_string();
+        let row = Self::with(&self.reader, move |conn| {
+            conn.query_row(
+                "SELECT digest, principal, csrf, created_at, last_seen_at, expires_at FROM console_sessions WHERE digest = ?1",
+                params![digest],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(classify)
+        })
+        .await?;
+        let Some((digest, principal, csrf, created, seen, expires)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ConsoleSessionRecord {
+            digest,
+            principal: serde_json::from_str(&principal)
+                .map_err(|e| StoreError::Other(e.to_string()))?,
+            csrf,
+            created_at: parse_ts(&created)?,
+            last_seen_at: parse_ts(&seen)?,
+            expires_at: parse_ts(&expires)?,
+        }))
+    }
+
+    async fn touch_console_session(
+        &self,
+        digest: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (digest, at) = (digest.to_string(), ts(&at));
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "UPDATE console_sessions SET last_seen_at = ?2 WHERE digest = ?1 AND last_seen_at < ?2",
+                params![digest, at],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_console_session(&self, digest: &str) -> Result<(), StoreError> {
+        let digest = digest.to_string();
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "DELETE FROM console_sessions WHERE digest = ?1",
+                params![digest],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_console_login(&self, l: &ConsoleLoginRecord) -> Result<(), StoreError> {
+        let l = l.clone();
+        let now = ts(&Utc::now());
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "DELETE FROM console_logins WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(classify)?;
+            conn.execute(
+                "INSERT INTO console_logins (digest, issuer, verifier, nonce, redirect_uri, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![l.digest, l.issuer, l.verifier, l.nonce, l.redirect_uri, ts(&l.expires_at)],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_console_login(
+        &self,
+        digest: &str,
+    ) -> Result<Option<ConsoleLoginRecord>, StoreError> {
+        let digest = digest.to_string();
+        let row = Self::with(&self.writer, move |conn| {
+            conn.query_row(
+                "DELETE FROM console_logins WHERE digest = ?1 RETURNING digest, issuer, verifier, nonce, redirect_uri, expires_at",
+                params![digest],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(classify)
+        })
+        .await?;
+        let Some((digest, issuer, verifier, nonce, redirect_uri, expires)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ConsoleLoginRecord {
+            digest,
+            issuer,
+            verifier,
+            nonce,
+            redirect_uri,
+            expires_at: parse_ts(&expires)?,
+        }))
     }
 
     async fn put_ticket(&self, t: &TicketRecord) -> Result<(), StoreError> {

@@ -17,7 +17,7 @@ struct Idp {
     ec: EncodingKey,
 }
 
-fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
+pub(crate) fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
     let path = dir.join(name);
     let status = std::process::Command::new("openssl")
         .arg("genpkey")

@@ -11,6 +11,7 @@ mod connections_flood;
 mod audit_chain;
 mod auth;
 mod bad_input;
+mod console;
 mod deploy;
 mod guardrails;
 mod http_api;

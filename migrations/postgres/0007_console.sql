@@ -1,0 +1,22 @@
+-- The approvers' console (src/console). Sessions and sign-ins in progress live in the store
+-- so that any instance serves any request. Only the SHA-256 of a session cookie or of an
+-- OIDC `state` is kept: the store never holds a value that signs someone in.
+CREATE TABLE IF NOT EXISTS airlock_console_sessions (
+    digest       TEXT PRIMARY KEY,
+    principal    JSONB NOT NULL,
+    csrf         TEXT NOT NULL,             -- sent back in X-Airlock-CSRF; useless without the cookie
+    created_at   TIMESTAMPTZ NOT NULL,
+    last_seen_at TIMESTAMPTZ NOT NULL,
+    expires_at   TIMESTAMPTZ NOT NULL       -- the absolute end; the idle end is last_seen_at + idle
+);
+CREATE INDEX IF NOT EXISTS airlock_console_sessions_expiry ON airlock_console_sessions (expires_at);
+
+CREATE TABLE IF NOT EXISTS airlock_console_logins (
+    digest       TEXT PRIMARY KEY,          -- of the OIDC `state`
+    issuer       TEXT NOT NULL,             -- the configured issuer's name
+    verifier     TEXT NOT NULL,             -- PKCE code_verifier
+    nonce        TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    expires_at   TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS airlock_console_logins_expiry ON airlock_console_logins (expires_at);
