@@ -213,6 +213,10 @@ pub(super) async fn end(
         .delete_console_session(&session.digest)
         .await
         .map_err(|_| Problem::audit_unavailable())?;
+    tracing::info!(
+        principal = %session.principal.id().escape_debug(),
+        "console sign-out"
+    );
     set_cookie(state, headers, COOKIE, "", "/console", "Strict", 0)
 }
 

@@ -806,3 +806,50 @@ client_id = "airlock-console"
         .to_string();
     assert!(err.contains("https"), "{err}");
 }
+
+#[tokio::test]
+async fn a_session_works_on_every_instance_of_a_shared_store() {
+    let store = PgDb::create().await;
+    let config = format!(
+        "[store]\nurl = \"postgres://postgres@127.0.0.1:5432/{}\"\n{DEV_ISSUER}{DEMO}",
+        store.name
+    );
+    let a = Airlock::start(&config).await;
+    let b = Airlock::start(&config).await;
+    let mut on_a = Browser::new(&a);
+    let (s, _, _) = on_a
+        .dev_sign_in(&a.token("dana", &["dba"], PrincipalKind::Human))
+        .await;
+    assert_eq!(s, 200);
+
+    // The same browser, sent to the other instance by a load balancer.
+    let mut on_b = Browser::new(&b);
+    on_b.cookies = on_a.cookies.clone();
+    on_b.csrf = on_a.csrf.clone();
+    let (s, me) = on_b.get("/console/api/me").await;
+    assert_eq!((s, me["principal"]["subject"].as_str()), (200, Some("dana")));
+
+    // A review held on one instance wakes the live view on the other.
+    let events = b
+        .http
+        .get(format!("{}/console/api/reviews/events", b.base))
+        .header("cookie", on_b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    let mut events = events.bytes_stream();
+    next_event(&mut events).await;
+    let (review_id, _) = hold_update(&a).await;
+    assert!(next_event(&mut events).await.contains("event: reviews"));
+    let (s, r) = on_b
+        .post(&format!("/console/api/reviews/{review_id}/approve"), json!({}))
+        .await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("approved")), "{r}");
+
+    // Signing out on one ends it on both.
+    let (s, _) = on_b.post("/console/api/logout", json!({})).await;
+    assert_eq!(s, 204);
+    assert_eq!(on_a.get("/console/api/me").await.0, 401);
+    a.stop().await;
+    b.stop().await;
+}
