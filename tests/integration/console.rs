@@ -827,7 +827,10 @@ async fn a_session_works_on_every_instance_of_a_shared_store() {
     on_b.cookies = on_a.cookies.clone();
     on_b.csrf = on_a.csrf.clone();
     let (s, me) = on_b.get("/console/api/me").await;
-    assert_eq!((s, me["principal"]["subject"].as_str()), (200, Some("dana")));
+    assert_eq!(
+        (s, me["principal"]["subject"].as_str()),
+        (200, Some("dana"))
+    );
 
     // A review held on one instance wakes the live view on the other.
     let events = b
@@ -842,7 +845,10 @@ async fn a_session_works_on_every_instance_of_a_shared_store() {
     let (review_id, _) = hold_update(&a).await;
     assert!(next_event(&mut events).await.contains("event: reviews"));
     let (s, r) = on_b
-        .post(&format!("/console/api/reviews/{review_id}/approve"), json!({}))
+        .post(
+            &format!("/console/api/reviews/{review_id}/approve"),
+            json!({}),
+        )
         .await;
     assert_eq!((s, r["status"].as_str()), (200, Some("approved")), "{r}");
 
