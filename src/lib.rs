@@ -6,7 +6,7 @@ pub mod api;
 pub mod audit;
 pub mod backend;
 pub mod config;
-pub(crate) mod console;
+pub mod console;
 pub mod demo;
 pub mod digest;
 pub mod gateway;

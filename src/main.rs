@@ -269,22 +269,30 @@ async fn serve(
                     lifetime_secs: 3600,
                 },
             )?;
-            // And a person's, for the approvers' console (loopback dev sign-in).
-            let approver = DevIssuer::load_or_create(&data_dir)?.mint(
-                issuer,
-                &TokenRequest {
-                    subject: "dba-1",
-                    groups: &["dba".to_string()],
-                    kind: PrincipalKind::Human,
-                    act: None,
-                    lifetime_secs: 3600,
-                },
-            )?;
+            // And a one-time console sign-in link for a DBA (made once the store is open).
+            let approver = airlock::identity::Principal {
+                issuer: issuer.name.clone(),
+                subject: "dba-1".into(),
+                kind: PrincipalKind::Human,
+                groups: ["dba"]
+                    .iter()
+                    .filter(|g| issuer.allows_group(g))
+                    .map(|g| g.to_string())
+                    .collect(),
+                actor: Vec::new(),
+            };
             Some((token, approver))
         }
         _ => None,
     };
     let prepared = airlock::server::prepare(config, &data_dir, listen).await?;
+    let hint = match hint {
+        Some((token, approver)) => {
+            let link = airlock::console::sign_in_link(&prepared.state, approver).await?;
+            Some((token, link))
+        }
+        None => None,
+    };
     let running = airlock::server::start(prepared, true).await?;
     let addr = running.addr;
     eprintln!(
@@ -292,7 +300,7 @@ async fn serve(
         data_dir.display()
     );
     eprintln!("API docs: http://{addr}/docs");
-    if let Some((token, approver)) = hint {
+    if let Some((token, link)) = hint {
         eprintln!(
             "\nA dev token for agent-1 (group agents), valid 1 hour:\n\n  export AIRLOCK_TOKEN={token}\n"
         );
@@ -300,7 +308,9 @@ async fn serve(
             "Query the demo:\n\n  curl -s http://{addr}/v1/connections/demo/query \\\n    -H \"Authorization: Bearer $AIRLOCK_TOKEN\" -H 'Content-Type: application/json' \\\n    -d '{{\"sql\": \"SELECT id, name, email, city FROM customers ORDER BY id LIMIT 3\"}}'\n"
         );
         eprintln!(
-            "Approve, audit and replay in the console, signed in as dba-1 (group dba) for 1 hour:\n\n  http://{addr}/console/#dev-token={approver}\n"
+            "Approve, audit and replay in the console: this link signs in dba-1 (group dba) once, \
+             within {} minutes:\n\n  http://{addr}{link}\n",
+            airlock::console::LINK_TTL_SECS / 60
         );
     }
     running.wait().await;

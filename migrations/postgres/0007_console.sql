@@ -12,11 +12,12 @@ CREATE TABLE IF NOT EXISTS airlock_console_sessions (
 CREATE INDEX IF NOT EXISTS airlock_console_sessions_expiry ON airlock_console_sessions (expires_at);
 
 CREATE TABLE IF NOT EXISTS airlock_console_logins (
-    digest       TEXT PRIMARY KEY,          -- of the OIDC `state`
+    digest       TEXT PRIMARY KEY,          -- of the OIDC `state`, or of a sign-in link's code
     issuer       TEXT NOT NULL,             -- the configured issuer's name
     verifier     TEXT NOT NULL,             -- PKCE code_verifier
     nonce        TEXT NOT NULL,
     redirect_uri TEXT NOT NULL,
+    principal    JSONB,                     -- a one-time sign-in link's person (JSON); NULL for OIDC
     expires_at   TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX IF NOT EXISTS airlock_console_logins_expiry ON airlock_console_logins (expires_at);

@@ -12,11 +12,12 @@ CREATE TABLE IF NOT EXISTS console_sessions (
 CREATE INDEX IF NOT EXISTS console_sessions_expiry ON console_sessions (expires_at);
 
 CREATE TABLE IF NOT EXISTS console_logins (
-    digest       TEXT PRIMARY KEY,          -- of the OIDC `state`
+    digest       TEXT PRIMARY KEY,          -- of the OIDC `state`, or of a sign-in link's code
     issuer       TEXT NOT NULL,             -- the configured issuer's name
     verifier     TEXT NOT NULL,             -- PKCE code_verifier
     nonce        TEXT NOT NULL,
     redirect_uri TEXT NOT NULL,
+    principal    TEXT,                      -- a one-time sign-in link's person (JSON); NULL for OIDC
     expires_at   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS console_logins_expiry ON console_logins (expires_at);

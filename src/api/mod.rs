@@ -131,6 +131,19 @@ async fn method_not_allowed() -> impl IntoResponse {
     )
 }
 
+/// No page of Airlock may be framed by another (the API docs and the console share the
+/// origin; the console sets its own, stricter policy).
+async fn no_framing(mut resp: axum::response::Response) -> axum::response::Response {
+    let h = resp.headers_mut();
+    h.entry(axum::http::header::X_FRAME_OPTIONS)
+        .or_insert(axum::http::HeaderValue::from_static("DENY"));
+    h.entry(axum::http::header::CONTENT_SECURITY_POLICY)
+        .or_insert(axum::http::HeaderValue::from_static(
+            "frame-ancestors 'none'",
+        ));
+    resp
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, _) = api_router().split_for_parts();
     let doc = openapi();
@@ -140,6 +153,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::mcp::router(state.clone()))
         .merge(crate::console::router(state.clone()))
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc))
+        .layer(axum::middleware::map_response(no_framing))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -9,9 +9,15 @@
 //! - Dev: with the dev issuer (embedded mode, loopback only), a token minted by
 //!   `airlock token --kind human` is exchanged for a session. Possession of the dev key is
 //!   the proof, as for the API; the console adds no way around it.
+//! - Link: `airlock` (embedded mode) prints a one-time sign-in link, `#sign-in=CODE`: the
+//!   code is random, kept in the store by its digest, redeemed once within
+//!   [`LINK_TTL_SECS`], on loopback only. Unlike a token it is useless on the API and cannot
+//!   be replayed from a process list once used.
 //!
 //! Invariants:
-//! - Only principals of kind `human` get a session.
+//! - Only principals of kind `human`, acting for themselves (no `act` chain), get a session.
+//! - The page gets the session's proof (the CSRF token) only in a sign-in answer or, after
+//!   OIDC, in the fragment of the redirect: never in an answer the cookie alone can get.
 //! - A callback is bound to the browser that started the sign-in: the `state` must also be
 //!   in a short-lived cookie only that browser holds (no login CSRF: nobody can sign someone
 //!   else's browser in to their own account).
@@ -41,6 +47,8 @@ use crate::store::ConsoleLoginRecord;
 /// come back on the provider's top-level redirect to the callback.
 const LOGIN_COOKIE: &str = "airlock_console_login";
 const LOGIN_TTL_SECS: i64 = 600;
+/// How long a printed sign-in link stays usable.
+pub const LINK_TTL_SECS: i64 = 900;
 
 #[derive(Serialize)]
 pub(super) struct LoginOptions {
@@ -156,7 +164,78 @@ fn humans_only(p: &Principal) -> Result<(), Problem> {
             "the console is for people: this token is an agent's; agents use the API",
         ));
     }
+    // A person's token delegated to software is that software acting: it may not approve,
+    // and gets no console either.
+    if !p.actor.is_empty() {
+        return Err(Problem::new(
+            Code::ConsoleHumansOnly,
+            "the console is for people acting for themselves: this token carries a delegation (act)",
+        ));
+    }
     Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LinkLogin {
+    code: String,
+}
+
+/// `POST /console/api/login/link`: a one-time sign-in link's code becomes a session.
+pub(super) async fn link(
+    State(state): State<Arc<AppState>>,
+    peer: Peer,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<LinkLogin>,
+) -> Result<Response, Problem> {
+    if state.auth.dev_issuer().is_none() || !peer.is_loopback() {
+        return Err(Problem::new(
+            Code::ConsoleDevLoginUnavailable,
+            "sign-in links are only for loopback clients of a server with the dev issuer",
+        ));
+    }
+    session::same_origin(&state, &headers)?;
+    let spent = || {
+        Problem::unauthorized(
+            "this sign-in link has expired or was already used; restart airlock for a new one, \
+             or paste a token from `airlock token --kind human`",
+        )
+    };
+    let digest = crate::digest::sha256_hex(req.code.trim().as_bytes());
+    let record = state
+        .gateway
+        .store
+        .take_console_login(&digest)
+        .await
+        .map_err(|_| Problem::audit_unavailable())?
+        .filter(|l| l.expires_at > Utc::now())
+        .ok_or_else(spent)?;
+    // An OIDC sign-in's `state` is not a link: taking it above spent it, nothing more.
+    let principal = record.principal.ok_or_else(spent)?;
+    signed_in(&state, &headers, principal).await
+}
+
+/// Makes a one-time sign-in link's code for `principal`, a person; the link is
+/// `/console/#sign-in={code}`.
+pub(crate) async fn sign_in_code(state: &AppState, principal: Principal) -> Result<String, String> {
+    humans_only(&principal).map_err(|p| p.detail)?;
+    let code = session::random_token().map_err(|p| p.detail)?;
+    let record = ConsoleLoginRecord {
+        digest: crate::digest::sha256_hex(code.as_bytes()),
+        issuer: principal.issuer.clone(),
+        verifier: String::new(),
+        nonce: String::new(),
+        redirect_uri: String::new(),
+        principal: Some(principal),
+        expires_at: Utc::now() + Duration::seconds(LINK_TTL_SECS),
+    };
+    state
+        .gateway
+        .store
+        .put_console_login(&record)
+        .await
+        .map_err(|e| format!("the store cannot keep the sign-in link: {e}"))?;
+    Ok(code)
 }
 
 /// Where the provider sends the browser back, or why there is none.
@@ -171,16 +250,24 @@ fn redirect_uri(state: &AppState, headers: &HeaderMap) -> Result<String, String>
         .ok_or_else(|| "the request has no Host".into())
 }
 
-/// Back to the page with a short reason (the page shows it; the log has the detail).
-fn failed(why: &str) -> Response {
-    let mut reason = String::new();
-    for b in why.bytes().take(200) {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => reason.push(b as char),
-            _ => reason.push_str(&format!("%{b:02X}")),
-        }
+/// Why a sign-in failed, for the page: a fixed code the page words (nothing an attacker
+/// writes into a URL is shown), and the detail, for the log only.
+struct LoginError {
+    code: &'static str,
+    detail: String,
+}
+
+fn login_error(code: &'static str, detail: impl Into<String>) -> LoginError {
+    LoginError {
+        code,
+        detail: detail.into(),
     }
-    Redirect::to(&format!("/console/#login-error={reason}")).into_response()
+}
+
+/// Back to the page with the failure's code.
+fn failed(e: &LoginError) -> Response {
+    tracing::warn!(code = e.code, error = %e.detail.escape_debug(), "console sign-in failed");
+    Redirect::to(&format!("/console/#login-error={}", e.code)).into_response()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -195,24 +282,26 @@ pub(super) async fn start(
 ) -> Response {
     match begin(&state, &issuer, &headers).await {
         Ok(resp) => resp,
-        Err(why) => {
-            tracing::warn!(issuer = %issuer.escape_debug(), error = %why, "console sign-in could not start");
-            failed(&why)
-        }
+        Err(e) => failed(&e),
     }
 }
 
-async fn begin(state: &AppState, issuer: &str, headers: &HeaderMap) -> Result<Response, String> {
-    let config = state
-        .auth
-        .issuer(issuer)
-        .and_then(|i| i.console.as_ref().map(|c| (i, c)));
-    let Some((_, console)) = config else {
-        return Err(format!("no console sign-in is configured for `{issuer}`"));
+async fn begin(
+    state: &AppState,
+    issuer: &str,
+    headers: &HeaderMap,
+) -> Result<Response, LoginError> {
+    let Some(console) = state.auth.issuer(issuer).and_then(|i| i.console.as_ref()) else {
+        return Err(login_error(
+            "not_configured",
+            format!("no console sign-in is configured for `{issuer}`"),
+        ));
     };
-    let redirect_uri = redirect_uri(state, headers)?;
-    let endpoints = state.auth.endpoints(issuer).await?;
-    let token = || session::random_token().map_err(|p| p.detail);
+    let redirect_uri =
+        redirect_uri(state, headers).map_err(|e| login_error("needs_public_url", e))?;
+    let unavailable = |e: String| login_error("unavailable", e);
+    let endpoints = state.auth.endpoints(issuer).await.map_err(unavailable)?;
+    let token = || session::random_token().map_err(|p| unavailable(p.detail));
     let (state_value, nonce, verifier) = (token()?, token()?, token()?);
     let challenge =
         b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
@@ -222,6 +311,7 @@ async fn begin(state: &AppState, issuer: &str, headers: &HeaderMap) -> Result<Re
         verifier,
         nonce: nonce.clone(),
         redirect_uri: redirect_uri.clone(),
+        principal: None,
         expires_at: Utc::now() + Duration::seconds(LOGIN_TTL_SECS),
     };
     state
@@ -229,9 +319,9 @@ async fn begin(state: &AppState, issuer: &str, headers: &HeaderMap) -> Result<Re
         .store
         .put_console_login(&record)
         .await
-        .map_err(|e| format!("the store cannot keep the sign-in: {e}"))?;
+        .map_err(|e| unavailable(format!("the store cannot keep the sign-in: {e}")))?;
     let mut url = reqwest::Url::parse(&endpoints.authorization)
-        .map_err(|e| format!("authorization_endpoint: {e}"))?;
+        .map_err(|e| unavailable(format!("authorization_endpoint: {e}")))?;
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", &console.client_id)
@@ -250,7 +340,7 @@ async fn begin(state: &AppState, issuer: &str, headers: &HeaderMap) -> Result<Re
         "Lax",
         LOGIN_TTL_SECS,
     )
-    .map_err(|p| p.detail)?;
+    .map_err(|p| unavailable(p.detail))?;
     let mut resp = Redirect::to(url.as_str()).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, binding);
     Ok(resp)
@@ -272,7 +362,10 @@ pub(super) async fn callback(
 ) -> Response {
     let result = match query {
         Ok(Query(params)) => finish(&state, &headers, params).await,
-        Err(e) => Err(format!("bad callback: {}", e.body_text())),
+        Err(e) => Err(login_error(
+            "provider_error",
+            format!("bad callback: {}", e.body_text()),
+        )),
     };
     // The binding cookie is spent whatever happened.
     let clear = session::set_cookie(
@@ -286,17 +379,16 @@ pub(super) async fn callback(
     )
     .ok();
     let mut resp = match result {
-        Ok(session_cookie) => {
-            let mut resp =
-                (StatusCode::SEE_OTHER, [(header::LOCATION, "/console/")]).into_response();
+        Ok((session_cookie, proof)) => {
+            // The page's half of the session travels in the fragment: it reaches the page
+            // only, never a server or a log, and the page drops it from the address bar.
+            let to = format!("/console/#session={proof}");
+            let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
             resp.headers_mut()
                 .append(header::SET_COOKIE, session_cookie);
             resp
         }
-        Err(why) => {
-            tracing::warn!(error = %why, "console sign-in failed");
-            failed(&why)
-        }
+        Err(e) => failed(&e),
     };
     if let Some(clear) = clear {
         resp.headers_mut().append(header::SET_COOKIE, clear);
@@ -304,41 +396,62 @@ pub(super) async fn callback(
     resp
 }
 
+/// Redeems the callback: the session's cookie and its proof for the page.
 async fn finish(
     state: &AppState,
     headers: &HeaderMap,
     params: CallbackParams,
-) -> Result<axum::http::HeaderValue, String> {
+) -> Result<(axum::http::HeaderValue, String), LoginError> {
     if let Some(error) = params.error {
         let detail = params.error_description.unwrap_or_default();
-        return Err(format!("the identity provider said {error}: {detail}"));
+        return Err(login_error(
+            "provider_error",
+            format!("the identity provider said {error}: {detail}"),
+        ));
     }
     let (Some(code), Some(state_value)) = (params.code, params.state) else {
-        return Err("the callback lacks code or state".into());
+        return Err(login_error(
+            "provider_error",
+            "the callback lacks code or state",
+        ));
     };
     let bound = session::cookie(headers, LOGIN_COOKIE).unwrap_or_default();
     if !crate::digest::constant_time_eq(bound.as_bytes(), state_value.as_bytes()) {
-        return Err("this sign-in was not started in this browser; start again".into());
+        return Err(login_error(
+            "other_browser",
+            "the callback's state is not this browser's sign-in",
+        ));
     }
+    let unavailable = |e: String| login_error("unavailable", e);
     let login = state
         .gateway
         .store
         .take_console_login(&crate::digest::sha256_hex(state_value.as_bytes()))
         .await
-        .map_err(|e| format!("the store cannot read the sign-in: {e}"))?
-        .filter(|l| l.expires_at > Utc::now())
-        .ok_or("this sign-in has expired or was already used; start again")?;
+        .map_err(|e| unavailable(format!("the store cannot read the sign-in: {e}")))?
+        .filter(|l| l.expires_at > Utc::now() && l.principal.is_none())
+        .ok_or_else(|| login_error("expired", "the sign-in expired or was already used"))?;
     let console = state
         .auth
         .issuer(&login.issuer)
         .and_then(|i| i.console.clone())
-        .ok_or("the issuer of this sign-in is no longer configured")?;
-    let endpoints = state.auth.endpoints(&login.issuer).await?;
+        .ok_or_else(|| {
+            login_error(
+                "not_configured",
+                "the sign-in's issuer is no longer configured",
+            )
+        })?;
+    let endpoints = state
+        .auth
+        .endpoints(&login.issuer)
+        .await
+        .map_err(unavailable)?;
     let secret = console
         .client_secret
         .as_ref()
         .map(|s| s.resolve())
-        .transpose()?;
+        .transpose()
+        .map_err(unavailable)?;
     let mut form = vec![
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
@@ -354,19 +467,25 @@ async fn finish(
     let answer = state
         .auth
         .post_form(&login.issuer, &endpoints.token, &form, basic)
-        .await?;
+        .await
+        .map_err(|e| login_error("provider_error", e))?;
     let id_token = answer
         .get("id_token")
         .and_then(|v| v.as_str())
-        .ok_or("the token endpoint returned no id_token (is `openid` among the scopes?)")?;
+        .ok_or_else(|| {
+            login_error(
+                "provider_error",
+                "the token endpoint returned no id_token (is `openid` among the scopes?)",
+            )
+        })?;
     let principal = state
         .auth
         .verify_id_token(&login.issuer, id_token, &console.client_id, &login.nonce)
         .await
-        .map_err(|e| format!("the ID token was refused: {e}"))?;
-    humans_only(&principal).map_err(|p| p.detail)?;
-    let (cookie, _) = session::start(state, headers, principal)
+        .map_err(|e| login_error("refused", format!("the ID token was refused: {e}")))?;
+    humans_only(&principal).map_err(|p| login_error("agents_not_allowed", p.detail))?;
+    let (cookie, record) = session::start(state, headers, principal)
         .await
-        .map_err(|p| p.detail)?;
-    Ok(cookie)
+        .map_err(|p| unavailable(p.detail))?;
+    Ok((cookie, record.csrf))
 }

@@ -19,6 +19,8 @@ mod api;
 mod login;
 mod session;
 
+pub use login::LINK_TTL_SECS;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -63,6 +65,18 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 
 const INDEX: &[u8] = include_bytes!("assets/index.html");
 
+/// A one-time sign-in link's path for `principal` (a person, checked): what `airlock`
+/// prints in embedded mode instead of a token, which anyone reading its command line could
+/// reuse.
+pub async fn sign_in_link(
+    state: &AppState,
+    principal: crate::identity::Principal,
+) -> Result<String, String> {
+    login::sign_in_code(state, principal)
+        .await
+        .map(|code| format!("/console/#sign-in={code}"))
+}
+
 /// The console's routes, or none when `console.enabled` is off.
 pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     if !state.console.enabled {
@@ -76,6 +90,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/console/callback", get(login::callback))
         .route("/console/api/login-options", get(login::options))
         .route("/console/api/login/dev", post(login::dev))
+        .route("/console/api/login/link", post(login::link))
         .route("/console/api/me", get(api::me))
         .route("/console/api/logout", post(api::logout))
         .route("/console/api/reviews", get(api::reviews))

@@ -7,9 +7,10 @@
 //!   console's origin is loopback: the page's scripts never see it and no other site's
 //!   request carries it.
 //! - The store holds the SHA-256 of the cookie, never the cookie.
-//! - A request that changes anything (every non-GET) carries the session's CSRF token in
-//!   `X-Airlock-CSRF`, and, when the browser says where it comes from (`Origin`,
-//!   `Sec-Fetch-Site`), comes from the console's own origin.
+//! - Every request carries the session's CSRF token in `X-Airlock-CSRF` (the cookie alone
+//!   opens nothing: browsers also send it to other ports of the same host), and, when the
+//!   browser says where it comes from (`Origin`, `Sec-Fetch-Site`), comes from the console's
+//!   own origin.
 //! - An expired session is deleted when met, and answers exactly like no session.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use chrono::{Duration, Utc};
 
@@ -34,7 +35,8 @@ const BACKGROUND_HEADER: &str = "x-airlock-background";
 /// this coarse).
 const TOUCH_EVERY_SECS: i64 = 30;
 
-/// A signed-in person, from the console cookie; for non-GET requests also CSRF-checked.
+/// A signed-in person: the console cookie and the session's CSRF token, from the console's
+/// own origin.
 pub(super) struct ConsoleUser {
     pub(super) principal: Principal,
     pub(super) session: ConsoleSessionRecord,
@@ -49,9 +51,10 @@ impl FromRequestParts<Arc<AppState>> for ConsoleUser {
         let background =
             parts.headers.contains_key(BACKGROUND_HEADER) || parts.uri.path().ends_with("/events");
         let session = current(state, &parts.headers, !background).await?;
-        if !matches!(parts.method, Method::GET | Method::HEAD) {
-            check_csrf(state, &parts.headers, &session.csrf)?;
-        }
+        // Every request, reads included: browsers send the cookie to every port of a host,
+        // so a page on another local port receives it. The proof, kept by the page in its
+        // own origin's storage, is what that page does not have.
+        check_csrf(state, &parts.headers, &session.csrf)?;
         Ok(ConsoleUser {
             principal: session.principal.clone(),
             session,
@@ -113,7 +116,7 @@ fn check_csrf(state: &AppState, headers: &HeaderMap, expected: &str) -> Result<(
     if !crate::digest::constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
         return Err(Problem::new(
             Code::CsrfFailed,
-            "this change needs the session's CSRF token in X-Airlock-CSRF (from GET /console/api/me)",
+            "console requests need the session's CSRF token (from the sign-in answer) in X-Airlock-CSRF",
         ));
     }
     same_origin(state, headers)

@@ -143,8 +143,9 @@ pub struct ConsoleSessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// An OIDC sign-in between the redirect to the identity provider and its callback, keyed by
-/// the SHA-256 of its `state`.
+/// A console sign-in in progress, keyed by the SHA-256 of its secret: an OIDC sign-in
+/// between the redirect to the identity provider and its callback (keyed by its `state`), or
+/// a one-time sign-in link (keyed by its code, `principal` set).
 #[derive(Debug, Clone)]
 pub struct ConsoleLoginRecord {
     pub digest: String,
@@ -152,6 +153,8 @@ pub struct ConsoleLoginRecord {
     pub verifier: String,
     pub nonce: String,
     pub redirect_uri: String,
+    /// Who a sign-in link signs in; `None` for an OIDC sign-in.
+    pub principal: Option<Principal>,
     pub expires_at: DateTime<Utc>,
 }
 

@@ -387,6 +387,12 @@ impl Store for PostgresStore {
     }
 
     async fn put_console_login(&self, l: &ConsoleLoginRecord) -> Result<(), StoreError> {
+        let principal = l
+            .principal
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let client = self.pool.get().await.map_err(unavailable)?;
         client
             .execute(
@@ -397,8 +403,8 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         client
             .execute(
-                "INSERT INTO airlock_console_logins (digest, issuer, verifier, nonce, redirect_uri, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&l.digest, &l.issuer, &l.verifier, &l.nonce, &l.redirect_uri, &l.expires_at],
+                "INSERT INTO airlock_console_logins (digest, issuer, verifier, nonce, redirect_uri, principal, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&l.digest, &l.issuer, &l.verifier, &l.nonce, &l.redirect_uri, &principal, &l.expires_at],
             )
             .await
             .map_err(unavailable)?;
@@ -413,7 +419,7 @@ impl Store for PostgresStore {
         // One statement deletes and reads: a `state` is redeemed once across instances.
         let Some(row) = client
             .query_opt(
-                "DELETE FROM airlock_console_logins WHERE digest = $1 RETURNING digest, issuer, verifier, nonce, redirect_uri, expires_at",
+                "DELETE FROM airlock_console_logins WHERE digest = $1 RETURNING digest, issuer, verifier, nonce, redirect_uri, expires_at, principal",
                 &[&digest],
             )
             .await
@@ -422,7 +428,12 @@ impl Store for PostgresStore {
             return Ok(None);
         };
         let bad = |e: tokio_postgres::Error| StoreError::Other(e.to_string());
+        let principal: Option<serde_json::Value> = row.try_get(6).map_err(bad)?;
         Ok(Some(ConsoleLoginRecord {
+            principal: principal
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| StoreError::Other(e.to_string()))?,
             digest: row.try_get(0).map_err(bad)?,
             issuer: row.try_get(1).map_err(bad)?,
             verifier: row.try_get(2).map_err(bad)?,

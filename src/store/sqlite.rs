@@ -587,6 +587,12 @@ impl Store for SqliteStore {
     }
 
     async fn put_console_login(&self, l: &ConsoleLoginRecord) -> Result<(), StoreError> {
+        let principal = l
+            .principal
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let l = l.clone();
         let now = ts(&Utc::now());
         Self::with(&self.writer, move |conn| {
@@ -596,8 +602,8 @@ impl Store for SqliteStore {
             )
             .map_err(classify)?;
             conn.execute(
-                "INSERT INTO console_logins (digest, issuer, verifier, nonce, redirect_uri, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![l.digest, l.issuer, l.verifier, l.nonce, l.redirect_uri, ts(&l.expires_at)],
+                "INSERT INTO console_logins (digest, issuer, verifier, nonce, redirect_uri, principal, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![l.digest, l.issuer, l.verifier, l.nonce, l.redirect_uri, principal, ts(&l.expires_at)],
             )
             .map_err(classify)?;
             Ok(())
@@ -612,16 +618,19 @@ impl Store for SqliteStore {
         let digest = digest.to_string();
         let row = Self::with(&self.writer, move |conn| {
             conn.query_row(
-                "DELETE FROM console_logins WHERE digest = ?1 RETURNING digest, issuer, verifier, nonce, redirect_uri, expires_at",
+                "DELETE FROM console_logins WHERE digest = ?1 RETURNING digest, issuer, verifier, nonce, redirect_uri, expires_at, principal",
                 params![digest],
                 |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                        ),
+                        r.get::<_, Option<String>>(6)?,
                     ))
                 },
             )
@@ -629,7 +638,8 @@ impl Store for SqliteStore {
             .map_err(classify)
         })
         .await?;
-        let Some((digest, issuer, verifier, nonce, redirect_uri, expires)) = row else {
+        let Some(((digest, issuer, verifier, nonce, redirect_uri, expires), principal)) = row
+        else {
             return Ok(None);
         };
         Ok(Some(ConsoleLoginRecord {
@@ -638,6 +648,10 @@ impl Store for SqliteStore {
             verifier,
             nonce,
             redirect_uri,
+            principal: principal
+                .map(|p| serde_json::from_str(&p))
+                .transpose()
+                .map_err(|e| StoreError::Other(e.to_string()))?,
             expires_at: parse_ts(&expires)?,
         }))
     }

@@ -92,14 +92,16 @@ impl Browser {
         raw
     }
 
+    /// A read as the page makes it: the cookie and the session's proof.
     async fn get(&mut self, path: &str) -> (u16, Value) {
-        let resp = self
+        let mut req = self
             .http
             .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
+            .header("cookie", self.cookie_header());
+        if let Some(csrf) = &self.csrf {
+            req = req.header("x-airlock-csrf", csrf);
+        }
+        let resp = req.send().await.unwrap();
         self.remember(&resp);
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
@@ -226,6 +228,31 @@ async fn sessions_are_for_people_and_every_change_needs_the_csrf_token() {
     assert_eq!(s, 200);
     assert_eq!(me["principal"]["kind"], "human");
 
+    // The cookie alone opens nothing, not even a read: browsers also send it to pages on
+    // other ports of the host (an agent's local web server), which lack the page's proof.
+    for path in [
+        "/console/api/me",
+        "/console/api/reviews",
+        "/console/api/audit",
+    ] {
+        let resp = a
+            .http
+            .get(format!("{}{path}", a.base))
+            .header("cookie", b.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+    }
+    let resp = a
+        .http
+        .get(format!("{}/console/api/reviews/events", a.base))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
     // The cookie opens nothing in the agent API, and a bearer token nothing in the console.
     let resp = a
         .http
@@ -274,6 +301,7 @@ async fn sessions_are_for_people_and_every_change_needs_the_csrf_token() {
 
     // Signing out ends the session for good, wherever the cookie is kept.
     let stolen = b.cookie_header();
+    let proof = b.csrf.clone().unwrap();
     let (s, _) = b.post("/console/api/logout", json!({})).await;
     assert_eq!(s, 204);
     assert!(!b.cookies.contains_key("airlock_console"));
@@ -281,6 +309,7 @@ async fn sessions_are_for_people_and_every_change_needs_the_csrf_token() {
         .http
         .get(format!("{}/console/api/me", a.base))
         .header("cookie", stolen)
+        .header("x-airlock-csrf", proof)
         .send()
         .await
         .unwrap();
@@ -303,6 +332,7 @@ async fn a_console_decision_is_the_apis_decision() {
         .http
         .get(format!("{}/console/api/reviews/events", a.base))
         .header("cookie", dba.cookie_header())
+        .header("x-airlock-csrf", dba.csrf.clone().unwrap())
         .send()
         .await
         .unwrap();
@@ -689,7 +719,14 @@ scopes = ["openid", "groups"]
     let (_, opts) = b.get("/console/api/login-options").await;
     assert_eq!(opts["issuers"][0]["href"], "/console/login/corp", "{opts}");
 
-    assert_eq!(oidc_sign_in(&mut b).await, "/console/");
+    let landed = oidc_sign_in(&mut b).await;
+    // The page's proof comes in the fragment, which only the page reads.
+    b.csrf = Some(
+        landed
+            .strip_prefix("/console/#session=")
+            .unwrap_or_else(|| panic!("{landed}"))
+            .to_string(),
+    );
     let (s, me) = b.get("/console/api/me").await;
     assert_eq!(s, 200, "{me}");
     assert_eq!(me["principal"]["issuer"], "corp");
@@ -712,7 +749,7 @@ scopes = ["openid", "groups"]
     let resp = b.http.get(location(&resp)).send().await.unwrap();
     let callback = location(&resp);
     let resp = victim.http.get(&callback).send().await.unwrap();
-    assert!(location(&resp).starts_with("/console/#login-error="));
+    assert_eq!(location(&resp), "/console/#login-error=other_browser");
     victim.remember(&resp);
     assert!(!victim.cookies.contains_key("airlock_console"));
 
@@ -734,7 +771,7 @@ scopes = ["openid", "groups"]
         .send()
         .await
         .unwrap();
-    assert_eq!(location(&first), "/console/");
+    assert!(location(&first).starts_with("/console/#session="));
     let replay = again
         .http
         .get(&callback)
@@ -742,16 +779,12 @@ scopes = ["openid", "groups"]
         .send()
         .await
         .unwrap();
-    assert!(location(&replay).starts_with("/console/#login-error="));
+    assert_eq!(location(&replay), "/console/#login-error=expired");
 
     // An ID token for another sign-in (its nonce) is refused.
     *p.wrong_nonce.lock().unwrap() = true;
     let mut c = Browser::new(&a);
-    assert!(
-        oidc_sign_in(&mut c)
-            .await
-            .starts_with("/console/#login-error=")
-    );
+    assert_eq!(oidc_sign_in(&mut c).await, "/console/#login-error=refused");
     assert!(!c.cookies.contains_key("airlock_console"));
     *p.wrong_nonce.lock().unwrap() = false;
 
@@ -759,8 +792,7 @@ scopes = ["openid", "groups"]
     *p.person.lock().unwrap() = ("bot".into(), vec![], "agent".into());
     let mut d = Browser::new(&a);
     let landed = oidc_sign_in(&mut d).await;
-    assert!(landed.starts_with("/console/#login-error="), "{landed}");
-    assert!(landed.contains("agent"), "{landed}");
+    assert_eq!(landed, "/console/#login-error=agents_not_allowed");
     assert!(!d.cookies.contains_key("airlock_console"));
     a.stop().await;
 }
@@ -793,10 +825,7 @@ client_id = "airlock-console"
         .await
         .unwrap();
     let to = location(&resp);
-    assert!(
-        to.starts_with("/console/#login-error=") && to.contains("public_url"),
-        "{to}"
-    );
+    assert_eq!(to, "/console/#login-error=needs_public_url");
     a.stop().await;
     // And the configuration refuses plain http for a public origin.
     let bad =
@@ -837,6 +866,7 @@ async fn a_session_works_on_every_instance_of_a_shared_store() {
         .http
         .get(format!("{}/console/api/reviews/events", b.base))
         .header("cookie", on_b.cookie_header())
+        .header("x-airlock-csrf", on_b.csrf.clone().unwrap())
         .send()
         .await
         .unwrap();
@@ -858,4 +888,126 @@ async fn a_session_works_on_every_instance_of_a_shared_store() {
     assert_eq!(on_a.get("/console/api/me").await.0, 401);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_links_are_single_use_and_delegations_get_no_session() {
+    let a = Airlock::start(&format!("{DEV_ISSUER}{DEMO}")).await;
+    let state = &a.running.as_ref().unwrap().state;
+    let dana = airlock::identity::Principal {
+        issuer: "dev".into(),
+        subject: "dana".into(),
+        kind: PrincipalKind::Human,
+        groups: vec!["dba".into()],
+        actor: vec![],
+    };
+    let link = airlock::console::sign_in_link(state, dana.clone())
+        .await
+        .unwrap();
+    let code = link.strip_prefix("/console/#sign-in=").unwrap();
+    let redeem = |code: String| {
+        let a = &a;
+        async move {
+            let resp = a
+                .http
+                .post(format!("{}/console/api/login/link", a.base))
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, me) = redeem(code.to_string()).await;
+    assert_eq!(
+        (s, me["principal"]["subject"].as_str()),
+        (200, Some("dana")),
+        "{me}"
+    );
+    let (s, _) = redeem(code.to_string()).await;
+    assert_eq!(s, 401, "a link signs in once");
+    let (s, _) = redeem("made-up".into()).await;
+    assert_eq!(s, 401);
+    // Agents and delegations are refused links and dev sign-in alike.
+    let mut agent = dana.clone();
+    agent.kind = PrincipalKind::Agent;
+    assert!(airlock::console::sign_in_link(state, agent).await.is_err());
+    let mut b = Browser::new(&a);
+    let delegated = mint(
+        a.data.path(),
+        "dora",
+        &["dba"],
+        PrincipalKind::Human,
+        Some("agent-1"),
+    );
+    let (s, p, cookies) = b.dev_sign_in(&delegated).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (403, Some("console_humans_only")),
+        "{p}"
+    );
+    assert!(cookies.is_empty());
+    a.stop().await;
+}
+
+/// Characters fonts draw blank must never pass for spaces before a reviewer: outside
+/// literals the statement is refused, inside it they are shown escaped.
+#[tokio::test]
+async fn blank_glyphs_cannot_hide_sql_from_a_reviewer() {
+    // The guardrail the quick start has: what is not plain SQL is refused outright.
+    let a = Airlock::start(&format!(
+        "{DEV_ISSUER}[[rules]]\nbuiltin = \"deny-unparsed\"\n{DEMO}"
+    ))
+    .await;
+    for blank in ['\u{2800}', '\u{FFFC}', '\u{1BCA0}', '\u{0600}'] {
+        // What a reviewer would read as `... c WHERE id IS 3)`: an alias swallowing the WHERE.
+        let sql = format!(
+            "UPDATE customers SET city = 'Nowhere' WHERE id IN (SELECT id FROM customers c{blank}WHERE{blank}id{blank}IS{blank}3)"
+        );
+        let (s, b) = a.query(&a.agent(), "demo", json!({ "sql": sql })).await;
+        assert!((400..500).contains(&s) && s != 202, "{blank:?}: {s} {b}");
+    }
+    // Without that guardrail it may be held, but the reviewer sees the character.
+    let lax = Airlock::start(&format!("{DEV_ISSUER}{DEMO}")).await;
+    let sql = "UPDATE customers SET city = 'Nowhere' WHERE id IN (SELECT id FROM customers c\u{2800}WHERE\u{2800}id\u{2800}IS\u{2800}3)";
+    let (s, held) = lax.query(&lax.agent(), "demo", json!({ "sql": sql })).await;
+    assert_eq!(s, 202, "{held}");
+    let mut dba = Browser::new(&lax);
+    dba.dev_sign_in(&lax.token("dana", &["dba"], PrincipalKind::Human))
+        .await;
+    let (_, r) = dba
+        .get(&format!(
+            "/console/api/reviews/{}",
+            held["review_id"].as_str().unwrap()
+        ))
+        .await;
+    let shown = r["statement_visible"].as_str().unwrap();
+    assert!(shown.contains("c\\u{2800}WHERE"), "{shown}");
+    lax.stop().await;
+    let (s, held) = a
+        .query(
+            &a.agent(),
+            "demo",
+            json!({"sql": "UPDATE customers SET city = 'Ly\u{2800}on' WHERE id = 1"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{held}");
+    let mut dba = Browser::new(&a);
+    dba.dev_sign_in(&a.token("dana", &["dba"], PrincipalKind::Human))
+        .await;
+    let (_, r) = dba
+        .get(&format!(
+            "/console/api/reviews/{}",
+            held["review_id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(
+        r["statement_visible"]
+            .as_str()
+            .unwrap()
+            .contains("\\u{2800}"),
+        "{r}"
+    );
+    a.stop().await;
 }

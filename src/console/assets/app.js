@@ -5,15 +5,26 @@
  * - Everything the server sends is inserted as text (textContent / text nodes via h()),
  *   never as HTML: statements, parameters and audit rows may be written by a hostile agent.
  * - No inline script, no eval, no style attributes: the page runs under a strict CSP.
- * - Every POST carries Content-Type: application/json and the X-Airlock-CSRF token from
- *   /console/api/me; the session cookie itself is HttpOnly and never seen here.
- * - A 401 from any call means the session is gone: the sign-in view replaces everything.
+ * - Every API call (GET too) carries the X-Airlock-CSRF token, kept in localStorage: a
+ *   browser sends the cookie to every port of 127.0.0.1, so a page on another local port
+ *   gets the cookie too; the cookie alone must open nothing, and localStorage is per origin
+ *   (port included). Every POST carries Content-Type: application/json. The session cookie
+ *   itself is HttpOnly and never seen here.
+ * - A 401, or a 403 csrf_failed, from any call means the session is gone: the sign-in view
+ *   replaces everything.
+ * - Text an agent or an identity provider can influence goes through visible(): invisible,
+ *   bidi and look-alike space characters are shown escaped, never obeyed.
  */
 'use strict';
 
 (() => {
   const API = '/console/api';
+  const CSRF_KEY = 'airlock-console-csrf';
   const POLL_MS = 10000;
+  // The server ends the event stream every 5 minutes (and at shutdown): reconnect soon,
+  // backing off while it cannot be reached.
+  const STREAM_RETRY_MS = 1000;
+  const STREAM_RETRY_MAX_MS = 30000;
   const REVIEW_STATUSES = [
     ['pending_review', 'Pending'],
     ['approved', 'Approved'],
@@ -28,16 +39,20 @@
     'reason', 'row_count', 'duration_ms', 'error_class', 'sqlstate', 'statement', 'submitted',
   ];
   const AUDIT_FIELD_LAST = ['execution_id', 'review_id', 'session_id', 'request_id', 'id', 'seq', 'version'];
+  // Generic string fields shown as blocks, line breaks kept: code, then people's words.
+  const CODE_FIELDS = new Set(['statement', 'submitted', 'command', 'body', 'stdin']);
+  const TEXT_FIELDS = new Set(['reason', 'comment', 'message', 'rejection_reason']);
 
   const state = {
     me: null,            // /console/api/me once signed in
+    csrf: null,          // the session proof sent as X-Airlock-CSRF (also in localStorage)
     view: null,          // the view currently mounted in #view
     seq: 0,              // bumped on every mount: responses for an older mount are dropped
     reviewStatus: 'pending_review',
     reviewId: null,      // the review open in the detail pane
     lastListJson: '',    // skip re-rendering when a refresh brings nothing new
     lastDetailJson: '',
-    live: null,          // { source, timer } while the reviews view is shown
+    live: null,          // { stream, retry, failures, timer } while the reviews view is shown
     livePaused: false,
     lastActivity: Date.now(),
     refreshTimer: null,
@@ -83,9 +98,14 @@
   // Text that moves the reader's eye (bidi overrides), hides (zero-width, format characters)
   // or fakes a space must be seen, not obeyed: show it as \u{...} like the server's
   // statement_visible does. Newlines are kept where the text is shown as a block.
-  const INVISIBLE =
-    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]/gu;
+  // The format characters and U+2800/U+FFFC are listed one by one as well: a browser whose
+  // Unicode tables are older than the server's must not let them through.
+  const INVISIBLE = new RegExp('[\\p{Cc}\\p{Cf}\\p{Zl}\\p{Zp}\\p{Default_Ignorable_Code_Point}' +
+    '\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000\\u2800\\ufffc' +
+    '\\u0600-\\u0605\\u06dd\\u070f\\u0890\\u0891\\u08e2' +
+    '\\u{110bd}\\u{110cd}\\u{13430}-\\u{1343f}\\u{1bca0}-\\u{1bca3}]', 'gu');
   function visible(text, keepNewlines = true) {
+    if (text === undefined || text === null) return '';
     return String(text).replace(INVISIBLE, (c) =>
       keepNewlines && c === '\n' ? c : `\\u{${c.codePointAt(0).toString(16)}}`);
   }
@@ -103,7 +123,8 @@
   // The last 8 characters: ids are UUIDv7, whose first characters are a timestamp shared
   // by everything made in the same minute; the tail is random, so it tells them apart.
   const shortId = (id) => String(id || '').slice(-8);
-  const who = (p) => (p ? `${p.issuer}/${p.subject}` : '');
+  // issuer/subject: an identity provider or an agent's token chose both, so escaped.
+  const who = (p) => (p ? visible(`${p.issuer}/${p.subject}`, false) : '');
 
   const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
   // Tables get a shorter form (no year, no weekday) so the statement column keeps its room.
@@ -115,7 +136,7 @@
   function timeEl(iso, short = false) {
     if (!iso) return h('span', { class: 'muted' }, '—');
     const date = new Date(iso);
-    if (Number.isNaN(date.getTime())) return h('span', {}, String(iso));
+    if (Number.isNaN(date.getTime())) return h('span', {}, visible(iso, false));
     return h('time', { datetime: iso, title: iso }, (short ? shortTimeFormat : timeFormat).format(date));
   }
 
@@ -128,7 +149,7 @@
   // The badge's text is the raw status string (any value renders); colour is only a hint.
   function badge(status) {
     const tone = STATUS_TONES[status] || 'neutral';
-    return h('span', { class: `badge badge-${tone}` }, String(status ?? ''));
+    return h('span', { class: `badge badge-${tone}` }, visible(status, false));
   }
 
   function table(caption, headers, rows) {
@@ -168,13 +189,13 @@
     const text = typeof err === 'string' ? err : (err && err.detail) || String(err);
     const alert = $('alert');
     alert.textContent = '';
-    alert.textContent = text;
+    alert.textContent = visible(text); // a problem's detail may quote what an agent sent
   }
 
   function showStatus(text) {
     const status = $('status');
     status.textContent = '';
-    status.textContent = text;
+    status.textContent = visible(text);
   }
 
   function clearMessages() {
@@ -205,21 +226,56 @@
     }
   }
 
-  // fetch() for the console API. `signOutOn401: false` is for the sign-in call itself,
-  // whose 401 means "bad token", not "session gone".
-  // `background: true` marks a live refresh: the server does not count it as the person's
-  // activity, so an unattended console still reaches its idle timeout.
-  async function api(path, { method = 'GET', body, query, signOutOn401 = true, background = false } = {}) {
+  // A 401, or a 403 csrf_failed (the stored token belongs to no live session), both mean:
+  // this session is over.
+  const sessionGone = (e) => e.status === 401 || (e.status === 403 && e.code === 'csrf_failed');
+
+  // The session proof lives in localStorage so that a reload keeps the session. If storage
+  // is refused (some private modes), it lives in memory only: a reload then signs out.
+  function storedCsrf() {
+    try { return localStorage.getItem(CSRF_KEY); } catch { return null; }
+  }
+
+  function keepCsrf(token) {
+    state.csrf = token;
+    try { localStorage.setItem(CSRF_KEY, token); } catch { /* memory only */ }
+  }
+
+  // Forgets the token this page used. Another tab may have signed in since and stored a
+  // newer one: that one stays (the storage listener brings this tab over to it).
+  function dropCsrf() {
+    try {
+      if (localStorage.getItem(CSRF_KEY) === state.csrf) localStorage.removeItem(CSRF_KEY);
+    } catch { /* nothing stored */ }
+    state.csrf = null;
+  }
+
+  // The request headers every console call carries: the session proof, and for a live
+  // refresh the marker the server does not count as the person's activity (so an
+  // unattended console still reaches its idle timeout).
+  function apiHeaders(accept, { csrf = true, proof = state.csrf, background = false } = {}) {
+    const headers = { Accept: accept };
+    if (csrf && proof) headers['X-Airlock-CSRF'] = proof;
+    if (background) headers['X-Airlock-Background'] = '1';
+    return headers;
+  }
+
+  // fetch() for the console API. `signOutOn401: false` is for the sign-in calls and the
+  // first /me, whose 401 means "bad token" or "no session yet", not "session gone".
+  // `csrf: false` for the calls made before there is a session (login-options, sign-in);
+  // `proof` tries a session proof other than the current one.
+  // `as: 'text'` returns the body as text (recordings), else JSON.
+  async function api(path, {
+    method = 'GET', body, query, signOutOn401 = true, background = false, csrf = true, proof, as = 'json',
+  } = {}) {
     const url = new URL(API + path, location.origin);
     for (const [key, value] of Object.entries(query || {})) {
       if (value !== undefined && value !== null && value !== '') url.searchParams.set(key, value);
     }
-    const headers = { Accept: 'application/json' };
-    if (background) headers['X-Airlock-Background'] = '1';
+    const headers = apiHeaders(as === 'json' ? 'application/json' : '*/*', { csrf, proof, background });
     const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
     if (method !== 'GET') {
       headers['Content-Type'] = 'application/json';
-      if (state.me) headers['X-Airlock-CSRF'] = state.me.csrf_token;
       if (body !== undefined) init.body = JSON.stringify(body);
     }
     let res;
@@ -230,20 +286,23 @@
     }
     if (!res.ok) {
       const error = new ApiError(res.status, await readProblem(res));
-      if (res.status === 401 && signOutOn401) {
+      if (signOutOn401 && sessionGone(error)) {
         signedOut('Your session has ended. Sign in again.');
         error.handled = true;
       }
       throw error;
     }
     if (res.status === 204) return null;
-    return res.json();
+    return as === 'text' ? res.text() : res.json();
   }
 
   // ---------------------------------------------------------------- sign-in
 
+  // `me` is the /me object (also the answer of a sign-in): its csrf_token is the session
+  // proof every later call sends.
   function signedIn(me) {
     state.me = me;
+    if (me.csrf_token) keepCsrf(me.csrf_token);
     $('whoami').textContent = who(me.principal);
     $('nav-audit').hidden = !me.auditor;
     $('nav').hidden = false;
@@ -254,6 +313,7 @@
   // Forgets the session and shows the sign-in view (the cookie is the server's business).
   function signedOut(message) {
     state.me = null;
+    dropCsrf();
     stopLive();
     disposePlayer();
     $('nav').hidden = true;
@@ -285,7 +345,7 @@
       h('div', { id: 'signin-options' }, h('p', { class: 'muted' }, 'Loading sign-in options…'))));
     let options;
     try {
-      options = await api('/login-options', { signOutOn401: false });
+      options = await api('/login-options', { signOutOn401: false, csrf: false });
     } catch (e) {
       if (seq === state.seq) $('signin-options').replaceChildren();
       showError(e);
@@ -327,10 +387,16 @@
     if (!ok && form.isConnected) setBusy(form, false);
   }
 
-  async function devSignIn(token) {
+  function devSignIn(token) {
+    return signInWith('/login/dev', { token });
+  }
+
+  // POSTs a sign-in (dev token or one-time link code). No session proof exists yet: the
+  // server checks Origin/Sec-Fetch-Site instead, and answers with the /me object.
+  async function signInWith(path, body) {
     clearMessages();
     try {
-      const me = await api('/login/dev', { method: 'POST', body: { token }, signOutOn401: false });
+      const me = await api(path, { method: 'POST', body, signOutOn401: false, csrf: false });
       signedIn(me);
       return true;
     } catch (e) {
@@ -350,8 +416,9 @@
     showStatus('Signed out');
   }
 
-  // The fragment can carry a dev token (for scripted sign-in) or an OIDC callback error.
-  // Either is consumed and removed from the URL at once, so a token never stays in history.
+  // The fragment can carry a one-time sign-in link's code, the session proof an OIDC
+  // sign-in hands over, or an OIDC error code. Each is consumed and removed from the URL at
+  // once, so no secret stays in the address bar or the history.
   function consumeFragment() {
     const hash = location.hash;
     const take = (prefix) => {
@@ -360,10 +427,26 @@
       history.replaceState(null, '', location.pathname + location.search);
       return value;
     };
-    if (hash.startsWith('#dev-token=')) return { devToken: take('#dev-token=') };
+    if (hash.startsWith('#sign-in=')) return { linkCode: take('#sign-in=') };
+    if (hash.startsWith('#session=')) return { sessionToken: take('#session=') };
     if (hash.startsWith('#login-error=')) return { loginError: take('#login-error=') };
     return null;
   }
+
+  // The OIDC callback's error codes, in fixed wording: the fragment is in a URL anyone can
+  // craft and send, so its text is never shown ("approve review now" stays unsaid).
+  const LOGIN_ERRORS = new Map([
+    ['provider_error', 'The identity provider refused the sign-in.'],
+    ['expired', 'This sign-in expired or was already used. Start again.'],
+    ['other_browser', 'This sign-in was started in another browser. Start again here.'],
+    ['refused', "The identity provider's answer could not be verified."],
+    ['agents_not_allowed', "The console is for people; this account is an agent's."],
+    ['needs_public_url',
+      'Sign-in with the identity provider is not configured for this address (console.public_url).'],
+    ['unavailable', 'The identity provider cannot be reached right now.'],
+    ['not_configured', 'There is no such sign-in here.'],
+  ]);
+  const loginErrorText = (code) => LOGIN_ERRORS.get(code) || 'Sign-in failed.';
 
   // ---------------------------------------------------------------- routing
 
@@ -467,9 +550,9 @@
         onclick: () => { location.hash = `#/reviews/${encodeURIComponent(r.id)}`; },
       }, 'Open review ', h('span', { class: 'mono' }, shortId(r.id)))),
       h('td', {}, badge(r.status)),
-      h('td', {}, r.connection),
+      h('td', {}, visible(r.connection, false)),
       h('td', { class: 'nowrap' }, who(r.requester)),
-      h('td', { class: 'mono clip', title: r.statement_visible }, oneLine(r.statement_visible)),
+      h('td', { class: 'mono clip', title: visible(r.statement_visible) }, oneLine(r.statement_visible)),
       h('td', {}, timeEl(r.expires_at, true))));
     container.replaceChildren(table('Reviews',
       ['Review', 'Status', 'Connection', 'Requester', 'Statement', 'Expires'], rows));
@@ -538,31 +621,34 @@
   }
 
   function reviewInfo(r) {
-    const hidden = r.statement_visible !== r.statement;
+    // The server's escaped form, escaped again here: a character the server's list lacks
+    // is still shown, and the warning still says so.
+    const shown = visible(r.statement_visible);
+    const hidden = r.statement_visible !== r.statement || shown !== r.statement;
     const approvalsSoFar = `${(r.approvals || []).length} of ${r.min_approvals}`;
     return h('div', { class: 'review-info' },
       h('h2', { tabindex: '-1' }, `Review ${shortId(r.id)}`),
-      h('p', { class: 'muted mono' }, r.id),
+      h('p', { class: 'muted mono' }, visible(r.id, false)),
       dl([
         ['Status', h('span', { 'data-testid': 'review-status' }, badge(r.status))],
-        ['Connection', r.connection],
+        ['Connection', visible(r.connection, false)],
         ['Requester', requester(r.requester)],
-        ['Rule', r.rule],
-        ['Message', r.message],
+        ['Rule', visible(r.rule, false)],
+        ['Message', r.message && h('span', { class: 'prewrap' }, visible(r.message))],
         ['Approvals', approvalsSoFar],
-        ['Approver groups', (r.approver_groups || []).join(', ')],
+        ['Approver groups', visible((r.approver_groups || []).join(', '), false)],
         ['Created', timeEl(r.created_at)],
         ['Expires', timeEl(r.expires_at)],
         ['Run deadline', r.run_deadline && timeEl(r.run_deadline)],
         ['Max rows', r.max_rows ? String(r.max_rows) : null],
         ['Timeout', r.timeout_ms != null ? `${r.timeout_ms / 1000} s` : null],
         ['Max affected rows', r.max_affected_rows ?? null],
-        ['Execution', h('span', { class: 'mono' }, r.execution_id)],
+        ['Execution', h('span', { class: 'mono' }, visible(r.execution_id, false))],
       ], 'facts summary'),
       h('h3', {}, r.http ? 'Request' : 'Statement'),
       hidden && h('p', { class: 'warning' },
         'This statement contains invisible or control characters (shown escaped)'),
-      h('pre', { class: 'statement', 'data-testid': 'statement' }, r.statement_visible),
+      h('pre', { class: 'statement', 'data-testid': 'statement' }, shown),
       h('h3', {}, 'Parameters'),
       params(r.params),
       r.http && httpRequest(r.http),
@@ -581,10 +667,11 @@
   // (the `act` chain lists the current actor first).
   function requester(p) {
     if (!p) return '';
-    const lines = [h('span', {}, `${who(p)} (${p.kind})`)];
-    if ((p.groups || []).length) lines.push(h('span', {}, `groups: ${p.groups.join(', ')}`));
+    const lines = [h('span', {}, `${who(p)} (${visible(p.kind, false)})`)];
+    if ((p.groups || []).length) lines.push(h('span', {}, `groups: ${visible(p.groups.join(', '), false)}`));
     if ((p.actor || []).length) {
-      lines.push(h('span', {}, `act chain: ${[...p.actor, who(p)].join(' on behalf of ')}`));
+      const chain = [...p.actor.map((a) => visible(a, false)), who(p)];
+      lines.push(h('span', {}, `act chain: ${chain.join(' on behalf of ')}`));
     }
     return h('span', { class: 'stack' }, lines);
   }
@@ -598,21 +685,22 @@
     // JSON shows each value's type (a string in quotes, a number bare); visible() then
     // escapes what JSON.stringify leaves raw, such as U+202E.
     box.append(h('ol', { class: 'param-list' }, values.map((v) =>
-      h('li', {}, h('code', { class: 'prewrap' }, visible(JSON.stringify(v)))))));
+      h('li', {}, h('code', { class: 'prewrap literal' }, visible(JSON.stringify(v)))))));
     return box;
   }
 
   function httpRequest(http) {
-    const nameValues = (list) => (list || []).map((nv) =>
-      h('span', { class: 'mono' }, visible(`${nv.name}: ${nv.value}`, false)));
+    // Every part is the agent's: escaped, and laid out left to right as stored.
+    const literal = (text) => h('span', { class: 'mono literal' }, visible(text, false));
+    const nameValues = (list) => (list || []).map((nv) => literal(`${nv.name}: ${nv.value}`));
     return [
       h('h3', {}, 'HTTP request'),
       dl([
-        ['Method', h('span', { class: 'mono' }, http.method)],
-        ['Path', h('span', { class: 'mono' }, visible(http.path, false))],
+        ['Method', literal(http.method)],
+        ['Path', literal(http.path)],
         ['Query', nameValues(http.query).length ? h('span', { class: 'stack' }, nameValues(http.query)) : null],
         ['Headers', nameValues(http.headers).length ? h('span', { class: 'stack' }, nameValues(http.headers)) : null],
-        ['Content type', http.content_type],
+        ['Content type', http.content_type ? literal(http.content_type) : null],
         ['Body', http.body != null ? h('pre', { class: 'statement' }, visible(http.body)) : null],
       ]),
     ];
@@ -638,7 +726,7 @@
       const value = facts[key];
       if (value === false || value === null || (Array.isArray(value) && !value.length)) continue;
       const shown = RISKY_FACTS.has(key) && value === true ? h('strong', { class: 'risk' }, 'yes') : fieldValue(value);
-      pairs.push([FACT_LABELS[key] || key, shown]);
+      pairs.push([FACT_LABELS[key] || visible(key, false), shown]);
     }
     if (!pairs.length) return h('p', { class: 'muted' }, 'Nothing notable.');
     return dl(pairs);
@@ -723,20 +811,97 @@
   function startLive() {
     if (state.live || !state.me) return;
     state.livePaused = false;
-    state.live = { source: openEvents(), timer: setInterval(pollTick, POLL_MS) };
+    state.live = { stream: null, retry: null, failures: 0, timer: setInterval(pollTick, POLL_MS) };
+    openEvents(state.live);
   }
 
-  // Same-origin EventSource sends the cookie. It reconnects by itself after a dropped
-  // connection, but gives up for good on an error status; pollTick then opens a new one.
-  function openEvents() {
-    const source = new EventSource(`${API}/reviews/events`);
-    source.addEventListener('reviews', scheduleRefresh);
-    return source;
+  // EventSource cannot send the X-Airlock-CSRF header, so the stream is read with fetch()
+  // and parsed here. `live.stream` is the AbortController of the open request.
+  function openEvents(live) {
+    const controller = new AbortController();
+    live.stream = controller;
+    live.retry = null;
+    readEvents(live, controller);
+  }
+
+  async function readEvents(live, controller) {
+    const current = () => state.live === live && live.stream === controller && !controller.signal.aborted;
+    let res;
+    try {
+      res = await fetch(`${API}/reviews/events`, {
+        headers: apiHeaders('text/event-stream', { background: true }),
+        credentials: 'same-origin', cache: 'no-store', signal: controller.signal,
+      });
+    } catch {
+      if (current()) reconnectLater(live);
+      return;
+    }
+    if (!res.ok || !res.body) {
+      // An error status (401, 403) is the poll's to report: its next call signs out, or
+      // pollTick opens a new stream.
+      controller.abort();
+      if (state.live === live && live.stream === controller) live.stream = null;
+      return;
+    }
+    live.failures = 0;
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    const parse = eventStreamParser((type) => { if (type === 'reviews') scheduleRefresh(); });
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        parse(decoder.decode(value, { stream: true }));
+      }
+    } catch { /* aborted, or the connection dropped */ }
+    if (current()) reconnectLater(live);
+  }
+
+  // The stream ended (the server closes it every 5 minutes) or could not be opened:
+  // try again soon, backing off while the server stays away.
+  function reconnectLater(live) {
+    live.stream = null;
+    const delay = Math.min(STREAM_RETRY_MAX_MS, STREAM_RETRY_MS * 2 ** live.failures);
+    live.failures += 1;
+    live.retry = setTimeout(() => {
+      if (state.live === live && !live.stream) openEvents(live);
+    }, delay);
+  }
+
+  // A text/event-stream reader for what the console needs: `event:` names the event,
+  // `data:` lines carry its payload, a blank line ends it, a line starting with `:` is a
+  // keep-alive. Returns a function to feed the decoded text to, chunk by chunk.
+  function eventStreamParser(onEvent) {
+    let pending = '';
+    let type = '';
+    let data = [];
+    return (chunk) => {
+      pending += chunk;
+      // A CR at the very end may be the first half of a CRLF: wait for the next chunk.
+      const cut = pending.endsWith('\r') ? pending.length - 1 : pending.length;
+      const lines = pending.slice(0, cut).split(/\r\n|\r|\n/);
+      pending = lines.pop() + pending.slice(cut);
+      for (const line of lines) {
+        if (line === '') {
+          if (type || data.length) onEvent(type || 'message', data.join('\n'));
+          type = '';
+          data = [];
+        } else if (!line.startsWith(':')) {
+          const colon = line.indexOf(':');
+          const name = colon < 0 ? line : line.slice(0, colon);
+          let value = colon < 0 ? '' : line.slice(colon + 1);
+          if (value.startsWith(' ')) value = value.slice(1);
+          if (name === 'event') type = value;
+          else if (name === 'data') data.push(value);
+        }
+      }
+    };
   }
 
   function stopLive() {
     if (!state.live) return;
-    state.live.source.close();
+    if (state.live.stream) state.live.stream.abort();
+    clearTimeout(state.live.retry);
     clearInterval(state.live.timer);
     clearTimeout(state.refreshTimer);
     state.live = null;
@@ -770,9 +935,7 @@
       if (note) note.textContent = 'Live updates paused while you are away.';
       return;
     }
-    if (state.live && state.live.source.readyState === EventSource.CLOSED) {
-      state.live.source = openEvents();
-    }
+    if (state.live && !state.live.stream && !state.live.retry) openEvents(state.live);
     if (!document.hidden) refreshLive();
   }
 
@@ -891,18 +1054,18 @@
     const shown = state.audit.shownExecutions;
     // One "Show execution" button per execution: its begin and end rows share the id.
     const execCell = shown.has(ev.execution_id)
-      ? h('span', { class: 'mono muted', title: ev.execution_id }, shortId(ev.execution_id))
+      ? h('span', { class: 'mono muted', title: visible(ev.execution_id, false) }, visible(shortId(ev.execution_id), false))
       : h('button', { type: 'button', class: 'button-link', onclick: (e) => showExecution(ev.execution_id, e.currentTarget) },
-        h('span', { class: 'visually-hidden' }, 'Show execution '), h('span', { class: 'mono' }, shortId(ev.execution_id)));
+        h('span', { class: 'visually-hidden' }, 'Show execution '), h('span', { class: 'mono' }, visible(shortId(ev.execution_id), false)));
     shown.add(ev.execution_id);
     const text = ev.statement ?? ev.submitted ?? ev.reason ?? '';
     return h('tr', {},
       h('td', {}, timeEl(ev.time, true)),
-      h('td', {}, ev.phase),
+      h('td', {}, visible(ev.phase, false)),
       h('td', {}, execCell),
-      h('td', {}, ev.connection || ''),
+      h('td', {}, visible(ev.connection, false)),
       h('td', { class: 'nowrap' }, who(ev.principal)),
-      h('td', {}, ev.operation),
+      h('td', {}, visible(ev.operation, false)),
       h('td', {}, outcomeCell(ev)),
       h('td', { class: 'mono clip', title: visible(text) }, oneLine(text, 70)));
   }
@@ -985,7 +1148,7 @@
     ];
     return h('div', { class: 'event-card' },
       h('p', { class: 'event-phase' }, badge(ev.phase), ' ', timeEl(ev.time)),
-      dl(ordered.filter((k) => k !== 'time').map((k) => [k, fieldValue(ev[k], k)])));
+      dl(ordered.filter((k) => k !== 'time').map((k) => [visible(k, false), fieldValue(ev[k], k)])));
   }
 
   // Renders any JSON value as text: unknown fields still show, never as HTML.
@@ -996,18 +1159,20 @@
     if (typeof value === 'boolean') return value ? 'yes' : 'no';
     if (typeof value === 'number') return String(value);
     if (typeof value === 'string') {
-      const code = key === 'statement' || key === 'submitted';
-      return h('span', { class: code ? 'prewrap mono' : 'prewrap' }, visible(value));
+      // Statements and people's words keep their line breaks; a name or an id is one line.
+      if (CODE_FIELDS.has(key)) return h('span', { class: 'prewrap mono literal' }, visible(value));
+      if (TEXT_FIELDS.has(key)) return h('span', { class: 'prewrap' }, visible(value));
+      return h('span', { class: 'prewrap' }, visible(value, false));
     }
     if (Array.isArray(value) && value.every((v) => typeof v !== 'object' || v === null)) {
-      return h('span', { class: 'prewrap' }, visible(value.join(', ')));
+      return h('span', { class: 'prewrap' }, visible(value.join(', '), false));
     }
     return h('pre', { class: 'json' }, visible(JSON.stringify(value, null, 2)));
   }
 
   function genericFields(obj) {
     if (typeof obj !== 'object' || obj === null) return h('p', {}, String(obj));
-    return dl(Object.keys(obj).sort().map((k) => [k, fieldValue(obj[k], k)]));
+    return dl(Object.keys(obj).sort().map((k) => [visible(k, false), fieldValue(obj[k], k)]));
   }
 
   // ---------------------------------------------------------------- sessions
@@ -1052,12 +1217,12 @@
   function sessionRow(s) {
     return h('tr', { dataset: { sessionId: s.id } },
       h('td', {}, timeEl(s.started_at, true)),
-      h('td', {}, s.connection),
-      h('td', { class: 'nowrap' }, `${s.issuer}/${s.subject}`),
+      h('td', {}, visible(s.connection, false)),
+      h('td', { class: 'nowrap' }, who(s)),
       h('td', { class: 'mono clip', title: visible(s.command || '') },
         s.command ? oneLine(s.command, 60) : h('span', { class: 'muted' }, s.kind === 'shell' ? '(shell)' : '—')),
       h('td', {}, badge(s.status)),
-      h('td', {}, s.exit_code ?? ''),
+      h('td', {}, visible(s.exit_code, false)),
       h('td', {}, h('button', { type: 'button', class: 'button-quiet', onclick: () => replay(s.id) },
         'Replay', h('span', { class: 'visually-hidden' }, ` session ${shortId(s.id)}`))));
   }
@@ -1091,30 +1256,48 @@
     const chain = session.chain_valid === true ? 'Recording chain valid'
       : session.chain_valid === false ? 'Recording chain BROKEN' : 'Recording chain not checked';
     const heading = h('h2', { tabindex: '-1' }, `Session ${shortId(session.id)}`);
-    const playerEl = h('div', { class: 'player', 'data-testid': 'player' });
+    const playerEl = h('div', { class: 'player', 'data-testid': 'player' },
+      h('p', { class: 'muted' }, 'Loading recording…'));
     pane.replaceChildren(heading,
       h('p', { class: `chain ${session.chain_valid === false ? 'chain-broken' : 'chain-ok'}`, 'data-testid': 'chain' }, chain),
       dl([
-        ['Kind', session.kind],
-        ['Connection', session.connection],
-        ['Subject', `${session.issuer}/${session.subject}`],
-        ['Command', session.command ? h('span', { class: 'mono prewrap' }, visible(session.command)) : null],
+        ['Kind', visible(session.kind, false)],
+        ['Connection', visible(session.connection, false)],
+        ['Subject', who(session)],
+        ['Command', session.command ? h('span', { class: 'mono prewrap literal' }, visible(session.command)) : null],
         ['Started', timeEl(session.started_at)],
         ['Ended', session.ended_at ? timeEl(session.ended_at) : null],
         ['Status', badge(session.status)],
         ['Exit code', session.exit_code ?? null],
-        ['Execution', h('span', { class: 'mono' }, session.execution_id)],
-        ['Digest', session.digest ? h('span', { class: 'mono break' }, session.digest) : null],
+        ['Execution', h('span', { class: 'mono' }, visible(session.execution_id, false))],
+        ['Digest', session.digest ? h('span', { class: 'mono break' }, visible(session.digest, false)) : null],
       ], 'facts summary'),
       playerEl);
-    if (typeof window.AsciinemaPlayer === 'undefined') {
-      showError('The session player did not load.');
-    } else {
-      state.player = window.AsciinemaPlayer.create(
-        `${API}/sessions/${encodeURIComponent(session.id)}/recording`, playerEl,
-        { fit: 'width', autoPlay: true });
-    }
     focusHeading(heading);
+    await startPlayer(session.id, playerEl, () => seq === state.seq && mine === state.replaySeq);
+  }
+
+  // The player gets the recording as text, fetched here with the session proof: its own
+  // fetch could not send the header, and no URL may carry a token.
+  async function startPlayer(id, playerEl, stillWanted) {
+    let text;
+    try {
+      text = await api(`/sessions/${encodeURIComponent(id)}/recording`, { as: 'text' });
+    } catch (e) {
+      if (!stillWanted()) return;
+      playerEl.replaceChildren(h('p', { class: 'muted' }, 'The recording could not be loaded.'));
+      showError(e);
+      return;
+    }
+    if (!stillWanted()) return;
+    playerEl.replaceChildren();
+    if (typeof window.AsciinemaPlayer === 'undefined') {
+      playerEl.append(h('p', { class: 'muted' }, 'The session player did not load.'));
+      showError('The session player did not load.');
+      return;
+    }
+    disposePlayer();
+    state.player = window.AsciinemaPlayer.create({ data: text }, playerEl, { fit: 'width', autoPlay: true });
   }
 
   // ---------------------------------------------------------------- start
@@ -1134,29 +1317,80 @@
     for (const type of ['keydown', 'pointerdown', 'wheel']) {
       document.addEventListener(type, noteActivity, { passive: true, capture: true });
     }
+    window.addEventListener('storage', onStorage);
 
     const fragment = consumeFragment();
     if (fragment) return handleFragment(fragment);
     await loadSession();
   }
 
-  async function handleFragment({ devToken, loginError }) {
-    if (devToken !== undefined) {
-      await devSignIn(devToken);
-      return;
-    }
+  async function handleFragment({ linkCode, sessionToken, loginError }) {
+    if (linkCode !== undefined) return useSignInLink(linkCode);
+    if (sessionToken !== undefined) return adoptSession(sessionToken);
     if (!state.me) await loadSession();
-    // The text comes from the URL, so anyone can craft it: shown as text, kept short.
-    showError(`Sign-in failed: ${loginError.slice(0, 200)}`);
+    showError(loginErrorText(loginError));
   }
 
+  // A one-time sign-in link. Someone already signed in keeps their identity: a link
+  // someone else sent must not silently switch whose name the approvals carry.
+  async function useSignInLink(code) {
+    if (await loadSession()) {
+      showStatus(`You are already signed in as ${who(state.me.principal)}; ` +
+        'sign out first to use a sign-in link.');
+      return;
+    }
+    if (!code) return showError('This sign-in link is incomplete.');
+    await signInWith('/login/link', { code });
+  }
+
+  // An OIDC sign-in ends on #session=<csrf_token>. The token is kept only if /me accepts
+  // it: a crafted link with a wrong token must not throw away the session this browser has.
+  async function adoptSession(token) {
+    try {
+      const me = await api('/me', { signOutOn401: false, proof: token });
+      signedIn({ ...me, csrf_token: me.csrf_token || token });
+      return;
+    } catch (e) {
+      if (await loadSession()) return;
+      showError(sessionGone(e) ? 'This sign-in did not start a session. Sign in again.' : e);
+    }
+  }
+
+  // Boot, and after a fragment: with a stored session proof, ask /me who this is; without
+  // one there is no session worth asking about. True when signed in.
   async function loadSession() {
+    state.csrf = storedCsrf();
+    if (!state.csrf) {
+      if (state.me) signedOut();
+      else if (state.view !== 'signin') renderSignIn();
+      return false;
+    }
     try {
       signedIn(await api('/me', { signOutOn401: false }));
+      return true;
     } catch (e) {
-      renderSignIn();
-      if (e.status !== 401) showError(e);
+      if (sessionGone(e)) {
+        signedOut();
+        return false;
+      }
+      // The server could not be asked (down, 5xx): keep the token, a reload may work.
+      if (state.view !== 'signin') renderSignIn();
+      showError(e);
+      return false;
     }
+  }
+
+  // Another tab of this origin signed in or out (they share the cookie): follow it, so the
+  // name shown here is always the one the server will record.
+  function onStorage(event) {
+    if (event.key !== CSRF_KEY && event.key !== null) return;
+    const token = storedCsrf();
+    if (token === state.csrf) return;
+    if (!token) {
+      if (state.me) signedOut('You signed out in another tab.');
+      return;
+    }
+    loadSession();
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);

@@ -142,14 +142,21 @@ pub(super) fn plain(c: char) -> bool {
 }
 
 /// Characters that render as nothing: format characters (Unicode category Cf: zero-width
-/// spaces and joiners, bidirectional controls, the BOM, tag characters) and the Hangul
-/// fillers that pass for letters.
+/// spaces and joiners, bidirectional controls, the BOM, prefixed number signs, tag
+/// characters), the Hangul fillers that pass for letters, and the symbols fonts draw blank
+/// (the Braille blank U+2800, the object replacement U+FFFC). A reviewer must never read
+/// one of them as a space: outside literals they are refused, inside they are shown escaped.
 pub(crate) fn invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
             | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
             | '\u{115F}'
             | '\u{1160}'
             | '\u{17B4}'
@@ -158,11 +165,16 @@ pub(crate) fn invisible(c: char) -> bool {
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
             | '\u{3164}'
             | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
             | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{FFF0}'..='\u{FFFC}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
             | '\u{E0000}'..='\u{E0FFF}'
     )
