@@ -9,19 +9,31 @@ the artifacts directory (NN-name.png; NN-name-FAILED.png at a failure).
 
 Scenarios (run in this order; --only picks some):
   double     the OIDC double itself refuses what it must (bad verifier, reused code, ...)
-  dev        dev-token sign-in: form (agent refused, human accepted), #dev-token= fragment, sign out
+  dev        dev-token sign-in: form (agent and delegated tokens refused, human accepted),
+             the session proof in localStorage (kept over a reload, a wrong one dropped), sign out
+  link       the one-time sign-in link the server prints: ignored by a signed-in page, signs
+             in dev/dba-1 once (fragment removed), refused the second time; #login-error=
+             shows fixed wording only
   approve    an agent's held write appears live; approved with the keyboard; the agent's
              ?wait= ends, its run succeeds and it sees the comment
   reject     a held write with hostile/invisible characters, rejected with a reason; the
              agent gets 422 review_rejected with it
+  invisible  U+2800 in a string literal is held and shown escaped with the warning (left to
+             right, bidi overridden); outside a literal the server refuses the statement
+  live       the review event stream is read with fetch() and the session proof, parsed by
+             the page (reconnects after the stream ends), aborted when leaving the view
   audit      audit search by subject and connection; one execution's begin/end side by side
-  replay     an SSH exec by the agent, replayed in the Sessions view (chain valid, output shown)
-  oidc       "Sign in with corp" through the double (PKCE), cookie attributes, groups
-             filtered, a replayed callback and a bogus one refused
+  replay     an SSH exec by the agent, replayed in the Sessions view (chain valid, output
+             shown; the recording fetched with the session proof and given to the player)
+  oidc       "Sign in with corp" through the double (PKCE), the session proof handed over in
+             #session= and removed, cookie attributes, groups filtered, a replayed callback
+             and a bogus one refused
   idtoken    plain HTTP: the server refuses ID tokens the double spoils on purpose (nonce,
              audience, issuer, expiry, signature, alg none, HS256 keyed with the public key)
-  security   plain HTTP: CSP, CSRF, the cookie is no API credential, a bearer token is no
-             console credential, sign-out kills the session
+  crossport  a page on another loopback port receives the console cookie (browsers send
+             cookies to every port of a host); replayed alone it opens nothing
+  security   plain HTTP: CSP, CSRF on every call (GET too), the cookie is no API credential,
+             a bearer token is no console credential, sign-out kills the session
 """
 
 from __future__ import annotations
@@ -42,15 +54,30 @@ import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-# The server's live update: EventSource, with a 10 s poll behind it.
+# The server's live update: an event stream read with fetch(), with a 10 s poll behind it.
 LIVE_TIMEOUT_MS = 20_000
 UI_TIMEOUT_MS = 10_000
+# Where the page keeps the session proof (X-Airlock-CSRF), per origin.
+CSRF_KEY = "airlock-console-csrf"
+# The page's wording for the OIDC callback's error codes (/console/#login-error=CODE).
+LOGIN_ERRORS = {
+    "provider_error": "The identity provider refused the sign-in.",
+    "expired": "This sign-in expired or was already used. Start again.",
+    "other_browser": "This sign-in was started in another browser. Start again here.",
+    "refused": "The identity provider's answer could not be verified.",
+    "agents_not_allowed": "The console is for people; this account is an agent's.",
+    "needs_public_url": "Sign-in with the identity provider is not configured for this address (console.public_url).",
+    "unavailable": "The identity provider cannot be reached right now.",
+    "not_configured": "There is no such sign-in here.",
+}
+LOGIN_FAILED = "Sign-in failed."
 
 
 class Failed(Exception):
@@ -135,6 +162,7 @@ class Ctx:
     oidc_redirect: str
     ssh_connection: str
     artifacts: Path
+    server_log: Path | None = None
     browser: Browser | None = None
     shot_no: int = 0
     # Errors the watched pages reported (JS errors, CSP violations), drained per scenario.
@@ -149,12 +177,14 @@ class Ctx:
     scenario: str = ""
 
     # -- tokens (`airlock token`, with the server's config and data directory) -------------------
-    def token(self, sub: str, groups: str = "", kind: str = "agent") -> str:
-        key = f"{sub}/{groups}/{kind}"
+    def token(self, sub: str, groups: str = "", kind: str = "agent", act: str | None = None) -> str:
+        key = f"{sub}/{groups}/{kind}/{act or ''}"
         if key not in self.tokens:
             env = {k: v for k, v in os.environ.items() if k not in ("AIRLOCK_CONFIG", "AIRLOCK_LISTEN")}
             cmd = [self.airlock_bin, "--config", self.config, "--data-dir", self.data_dir, "token",
                    "--sub", sub, "--groups", groups, "--kind", kind]
+            if act:
+                cmd += ["--act", act]
             out = subprocess.run(cmd, cwd=self.workdir, env=env, capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
                 raise Failed(f"`airlock token --sub {sub}` failed: {out.stderr.strip()}")
@@ -213,16 +243,45 @@ class Ctx:
         except Exception as e:  # a screenshot is evidence, not the test
             print(f"    (screenshot {path.name} failed: {e})", flush=True)
 
-    def console_fetch(self, page: Page, path: str) -> dict:
-        """GET a console API path from inside the page (same origin, the page's cookie)."""
+    def console_fetch(self, page: Page, path: str, proof: bool = True) -> dict:
+        """GET a console API path from inside the page (same origin, the page's cookie and,
+        unless proof=False, the session proof the page keeps)."""
         return page.evaluate(
-            """async (path) => {
-                const r = await fetch(path, {headers: {'Accept': 'application/json'}});
+            """async ([path, key, proof]) => {
+                const headers = {'Accept': 'application/json'};
+                const token = localStorage.getItem(key);
+                if (proof && token) headers['X-Airlock-CSRF'] = token;
+                const r = await fetch(path, {headers});
                 let body = null; try { body = await r.json(); } catch (e) {}
                 return {status: r.status, body};
             }""",
-            path,
+            [path, CSRF_KEY, proof],
         )
+
+    @staticmethod
+    def stored_proof(page: Page) -> str | None:
+        return page.evaluate("key => localStorage.getItem(key)", CSRF_KEY)
+
+    def sign_in_link(self) -> str:
+        """The one-time sign-in link the server printed on stderr at startup (its path)."""
+        self.require(self.server_log is not None, "no --server-log: the sign-in link cannot be read")
+        deadline = time.monotonic() + 15
+        while True:
+            text = self.server_log.read_text(errors="replace") if self.server_log.exists() else ""
+            m = re.search(r"(/console/#sign-in=[A-Za-z0-9_.~%-]+)", text)
+            if m:
+                return m.group(1)
+            if time.monotonic() > deadline:
+                raise Failed("the server printed no /console/#sign-in= link (dev issuer and `demo` are configured)")
+            time.sleep(0.2)
+
+    def dev_sign_in(self, page: Page, token: str, whoami: str) -> None:
+        """Signs in through the sign-in view's Dev token form."""
+        page.goto(f"{self.base}/console/")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("Dev token").fill(token)
+        page.get_by_role("button", name="Sign in with dev token").click()
+        expect(page.get_by_test_id("whoami")).to_have_text(whoami)
 
 
 def held_write(ctx: Ctx, sql: str, key: str | None = None) -> dict:
@@ -385,21 +444,30 @@ def scenario_dev(ctx: Ctx) -> None:
     expect(page.get_by_role("link", name="Sign in with corp")).to_be_visible()
     ctx.shot(page, "sign-in")
 
-    # An agent's token is refused, with the problem's detail in the alert.
-    with page.expect_response(lambda r: r.url.endswith("/console/api/login/dev")) as resp:
-        page.get_by_label("Dev token").fill(ctx.agent())
-        page.get_by_role("button", name="Sign in with dev token").click()
-    r = resp.value
-    ctx.check(r.status == 403, f"dev login with an agent token answered {r.status}, want 403")
-    try:
-        ctx.check((r.json() or {}).get("code") == "console_humans_only",
-                  f"dev login with an agent token: code {(r.json() or {}).get('code')!r}, want console_humans_only")
-    except Exception:
-        ctx.check(False, "dev login with an agent token: the answer is not JSON")
-    expect(page.get_by_role("alert")).to_have_text(re.compile(r"\S"))
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    ctx.check("agent-1" not in " ".join(page.get_by_test_id("whoami").all_inner_texts()),
-              "the agent shows as signed in")
+    # An agent's token, and a person's token delegated to an agent (`act`), are refused with
+    # the problem's detail in the alert.
+    for what, token in (("an agent token", ctx.agent()),
+                        ("a delegated human token", ctx.token("xavier", "dba", "human", act="agent-1"))):
+        with page.expect_response(lambda r: r.url.endswith("/console/api/login/dev")) as resp:
+            page.get_by_label("Dev token").fill(token)
+            page.get_by_role("button", name="Sign in with dev token").click()
+        r = resp.value
+        ctx.check(r.status == 403, f"dev login with {what} answered {r.status}, want 403")
+        try:
+            problem = r.json() or {}
+        except Exception:
+            problem = {}
+            ctx.check(False, f"dev login with {what}: the answer is not JSON")
+        ctx.check(problem.get("code") == "console_humans_only",
+                  f"dev login with {what}: code {problem.get('code')!r}, want console_humans_only")
+        if problem.get("detail"):
+            expect(page.get_by_role("alert")).to_have_text(problem["detail"])
+        else:
+            expect(page.get_by_role("alert")).to_have_text(re.compile(r"\S"))
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        shown = " ".join(page.get_by_test_id("whoami").all_inner_texts())
+        ctx.check("agent-1" not in shown and "xavier" not in shown, f"{what} shows as signed in: {shown!r}")
+        ctx.check(ctx.stored_proof(page) is None, f"a session proof was stored after {what} was refused")
     ctx.shot(page, "dev-agent-refused")
 
     # A human's token signs in.
@@ -417,31 +485,119 @@ def scenario_dev(ctx: Ctx) -> None:
     ctx.check(me["status"] == 200 and me["body"]["principal"]["kind"] == "human", f"/console/api/me: {me}")
     ctx.check(me["body"].get("auditor") is True, f"dana (auditors) is not an auditor: {me}")
     ctx.check(re.match(r"^\d{4}-\d\d-\d\dT", str(me["body"].get("expires_at", ""))) is not None, f"expires_at: {me}")
+    ctx.check(ctx.stored_proof(page) == me["body"].get("csrf_token"),
+              f"localStorage[{CSRF_KEY!r}] is not the session's csrf_token")
+    # The cookie alone, from the page itself, opens nothing.
+    bare = ctx.console_fetch(page, "/console/api/me", proof=False)
+    ctx.check(bare["status"] == 403 and (bare["body"] or {}).get("code") == "csrf_failed",
+              f"/console/api/me without X-Airlock-CSRF: {bare}, want 403 csrf_failed")
     ctx.check(page.evaluate("document.cookie").find("airlock_console") < 0, "the page can read the session cookie")
     ctx.shot(page, "dev-signed-in")
     ctx.page = page  # the signed-in approver for the next scenarios
 
-    # The #dev-token= fragment: signed in at once, the token gone from the URL. A human in no
-    # group is no auditor: no Audit link.
+    # A human in no group: no Audit link. The stored proof keeps the session over a reload;
+    # a wrong one is dropped (sign-in view), never sent again.
     ctx2 = ctx.new_context()
     p2 = ctx.new_page(ctx2)
-    tok = ctx.token("frank", "", "human")
-    p2.goto(f"{ctx.base}/console/#dev-token={tok}")
-    expect(p2.get_by_test_id("whoami")).to_have_text("dev/frank")
-    ctx.check("dev-token" not in p2.url and tok not in p2.url, f"the token stayed in the URL: {p2.url}")
-    ctx.check(tok not in p2.evaluate("location.href + ' ' + JSON.stringify(history.state)"),
-              "the token is still in location or history.state")
+    frank = ctx.token("frank", "", "human")
+    ctx.dev_sign_in(p2, frank, "dev/frank")
     nav2 = p2.get_by_role("navigation", name="Console")
     expect(nav2.get_by_role("link", name="Reviews")).to_be_visible()
     expect(nav2.get_by_role("link", name="Audit")).to_be_hidden()
-    ctx.shot(p2, "dev-token-fragment")
-    # Sign out (keyboard): back to the sign-in view, and the session is gone.
+    p2.reload()
+    expect(p2.get_by_test_id("whoami")).to_have_text("dev/frank")
+    p2.evaluate("key => localStorage.setItem(key, 'not-the-token')", CSRF_KEY)
+    p2.reload()
+    expect(p2.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(p2.get_by_test_id("whoami")).to_have_text("")
+    ctx.check(ctx.stored_proof(p2) is None, "a wrong session proof stayed in localStorage")
+    ctx.shot(p2, "dev-wrong-proof")
+    # Sign in again, then sign out with the keyboard: back to the sign-in view, the session
+    # and the stored proof gone.
+    ctx.dev_sign_in(p2, frank, "dev/frank")
+    # A second tab shares the cookie and the stored proof, and follows the first's sign-out.
+    p3 = ctx.new_page(ctx2)
+    p3.goto(f"{ctx.base}/console/")
+    expect(p3.get_by_test_id("whoami")).to_have_text("dev/frank")
     p2.get_by_role("button", name="Sign out").focus()
     p2.keyboard.press("Enter")
     expect(p2.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(p2.get_by_role("status")).to_have_text("Signed out")
+    expect(p3.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(p3.get_by_role("alert")).to_have_text("You signed out in another tab.")
+    ctx.check(ctx.stored_proof(p2) is None, "the session proof stayed in localStorage after sign-out")
     me2 = ctx.console_fetch(p2, "/console/api/me")
     ctx.check(me2["status"] == 401, f"/console/api/me after sign-out: {me2['status']}, want 401")
     ctx2.close()
+
+
+def scenario_link(ctx: Ctx) -> None:
+    link = ctx.sign_in_link()
+    code = link.split("#sign-in=", 1)[1]
+
+    # Already signed in (dana): the link is not redeemed, the identity stays.
+    page = ctx.page
+    ctx.require(page is not None, "no signed-in page (the dev scenario failed)")
+    redeemed: list[str] = []
+    on_request = lambda req: redeemed.append(req.url) if "/console/api/login/link" in req.url else None  # noqa: E731
+    page.on("request", on_request)
+    page.goto(ctx.base + link)
+    expect(page.get_by_role("status")).to_have_text(
+        "You are already signed in as dev/dana; sign out first to use a sign-in link.")
+    expect(page.get_by_test_id("whoami")).to_have_text("dev/dana")
+    ctx.check(code not in page.url and "sign-in" not in page.url, f"the link stayed in the URL: {page.url}")
+    me = ctx.console_fetch(page, "/console/api/me")
+    ctx.check(me["status"] == 200 and (me["body"] or {}).get("principal", {}).get("subject") == "dana",
+              f"/console/api/me after opening a link while signed in: {me}")
+    page.remove_listener("request", on_request)
+    ctx.check(not redeemed, f"a signed-in page redeemed the link: {redeemed}")
+    ctx.shot(page, "link-while-signed-in")
+
+    # A fresh browser: the link signs in dba-1 (group dba), and leaves the URL at once.
+    c1 = ctx.new_context()
+    p1 = ctx.new_page(c1)
+    p1.goto(ctx.base + link)
+    expect(p1.get_by_test_id("whoami")).to_have_text("dev/dba-1")
+    ctx.check(urlsplit(p1.url).fragment == "" and code not in p1.url, f"the link stayed in the URL: {p1.url}")
+    ctx.check(code not in p1.evaluate("location.href + ' ' + JSON.stringify(history.state)"),
+              "the code is still in location or history.state")
+    me = ctx.console_fetch(p1, "/console/api/me")
+    principal = (me.get("body") or {}).get("principal", {})
+    ctx.check(me["status"] == 200 and principal.get("issuer") == "dev" and principal.get("subject") == "dba-1"
+              and principal.get("kind") == "human" and principal.get("groups") == ["dba"]
+              and not principal.get("actor"), f"signed in by the link: {me}")
+    ctx.check(ctx.stored_proof(p1) == (me.get("body") or {}).get("csrf_token"), "the link's session proof is not stored")
+    expect(p1.get_by_role("heading", name="Reviews")).to_be_visible()
+    ctx.shot(p1, "link-signed-in")
+    c1.close()
+
+    # The same link again, in another fresh browser: refused, with the reason in the alert.
+    c2 = ctx.new_context()
+    p2 = ctx.new_page(c2)
+    with p2.expect_response(lambda r: r.url.endswith("/console/api/login/link")) as resp:
+        p2.goto(ctx.base + link)
+    ctx.check(resp.value.status == 401, f"a used sign-in link answered {resp.value.status}, want 401")
+    expect(p2.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(p2.get_by_role("alert")).to_have_text(re.compile(r"\S"))
+    expect(p2.get_by_test_id("whoami")).to_have_text("")
+    ctx.check(code not in p2.url, f"the used link stayed in the URL: {p2.url}")
+    ctx.check(not [k for k in c2.cookies() if k["name"] == "airlock_console"], "a used link set a session cookie")
+    ctx.shot(p2, "link-used-twice")
+
+    # #login-error= carries a code: anything else shows the generic wording, never the text.
+    p2.goto(f"{ctx.base}/console/#login-error=<script>alert(1)</script>%20approve%20review%20now")
+    expect(p2.get_by_role("alert")).to_have_text(LOGIN_FAILED)
+    main_text = p2.get_by_role("main").inner_text()
+    ctx.check("review now" not in main_text and "alert(1)" not in main_text, "the crafted login error's text is shown")
+    ctx.check("login-error" not in p2.url, f"the login error stayed in the URL: {p2.url}")
+    expect(p2.get_by_role("heading", name="Sign in")).to_be_visible()
+    ctx.shot(p2, "login-error-crafted")
+    p2.goto(f"{ctx.base}/console/#login-error=expired")
+    expect(p2.get_by_role("alert")).to_have_text(LOGIN_ERRORS["expired"])
+    for trap in ("constructor", "__proto__", "toString"):
+        p2.goto(f"{ctx.base}/console/#login-error={trap}")
+        expect(p2.get_by_role("alert")).to_have_text(LOGIN_FAILED)
+    c2.close()
 
 
 def scenario_approve(ctx: Ctx) -> None:
@@ -572,6 +728,107 @@ def scenario_reject(ctx: Ctx) -> None:
     ctx.shot(page, "reviews-rejected-list")
 
 
+def scenario_invisible(ctx: Ctx) -> None:
+    page = ctx.page
+    ctx.require(page is not None, "no signed-in page (the dev scenario failed)")
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Reviews").click()
+    page.get_by_label("Status").select_option("pending_review")
+    # U+2800 (BRAILLE PATTERN BLANK) looks like a space. In a string literal it is data: held,
+    # and shown to the reviewer escaped, with the warning.
+    marker = f"Braille-{secrets.token_hex(3)}"
+    sql = f"UPDATE customers SET city = '{marker}\u2800blank' WHERE id = 5"
+    held = held_write(ctx, sql, key=f"console-invisible-{marker}")
+    review_id = held["review_id"]
+    open_review(ctx, page, marker, review_id)
+    stmt = page.get_by_test_id("statement")
+    expect(stmt).to_contain_text(f"{marker}\\u{{2800}}blank")
+    ctx.check("\u2800" not in stmt.inner_text(), "U+2800 is shown raw in the statement")
+    api_view = review_via_api(ctx, review_id)
+    ctx.check("\\u{2800}" in api_view["statement_visible"],
+              f"the server's statement_visible does not escape U+2800: {api_view['statement_visible']!r}")
+    expect(stmt).to_have_text(api_view["statement_visible"])
+    expect(page.get_by_text("This statement contains invisible or control characters (shown escaped)")).to_be_visible()
+    # What will run is laid out left to right in stored order (no bidi reordering).
+    style = stmt.evaluate("e => [getComputedStyle(e).unicodeBidi, getComputedStyle(e).direction]")
+    ctx.check(style == ["bidi-override", "ltr"], f"the statement's unicode-bidi/direction: {style}")
+    row = page.get_by_role("row").filter(has_text=marker).first
+    ctx.check("\u2800" not in row.inner_text(), "U+2800 is shown raw in the reviews list")
+    ctx.shot(page, "review-invisible")
+    page.get_by_label("Reason").fill("console test: U+2800 in a literal")
+    page.get_by_role("button", name="Reject", exact=True).click()
+    expect(page.get_by_role("status").filter(has_text="Rejected").first).to_be_visible()
+
+    # Outside a literal it could make two statements look alike: the server refuses it.
+    for bad in ("UPDATE customers SET city = 'x'\u2800WHERE id = 5",
+                "UPDATE\u2800customers SET city = 'x' WHERE id = 5"):
+        r = http("POST", f"{ctx.base}/v1/connections/demo/query", token=ctx.agent(), json_body={"sql": bad})
+        ctx.check(400 <= r.status < 500, f"the agent's statement with U+2800 outside a literal: {r}, want 4xx (not held)")
+
+
+def scenario_live(ctx: Ctx) -> None:
+    """The review event stream, read with fetch(): EventSource could not send the proof."""
+    context = ctx.new_context()
+    page = ctx.new_page(context)
+    stream_requests: list[Any] = []
+    list_requests: list[Any] = []
+
+    def on_request(req: Any) -> None:
+        path = urlsplit(req.url).path
+        if path == "/console/api/reviews/events":
+            stream_requests.append(req)
+        elif path == "/console/api/reviews":
+            list_requests.append(req)
+
+    page.on("request", on_request)
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/console/api/reviews/events") as resp:
+        ctx.dev_sign_in(page, ctx.token("erin", "dba", "human"), "dev/erin")
+    r = resp.value
+    proof = ctx.stored_proof(page)
+    ctx.check(r.status == 200 and (r.headers.get("content-type") or "").startswith("text/event-stream"),
+              f"the review event stream: {r.status} {r.headers.get('content-type')}")
+    sent = r.request.headers
+    ctx.check(proof is not None and sent.get("x-airlock-csrf") == proof,
+              f"the event stream request did not carry the session proof: {sent}")
+    ctx.check(sent.get("x-airlock-background") == "1", f"the event stream request is not marked background: {sent}")
+    for req in list_requests:
+        ctx.check(req.headers.get("x-airlock-csrf") == proof, f"GET {req.url} without the session proof")
+
+    # Leaving the reviews view aborts the stream.
+    with page.expect_event("requestfailed",
+                           predicate=lambda req: urlsplit(req.url).path == "/console/api/reviews/events",
+                           timeout=5000):
+        page.get_by_role("navigation", name="Console").get_by_role("link", name="Sessions").click()
+        expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+
+    # The page parses the stream itself: a stream that says `reviews` and ends makes the
+    # page refresh (marked background) and reconnect, far more often than the 10 s poll.
+    fakes: list[Any] = []
+
+    def fake_stream(route: Any) -> None:
+        fakes.append(route.request)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"},
+                      body=": keep-alive\r\n\r\nevent: reviews\r\ndata: 1\r\n\r\n: bye\n")
+
+    page.route("**/console/api/reviews/events", fake_stream)
+    list_requests.clear()
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Reviews").click()
+    expect(page.get_by_role("heading", name="Reviews")).to_be_visible()
+    deadline = time.monotonic() + 8
+    background = []
+    while time.monotonic() < deadline:
+        background = [q for q in list_requests if q.headers.get("x-airlock-background") == "1"]
+        if len(fakes) >= 3 and len(background) >= 2:
+            break
+        page.wait_for_timeout(250)
+    ctx.check(len(fakes) >= 3, f"the page reconnected to the ended stream {len(fakes) - 1} times in 8 s, want >= 2")
+    ctx.check(len(background) >= 2,
+              f"{len(background)} background refreshes in 8 s of `reviews` events, want >= 2 (events not parsed?)")
+    ctx.check(all(f.headers.get("x-airlock-csrf") == proof for f in fakes), "a reconnect lacked the session proof")
+    page.unroute("**/console/api/reviews/events")
+    ctx.shot(page, "live-stream")
+    context.close()
+
+
 def scenario_audit(ctx: Ctx) -> None:
     page = ctx.page
     ctx.require(page is not None, "no signed-in page (the dev scenario failed)")
@@ -664,7 +921,12 @@ def scenario_replay(ctx: Ctx) -> None:
     replay = row.get_by_role("button", name=re.compile(r"^Replay"))
     expect(replay).to_have_accessible_name(f"Replay session {session_id[-8:]}")
     ctx.shot(page, "sessions")
-    replay.click()
+    with page.expect_response(lambda r: urlsplit(r.url).path == f"/console/api/sessions/{session_id}/recording") as rec:
+        replay.click()
+    proof = ctx.stored_proof(page)
+    ctx.check(rec.value.status == 200 and proof is not None and rec.value.request.headers.get("x-airlock-csrf") == proof,
+              f"the recording was not fetched with the session proof: {rec.value.status} {rec.value.request.headers}")
+    ctx.check(urlsplit(rec.value.url).query == "", f"the recording URL carries a query: {rec.value.url}")
     expect(page.get_by_role("heading", name=f"Session {session_id[-8:]}")).to_be_visible()
     expect(page.get_by_role("region", name="Replay")).to_contain_text(b["execution_id"])
     expect(page.get_by_test_id("chain")).to_have_text("Recording chain valid")
@@ -678,7 +940,10 @@ def scenario_oidc(ctx: Ctx) -> None:
     context = ctx.new_context()
     page = ctx.new_page(context)
     callbacks: list[str] = []
+    landed: list[str] = []  # where the callback sent the browser
     page.on("request", lambda req: callbacks.append(req.url) if "/console/callback" in req.url else None)
+    page.on("response", lambda r: landed.append(r.headers.get("location", ""))
+            if urlsplit(r.url).path == "/console/callback" else None)
     page.goto(f"{ctx.base}/console/")
     page.get_by_role("link", name="Sign in with corp").click()
     page.wait_for_url(f"{ctx.idp}/authorize?*")
@@ -695,6 +960,16 @@ def scenario_oidc(ctx: Ctx) -> None:
     page.get_by_role("button", name="Continue").click()
     page.wait_for_url(re.compile(re.escape(ctx.base) + r"/console/"))
     expect(page.get_by_test_id("whoami")).to_have_text("corp/carol")
+    # The callback handed the session proof over in the fragment; the page kept it and
+    # took it out of the URL.
+    ctx.check(len(landed) == 1 and landed[0].startswith("/console/#session="),
+              f"the callback redirected to {landed}, want /console/#session=...")
+    proof = ctx.stored_proof(page)
+    handed = landed[0].split("#session=", 1)[1] if landed and "#session=" in landed[0] else None
+    ctx.check(proof is not None and proof == handed, "the page did not keep the proof from #session=")
+    ctx.check("session=" not in page.url and (not proof or proof not in page.url), f"the proof stayed in the URL: {page.url}")
+    ctx.check(not proof or proof not in page.evaluate("location.href + ' ' + JSON.stringify(history.state)"),
+              "the proof is still in location or history.state")
     ctx.shot(page, "oidc-signed-in")
 
     cookies = [c for c in context.cookies(ctx.base + "/console/") if c["name"] == "airlock_console"]
@@ -716,6 +991,13 @@ def scenario_oidc(ctx: Ctx) -> None:
     # carol (dba) sees the reviews list.
     page.get_by_role("navigation", name="Console").get_by_role("link", name="Reviews").click()
     expect(page.get_by_role("heading", name="Reviews")).to_be_visible()
+    # A crafted #session= link with someone else's (or no real) proof does not cost carol
+    # her session: the page keeps the proof that works.
+    page.goto(f"{ctx.base}/console/#session=not-a-real-proof")
+    expect(page.get_by_role("heading", name="Reviews")).to_be_visible()
+    expect(page.get_by_test_id("whoami")).to_have_text("corp/carol")
+    ctx.check(ctx.stored_proof(page) == proof, "a crafted #session= link replaced the stored proof")
+    ctx.check("session=" not in page.url, f"the crafted proof stayed in the URL: {page.url}")
     context.close()
 
     # The callback URL (code + state) is single-use: replayed with the same browser's
@@ -725,6 +1007,7 @@ def scenario_oidc(ctx: Ctx) -> None:
         r = http("GET", callbacks[0], cookie=f"airlock_console_login={binding[0]['value']}")
         loc = r.headers.get("Location", "") if r.headers is not None else ""
         ctx.check(r.status in (302, 303) and "#login-error=" in loc, f"a replayed callback: {r.status} -> {loc}")
+        ctx.check(loc.split("#login-error=", 1)[-1] in LOGIN_ERRORS, f"a replayed callback: unknown code in {loc}")
         ctx.check(not any(s.startswith("airlock_console=") and not s.startswith("airlock_console=;")
                           for s in r.header_all("Set-Cookie")), f"a replayed callback set {r.header_all('Set-Cookie')}")
     if callbacks:
@@ -733,6 +1016,8 @@ def scenario_oidc(ctx: Ctx) -> None:
         p2.goto(callbacks[0])
         expect(p2.get_by_role("heading", name="Sign in")).to_be_visible()
         expect(p2.get_by_role("alert")).to_have_text(re.compile(r"\S"))
+        ctx.check(p2.get_by_role("alert").inner_text() in LOGIN_ERRORS.values(),
+                  f"a replayed callback: the alert says {p2.get_by_role('alert').inner_text()!r}, want a mapped code")
         ctx.check(not [k for k in c2.cookies() if k["name"] == "airlock_console"],
                   "a replayed callback URL set a session cookie")
         ctx.shot(p2, "oidc-callback-replayed")
@@ -743,6 +1028,9 @@ def scenario_oidc(ctx: Ctx) -> None:
     p3.goto(f"{ctx.base}/console/callback?code=forged&state=forged")
     expect(p3.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(p3.get_by_role("alert")).to_have_text(re.compile(r"\S"))
+    ctx.check(p3.get_by_role("alert").inner_text() in LOGIN_ERRORS.values(),
+              f"a forged callback: the alert says {p3.get_by_role('alert').inner_text()!r}, want a mapped code")
+    ctx.check("login-error" not in p3.url, f"the login error stayed in the URL: {p3.url}")
     ctx.check(not [k for k in c3.cookies() if k["name"] == "airlock_console"], "a forged callback set a cookie")
     c3.close()
 
@@ -772,6 +1060,8 @@ def scenario_idtoken(ctx: Ctx) -> None:
     loc = r.headers.get("Location", "") if r.headers is not None else ""
     ctx.require(r.status in (302, 303) and "login-error" not in loc and session_cookie(r),
                 f"a good sign-in over plain HTTP: {r.status} -> {loc}, cookies {r.header_all('Set-Cookie')}")
+    ctx.check(re.fullmatch(r"/console/#session=[A-Za-z0-9_.~-]+", loc) is not None,
+              f"a good sign-in redirects to {loc}, want /console/#session=<proof>")
     for kind in ("wrong_nonce", "no_nonce", "wrong_aud", "wrong_iss", "expired", "bad_signature", "alg_none",
                  "hs256_public_key"):
         t = http("POST", f"{ctx.idp}/_tamper?with={kind}", form={})
@@ -780,9 +1070,92 @@ def scenario_idtoken(ctx: Ctx) -> None:
         loc = r.headers.get("Location", "") if r.headers is not None else ""
         ctx.check(r.status in (302, 303) and "#login-error=" in loc and not session_cookie(r),
                   f"an ID token with {kind}: {r.status} -> {loc}, cookies {r.header_all('Set-Cookie')}; want a login error")
+        code = loc.split("#login-error=", 1)[-1]
+        ctx.check(code in LOGIN_ERRORS, f"an ID token with {kind}: the error code {code!r} is not one the page words")
     log = http("GET", f"{ctx.idp}/_log").json()["events"]
     seen = {e.get("tampered") for e in log if e.get("tampered")}
     ctx.check(len(seen) == 8, f"the double issued only these spoiled tokens: {sorted(seen)}")
+
+
+class CookieRecorder:
+    """A page on another loopback port: what a local app or a hostile local page would be.
+    It records the Cookie header of every request it gets."""
+
+    def __init__(self) -> None:
+        seen: list[dict[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                seen.append({"path": self.path, "cookie": self.headers.get("Cookie", "")})
+                body = b"<!doctype html><title>elsewhere</title><p>another port</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.seen = seen
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def scenario_crossport(ctx: Ctx) -> None:
+    """Browsers send a host's cookies to all its ports: the console cookie leaks to any local
+    web server the approver's browser visits. Alone, it must open nothing."""
+    recorder = CookieRecorder()
+    context = ctx.new_context()
+    try:
+        page = ctx.new_page(context)
+        ctx.dev_sign_in(page, ctx.token("hank", "dba,auditors", "human"), "dev/hank")
+        own = [c for c in context.cookies(ctx.base + "/console/") if c["name"] == "airlock_console"]
+        ctx.require(len(own) == 1, f"no airlock_console cookie in the signed-in browser: {context.cookies()}")
+        # The approver's browser visits the other port (a link, a redirect: any navigation).
+        other = ctx.new_page(context)
+        other.goto(f"{recorder.url}/console/elsewhere")
+        expect(other.get_by_text("another port")).to_be_visible()
+        got = next((c.strip() for r in recorder.seen for c in r["cookie"].split(";")
+                    if c.strip().startswith("airlock_console=")), None)
+        if got is None:
+            # Not sent (a browser that binds cookies to ports): the leak this guards against
+            # did not happen here; the cookie is replayed from the browser's jar instead.
+            print(f"    note: the browser sent no console cookie to another port ({recorder.seen})", flush=True)
+            got = f"airlock_console={own[0]['value']}"
+        else:
+            ctx.check(got == f"airlock_console={own[0]['value']}", "the other port got a different cookie")
+        other.close()
+
+        held = held_write(ctx, f"UPDATE customers SET city = 'Port-{secrets.token_hex(2)}' WHERE id = 6")
+        rid = held["review_id"]
+        origin = {"Origin": recorder.url}
+        for method, path, body in (("GET", "/console/api/me", None), ("GET", "/console/api/reviews", None),
+                                   ("GET", "/console/api/reviews/events", None),
+                                   ("GET", f"/console/api/reviews/{rid}", None),
+                                   ("POST", f"/console/api/reviews/{rid}/approve", {}),
+                                   ("POST", "/console/api/logout", {})):
+            for label, hdrs in (("alone", {}), ("from the other origin", origin)):
+                r = http(method, ctx.base + path, cookie=got, headers=hdrs, json_body=body, timeout=10)
+                ctx.check(r.status == 403, f"{method} {path} with the leaked cookie {label}: {r}, want 403")
+        v = review_via_api(ctx, rid)
+        ctx.check(v.get("status") == "pending_review" and not v.get("approvals"),
+                  f"the review after the leaked-cookie attempts: {v.get('status')} {v.get('approvals')}")
+        # The approver's own page still works (the attempts did not end the session).
+        me = ctx.console_fetch(page, "/console/api/me")
+        ctx.check(me["status"] == 200 and (me["body"] or {}).get("principal", {}).get("subject") == "hank",
+                  f"the approver's session after the attempts: {me}")
+        r = http("POST", f"{ctx.base}/v1/reviews/{rid}/reject", token=ctx.token("dana", "dba,auditors", "human"),
+                 json_body={"reason": "console test: cross-port cookie check"})
+        ctx.check(r.status == 200, f"cleaning up the review: {r}")
+    finally:
+        context.close()
+        recorder.close()
 
 
 def scenario_security(ctx: Ctx) -> None:
@@ -812,9 +1185,28 @@ def scenario_security(ctx: Ctx) -> None:
     ctx.check("httponly" in attrs and attrs.get("samesite", "").lower() == "samesite=strict"
               and attrs.get("path", "").lower() == "path=/console", f"Set-Cookie {sc}")
     cookie = sc.split(";")[0]
-    me = http("GET", base + "/console/api/me", cookie=cookie)
-    ctx.require(me.status == 200, f"/console/api/me with the cookie: {me}")
-    csrf = me.json()["csrf_token"]
+    # The proof comes with the sign-in's answer; every console call needs it, GET included.
+    csrf = (r.json() or {}).get("csrf_token")
+    ctx.require(bool(csrf), f"the dev login's answer has no csrf_token: {r}")
+    proof = {"X-Airlock-CSRF": csrf}
+    for path in ("/console/api/me", "/console/api/reviews", "/console/api/reviews/events", "/console/api/audit",
+                 "/console/api/sessions"):
+        r = http("GET", base + path, cookie=cookie, timeout=10)
+        ctx.check(r.status == 403 and (r.json() or {}).get("code") == "csrf_failed",
+                  f"GET {path} with only the cookie: {r}, want 403 csrf_failed")
+        r = http("GET", base + path, cookie=cookie, headers={"X-Airlock-CSRF": "wrong-" + csrf[:4]}, timeout=10)
+        ctx.check(r.status == 403 and (r.json() or {}).get("code") == "csrf_failed",
+                  f"GET {path} with a wrong X-Airlock-CSRF: {r}, want 403 csrf_failed")
+    me = http("GET", base + "/console/api/me", cookie=cookie, headers=proof)
+    ctx.require(me.status == 200, f"/console/api/me with the cookie and X-Airlock-CSRF: {me}")
+    ctx.check(me.json().get("csrf_token") == csrf, f"/me's csrf_token differs from the sign-in's: {me}")
+
+    # Sign-in links: a wrong code is refused, a cross-site redemption too.
+    r = http("POST", base + "/console/api/login/link", json_body={"code": "no-such-code"}, headers={"Origin": base})
+    ctx.check(r.status == 401 and not r.header_all("Set-Cookie"), f"a sign-in link with a wrong code: {r}, want 401")
+    r = http("POST", base + "/console/api/login/link", json_body={"code": "no-such-code"},
+             headers={"Origin": "http://127.0.0.1:1", "Sec-Fetch-Site": "cross-site"})
+    ctx.check(r.status == 403, f"a cross-site sign-in link: {r}, want 403")
 
     # A cross-site dev login: refused, no cookie.
     r = http("POST", base + "/console/api/login/dev", json_body={"token": human},
@@ -836,7 +1228,7 @@ def scenario_security(ctx: Ctx) -> None:
     r = http("POST", f"{base}/console/api/reviews/{rid}/approve", cookie=cookie,
              headers={"X-Airlock-CSRF": csrf, "Content-Type": "text/plain"}, json_body={})
     ctx.check(r.status in (403, 415), f"approve with text/plain: {r}, want 403 or 415")
-    v = http("GET", f"{base}/console/api/reviews/{rid}", cookie=cookie)
+    v = http("GET", f"{base}/console/api/reviews/{rid}", cookie=cookie, headers=proof)
     ctx.check(v.status == 200 and v.json().get("status") == "pending_review", f"after the refused approvals: {v}")
     r = http("POST", f"{base}/console/api/reviews/{rid}/reject", cookie=cookie,
              headers={"X-Airlock-CSRF": csrf}, json_body={"reason": "console test: CSRF check"})
@@ -859,15 +1251,19 @@ def scenario_security(ctx: Ctx) -> None:
              headers={"Origin": base})
     ctx.require(r.status == 200, f"dev login as frank: {r}")
     frank = next(s.split(";")[0] for s in r.header_all("Set-Cookie") if s.startswith("airlock_console="))
-    r = http("GET", base + "/console/api/audit", cookie=frank)
+    frank_proof = {"X-Airlock-CSRF": (r.json() or {}).get("csrf_token", "")}
+    r = http("GET", base + "/console/api/audit", cookie=frank, headers=frank_proof)
     ctx.check(r.status == 403 and (r.json() or {}).get("code") == "not_an_admin",
               f"/console/api/audit as a human in no group: {r}, want 403 not_an_admin")
     sid = ctx.ids.get("session")
     if sid:
         for path in (f"/console/api/sessions/{sid}", f"/console/api/sessions/{sid}/recording"):
-            r = http("GET", base + path, cookie=frank)
-            ctx.check(r.status in (403, 404), f"GET {path} as a human in no group: {r}, want 403 or 404")
+            r = http("GET", base + path, cookie=frank, headers=frank_proof)
+            ctx.check(r.status in (403, 404) and (r.json() or {}).get("code") != "csrf_failed",
+                      f"GET {path} as a human in no group: {r}, want 403 or 404")
             r = http("GET", base + path, cookie=cookie)
+            ctx.check(r.status == 403, f"GET {path} as an auditor with only the cookie: {r.status}, want 403")
+            r = http("GET", base + path, cookie=cookie, headers=proof)
             ctx.check(r.status == 200, f"GET {path} as an auditor: {r.status}, want 200")
 
     # Sign-out: the old cookie is worth nothing afterwards.
@@ -875,19 +1271,23 @@ def scenario_security(ctx: Ctx) -> None:
              json_body={})
     ctx.check(r.status == 204, f"logout: {r}, want 204")
     for path in ("/console/api/me", "/console/api/reviews"):
-        r = http("GET", base + path, cookie=cookie)
+        r = http("GET", base + path, cookie=cookie, headers=proof)
         ctx.check(r.status == 401, f"GET {path} with the signed-out cookie: {r}, want 401")
 
 
 SCENARIOS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("double", scenario_double),
     ("dev", scenario_dev),
+    ("link", scenario_link),
     ("approve", scenario_approve),
     ("reject", scenario_reject),
+    ("invisible", scenario_invisible),
+    ("live", scenario_live),
     ("audit", scenario_audit),
     ("replay", scenario_replay),
     ("oidc", scenario_oidc),
     ("idtoken", scenario_idtoken),
+    ("crossport", scenario_crossport),
     ("security", scenario_security),
 ]
 
@@ -904,6 +1304,7 @@ def main() -> int:
     ap.add_argument("--oidc-secret-env", default="AIRLOCK_TEST_OIDC_SECRET")
     ap.add_argument("--ssh-connection", default="box")
     ap.add_argument("--artifacts", required=True)
+    ap.add_argument("--server-log", help="the server's stderr (its startup banner has the sign-in link)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--results", help="write {passed, failed: [names]} here (JSON)")
     ap.add_argument("--only", help="comma-separated scenario names")
@@ -919,6 +1320,7 @@ def main() -> int:
         oidc_secret=os.environ.get(args.oidc_secret_env, ""),
         oidc_redirect=args.base_url.rstrip("/") + "/console/callback",
         ssh_connection=args.ssh_connection, artifacts=artifacts,
+        server_log=Path(args.server_log) if args.server_log else None,
     )
     only = set(args.only.split(",")) if args.only else None
     unknown = (only or set()) - {n for n, _ in SCENARIOS}

@@ -8,9 +8,11 @@
 #     token with PKCE S256 and client_secret_basic), the issuer `corp`;
 #   - the server, from the binary `cargo build --locked` makes (target/debug/airlock;
 #     AIRLOCK_BIN overrides), on console.toml.in filled in with those addresses;
-# then runs browser_session.py: headless Debian chromium driven by Playwright through dev
-# and OIDC sign-in, approving and rejecting held requests, the audit search and a session
-# replay, and plain-HTTP checks of the security envelope (CSP, CSRF, cookie scope).
+# then runs browser_session.py: headless Debian chromium driven by Playwright through dev,
+# one-time link and OIDC sign-in, approving and rejecting held requests, live updates, the
+# audit search and a session replay, a cookie leaked to another loopback port, and
+# plain-HTTP checks of the security envelope (CSP, CSRF on every call, cookie scope). The
+# server's log is passed along: its startup banner has the one-time sign-in link.
 # Screenshots land in target/console/artifacts/ (with the server's log after a run).
 #
 # Tools are pinned (requirements.txt) and installed once into target/console/venv
@@ -86,8 +88,9 @@ cleanup() {
       wait "$pid" 2>/dev/null || true
     fi
   done
-  # What the services said, for reading after a run (the dev tokens in the server's banner
-  # are signed by this run's key, which goes with the temporary directory).
+  # What the services said, for reading after a run (the dev token in the server's banner
+  # is signed by this run's key, and its sign-in link lived in this run's store: both go
+  # with the temporary directory).
   mkdir -p "$artifacts"
   for f in server.log sshd.log oidc.log; do
     [ -f "$tmp/$f" ] && cp "$tmp/$f" "$artifacts/$f"
@@ -206,7 +209,7 @@ mkdir -p "$artifacts"
 status=0
 "$py" "$here/browser_session.py" --base-url "$base" --idp-url "$idp" --airlock-bin "$bin" \
   --config "$tmp/config.toml" --data-dir "$tmp/data" --workdir "$tmp" --ssh-connection box \
-  --artifacts "$artifacts" --chromium "$chromium" --results "$tmp/results.json" \
+  --artifacts "$artifacts" --chromium "$chromium" --results "$tmp/results.json" --server-log "$tmp/server.log" \
   ${CONSOLE_ONLY:+--only "$CONSOLE_ONLY"} || status=$?
 
 if [ ! -s "$tmp/results.json" ]; then

@@ -360,7 +360,8 @@
     const issuers = (options.issuers || []).filter((i) => safeHref(i.href));
     if (issuers.length) {
       parts.push(h('ul', { class: 'issuer-list' }, issuers.map((issuer) =>
-        h('li', {}, h('a', { class: 'button', href: safeHref(issuer.href) }, `Sign in with ${issuer.name}`)))));
+        h('li', {}, h('a', { class: 'button', href: safeHref(issuer.href) },
+          `Sign in with ${visible(issuer.name, false)}`)))));
     }
     if (options.dev) {
       const token = h('textarea', {
