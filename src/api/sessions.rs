@@ -130,13 +130,7 @@ pub(crate) async fn recording_for(
     p: &Principal,
     id: &str,
 ) -> Result<String, Problem> {
-    load(state, p, id).await?;
-    let lines = state
-        .gateway
-        .store
-        .session_lines(id)
-        .await
-        .map_err(|_| Problem::audit_unavailable())?;
+    let (_, lines) = load_with_lines(state, p, id).await?;
     let mut body = String::new();
     for (line, _) in lines {
         body.push_str(&line);
@@ -145,18 +139,25 @@ pub(crate) async fn recording_for(
     Ok(body)
 }
 
-async fn load(state: &AppState, p: &Principal, id: &str) -> Result<SessionRecord, Problem> {
-    let s = state
-        .gateway
-        .store
+/// A session `p` may read (404 otherwise, as for one that does not exist), with its
+/// recording's stored lines and their chain links.
+async fn load_with_lines(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<(SessionRecord, Vec<(String, String)>), Problem> {
+    let store = &state.gateway.store;
+    let session = store
         .get_session(id)
         .await
         .map_err(|_| Problem::audit_unavailable())?
+        .filter(|s| may_read(state, p, s))
         .ok_or_else(|| Problem::not_found(format!("no session `{id}`")))?;
-    if !may_read(state, p, &s) {
-        return Err(Problem::not_found(format!("no session `{id}`")));
-    }
-    Ok(s)
+    let lines = store
+        .session_lines(id)
+        .await
+        .map_err(|_| Problem::audit_unavailable())?;
+    Ok((session, lines))
 }
 
 /// Get one recorded session
@@ -181,13 +182,7 @@ pub(crate) async fn get_for(
     p: &Principal,
     id: &str,
 ) -> Result<SessionView, Problem> {
-    let session = load(state, p, id).await?;
-    let lines = state
-        .gateway
-        .store
-        .session_lines(id)
-        .await
-        .map_err(|_| Problem::audit_unavailable())?;
+    let (session, lines) = load_with_lines(state, p, id).await?;
     Ok(SessionView {
         session,
         chain_valid: Some(crate::recording::verify(&lines)),

@@ -234,6 +234,7 @@ async fn sessions_are_for_people_and_every_change_needs_the_csrf_token() {
         "/console/api/me",
         "/console/api/reviews",
         "/console/api/audit",
+        "/console/api/reviews/events",
     ] {
         let resp = a
             .http
@@ -244,14 +245,6 @@ async fn sessions_are_for_people_and_every_change_needs_the_csrf_token() {
             .unwrap();
         assert_eq!(resp.status(), 403, "{path}");
     }
-    let resp = a
-        .http
-        .get(format!("{}/console/api/reviews/events", a.base))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
 
     // The cookie opens nothing in the agent API, and a bearer token nothing in the console.
     let resp = a
