@@ -241,10 +241,17 @@ impl PostgresBackend {
                 .map_err(|e| format!("connection `{name}`: password: {e}"))?;
             pg.password(password.expose());
         }
-        // Ours go last: for a repeated `-c`, the server keeps the last value.
+        // Ours go last: for a repeated `-c`, the server keeps the last value. The
+        // connection's default timeout is the session's, so a request that keeps it sets
+        // none (see `session`).
+        let default_timeout = Duration::from_millis(config.limits.timeout_ms);
+        let ours = format!(
+            "{STARTUP_OPTIONS} -c statement_timeout={}",
+            server_timeout_ms(default_timeout)
+        );
         let options = match pg.get_options().map(str::trim) {
-            Some(own) if !own.is_empty() => format!("{own} {STARTUP_OPTIONS}"),
-            _ => STARTUP_OPTIONS.to_string(),
+            Some(own) if !own.is_empty() => format!("{own} {ours}"),
+            _ => ours,
         };
         pg.options(options);
         pg.application_name(APPLICATION_NAME);
@@ -314,7 +321,7 @@ impl PostgresBackend {
             store: ctx.store_identity.clone(),
             pool_wait,
             pool_size: config.limits.pool_size,
-            default_timeout: Duration::from_millis(config.limits.timeout_ms),
+            default_timeout,
         })
     }
 
@@ -503,9 +510,12 @@ impl SqlBackend for PostgresBackend {
             .map_err(|e| self.pool_error(e))?;
         let (sender, stream) = RowStream::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let set_timeout_ms = (plan.timeout != self.default_timeout)
+            .then(|| server_timeout_ms(plan.timeout));
         let job = Job {
             plan,
             read_only: self.read_only,
+            set_timeout_ms,
             deadline,
             cancel,
             sender,
@@ -664,6 +674,9 @@ fn server_timeout_ms(timeout: Duration) -> u64 {
 struct Job {
     plan: QueryPlan,
     read_only: bool,
+    /// The server-side timeout to set for this request's transaction; `None` when it is the
+    /// connection's default, which the session has already (a startup option).
+    set_timeout_ms: Option<u64>,
     deadline: Instant,
     cancel: CancellationToken,
     sender: RowSender,
@@ -872,15 +885,18 @@ async fn run(
             )),
         );
     }
+    let leftovers = guard(job, session::leftovers(client))
+        .await?
+        .map_err(&before)?;
     let read_only = job.read_only || job.plan.reads_only;
     let streamable = statement
         .columns()
         .iter()
         .all(|c| values::decodes_natively(c.type_()));
     if read_only && streamable {
-        run_streamed(client, job, &statement, ready).await
+        run_streamed(client, job, &statement, &leftovers, ready).await
     } else {
-        run_in_portal(client, job, &statement, read_only, ready).await
+        run_in_portal(client, job, &statement, &leftovers, read_only, ready).await
     }
 }
 
@@ -900,10 +916,10 @@ async fn run_streamed(
     client: &Object,
     job: &Job,
     statement: &tokio_postgres::Statement,
+    leftovers: &tokio_postgres::Statement,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
-    let during = failed(Stage::Streaming);
-    let begin_sql = session::begin_sql(true, server_timeout_ms(job.plan.timeout));
+    let begin_sql = session::begin_sql(true, job.set_timeout_ms);
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs = params.iter().map(|p| p as &(dyn ToSql + Sync));
 
@@ -914,7 +930,7 @@ async fn run_streamed(
         client.query_raw(statement, refs),
     ));
     let early = futures::poll!(started.as_mut());
-    let mut end = pin!(client.simple_query(session::READ_ONLY_END));
+    let mut end = pin!(session::end_read_only(client, leftovers));
     // Polled here only to send it; a future that already finished (the connection is
     // gone) must not be polled again, so its answer is kept.
     let end_early = futures::poll!(end.as_mut());
@@ -970,12 +986,12 @@ async fn run_streamed(
             max,
         }));
     }
-    let messages = match end_early {
+    let prepared = match end_early {
         std::task::Poll::Ready(answer) => answer,
         std::task::Poll::Pending => guard(job, end).await?,
     }
-    .map_err(&during)?;
-    session::clear_leftovers(client, &messages)
+    .map_err(|e| Failure::error(end_error(e)))?;
+    session::clear_leftovers(client, prepared)
         .await
         .map_err(|e| Failure::error(end_error(e)))?;
     let returns_rows = !statement.columns().is_empty();
@@ -1005,13 +1021,11 @@ async fn settle_refused<F>(
     job: &Job,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
     end: std::pin::Pin<&mut F>,
-    end_early: std::task::Poll<
-        Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
-    >,
+    end_early: std::task::Poll<Result<bool, session::EndError>>,
     refusal: tokio_postgres::Error,
 ) -> Result<(), Failure>
 where
-    F: Future<Output = Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>,
+    F: Future<Output = Result<bool, session::EndError>>,
 {
     // Until the first row, an error means the statement did not run.
     let stage = if ready.is_some() {
@@ -1028,7 +1042,7 @@ where
     };
     let error = pg_error(refusal, stage);
     let clean = match messages {
-        Ok(messages) => session::clear_leftovers(client, &messages).await.is_ok(),
+        Ok(prepared) => session::clear_leftovers(client, prepared).await.is_ok(),
         Err(_) => false,
     };
     match ready.take() {
@@ -1113,6 +1127,7 @@ async fn run_in_portal(
     client: &mut Object,
     job: &Job,
     statement: &tokio_postgres::Statement,
+    leftovers: &tokio_postgres::Statement,
     read_only: bool,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
@@ -1120,10 +1135,9 @@ async fn run_in_portal(
     let during = failed(Stage::Streaming);
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let set_timeout = format!(
-        "SET LOCAL statement_timeout = {}",
-        server_timeout_ms(job.plan.timeout)
-    );
+    let set_timeout = job
+        .set_timeout_ms
+        .map(|ms| format!("SET LOCAL statement_timeout = {ms}"));
     let pg: &mut tokio_postgres::Client = client;
     let txn = if read_only {
         guard(job, pg.build_transaction().read_only(true).start()).await?
@@ -1132,9 +1146,15 @@ async fn run_in_portal(
     }
     .map_err(&before)?;
     // Sent together (the driver pipelines concurrent requests): one round trip.
+    let timeout = async {
+        match &set_timeout {
+            Some(sql) => txn.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    };
     let (timeout_set, portal) = guard(
         job,
-        futures::future::join(txn.batch_execute(&set_timeout), txn.bind(statement, &refs)),
+        futures::future::join(timeout, txn.bind(statement, &refs)),
     )
     .await?;
     timeout_set.map_err(&before)?;
@@ -1205,7 +1225,7 @@ async fn run_in_portal(
     } else {
         guard(job, txn.commit()).await?.map_err(&during)?;
     }
-    guard(job, session::reset(client))
+    guard(job, session::reset(client, leftovers))
         .await?
         .map_err(|e| Failure::error(end_error(e)))?;
     // CommandComplete carries a row count for writes; for a row-returning statement it only
