@@ -6,8 +6,10 @@
 //!   prepared/extended protocol, checks the parameter count, opens one transaction (read-only
 //!   when the connection is), and returns a [`RowStream`]. Errors found before the first row
 //!   are returned directly so the API can answer with a proper status.
-//! - Rows are produced by a task that pushes into a small bounded channel: the database is
-//!   read only as fast as the client consumes (backpressure), memory stays constant.
+//! - Rows are produced into a small bounded channel: the database is read only as fast as
+//!   the client consumes (backpressure), memory stays constant. The producer is a task of
+//!   its own, or (PostgreSQL) a future the stream runs while its reader waits (see
+//!   [`RowStream::with_producer`]), which saves a task hand-off per request.
 //! - At most `max_rows + 1` rows are fetched from the server; the extra row only sets
 //!   `truncated`.
 //! - When the plan's timeout passes, the cancel token fires, or the receiver is dropped
@@ -79,18 +81,74 @@ pub enum RowEvent {
 }
 
 /// The receiving end of a query; dropping it cancels the query on the server.
+///
+/// What must stay true when the stream runs its producer (`with_producer`):
+/// - The producer makes progress whenever its reader waits: in [`RowStream::next`] and in
+///   [`RowStream::drive`], which the reader uses for every other wait while the stream is
+///   alive (sending a row on to its client), so the producer's deadline, cancel and
+///   consumer-gone checks keep running as they would in a task of its own.
+/// - A producer never stops half-way: a stream dropped before its producer finished polls
+///   it once more and, if it is still not done, hands it to a task of its own. It then sees
+///   the closed channel and runs its cleanup (cancel on the server, close the connection).
 pub struct RowStream {
     rx: mpsc::Receiver<Result<RowEvent, BackendError>>,
+    producer: Option<Producer>,
 }
+
+type Producer = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl RowStream {
     pub fn channel() -> (RowSender, RowStream) {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        (RowSender { tx }, RowStream { rx })
+        (RowSender { tx }, RowStream { rx, producer: None })
+    }
+
+    /// This stream runs `producer` (which feeds its channel) whenever its reader waits,
+    /// instead of the producer running as a task of its own.
+    pub fn with_producer(mut self, producer: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.producer = Some(Box::pin(producer));
+        self
     }
 
     pub async fn next(&mut self) -> Option<Result<RowEvent, BackendError>> {
+        if let Some(producer) = &mut self.producer {
+            tokio::select! {
+                biased;
+                event = self.rx.recv() => return event,
+                () = producer.as_mut() => self.producer = None,
+            }
+        }
         self.rx.recv().await
+    }
+
+    /// Awaits `work` while running the producer, if the stream has one.
+    pub async fn drive<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        if let Some(producer) = &mut self.producer {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                () = producer.as_mut() => self.producer = None,
+            }
+        }
+        work.await
+    }
+}
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        let Some(mut producer) = self.producer.take() else {
+            return;
+        };
+        // Usually one step from its end (it sent the last event): finishing it here gives
+        // its connection back to the pool before the reader moves on.
+        if futures::FutureExt::now_or_never(producer.as_mut()).is_some() {
+            return;
+        }
+        // Without a runtime (process teardown) there is nothing left to clean up for.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(producer);
+        }
     }
 }
 

@@ -353,7 +353,8 @@ impl Task {
                     if let Some(keeper) = &mut self.keeper {
                         keeper.row(&raw);
                     }
-                    if self.out.send(Output::Row(raw)).await.is_err() {
+                    // The backend's producer keeps running while the client is slow.
+                    if stream.drive(self.out.send(Output::Row(raw))).await.is_err() {
                         self.cancel.cancel();
                         ending = Ending::with_class(Outcome::Cancelled, "client_gone");
                         break;

@@ -520,10 +520,11 @@ impl SqlBackend for PostgresBackend {
             cancel,
             sender,
         };
-        tokio::spawn(produce(client, job, ready_tx, self.tls.clone()));
-        // If this future is dropped here, `stream` goes with it: the producer sees the
-        // closed channel and cancels on the server.
-        match ready_rx.await {
+        // The stream runs the producer while its reader waits: no task of its own. If this
+        // future is dropped here, `stream` goes with it, and the producer, handed to a task
+        // by the stream, sees the closed channel and cancels on the server.
+        let mut stream = stream.with_producer(produce(client, job, ready_tx, self.tls.clone()));
+        match stream.drive(ready_rx).await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(BackendError::Internal(
