@@ -89,7 +89,7 @@ pub async fn prepare(
     }
 
     let store = store::open(&config, data_dir).await?;
-    let audit = AuditWriter::start(store.clone(), data_dir);
+    let audit = AuditWriter::start(store.clone(), data_dir)?;
     match audit.replay_spool().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(events = n, "replayed spooled audit events"),

@@ -14,6 +14,10 @@
 //!   One agent's back-to-back requests then cost one store commit each (its previous end
 //!   with its next begin), not two in a row. A crash in that window loses nothing: the
 //!   begin is durable, and the startup sweep closes it as `interrupted`.
+//! - The batching loop runs on a thread of its own, where a store may block (see
+//!   [`crate::store::blocking_allowed`]): commits are serial, so every hand-off between
+//!   threads on their path (a blocking-pool thread, then the loop's task) would delay every
+//!   request waiting for its `begin`; under load they took a quarter of each commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,18 +50,30 @@ pub struct AuditWriter {
 }
 
 impl AuditWriter {
-    /// Starts the batching task. The task ends when every `AuditWriter` clone is dropped.
-    pub fn start(store: Arc<dyn Store>, data_dir: &Path) -> AuditWriter {
+    /// Starts the batching loop on its own thread. The thread ends when every `AuditWriter`
+    /// clone is dropped, after committing what it holds.
+    pub fn start(store: Arc<dyn Store>, data_dir: &Path) -> Result<AuditWriter, String> {
         let (tx, rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
-        tokio::spawn(batch_loop(store.clone(), rx));
-        AuditWriter {
+        // Its own runtime: a store's client (PostgreSQL) needs timers and I/O.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the audit writer's runtime: {e}"))?;
+        let loop_store = store.clone();
+        std::thread::Builder::new()
+            .name("airlock-audit".into())
+            .spawn(move || {
+                crate::store::blocking_allowed(|| runtime.block_on(batch_loop(loop_store, rx)))
+            })
+            .map_err(|e| format!("cannot start the audit writer's thread: {e}"))?;
+        Ok(AuditWriter {
             tx,
             spool: Arc::new(Spool {
                 path: data_dir.join(SPOOL_FILE),
                 lock: Mutex::new(()),
             }),
             store,
-        }
+        })
     }
 
     /// Durably stores one event; `Err` means it is not stored and the caller must fail closed.
@@ -163,7 +179,8 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>) {
     if batch.is_empty() {
         return;
     }
-    let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+    let (events, waiters): (Vec<AuditEvent>, Vec<_>) =
+        batch.into_iter().map(|p| (p.event, p.done)).unzip();
     let started = std::time::Instant::now();
     let result = store.append_audit(&events).await;
     crate::metrics::audit_batch(events.len(), started.elapsed(), result.is_ok());
@@ -171,17 +188,17 @@ async fn commit(store: &dyn Store, batch: Vec<Pending>) {
     // asked again event by event: one event it cannot take fails its own request, never
     // the others' that rode in the same commit.
     if let Err(StoreError::Other(_)) = &result
-        && batch.len() > 1
+        && events.len() > 1
     {
-        for p in batch {
-            let one = store.append_audit(std::slice::from_ref(&p.event)).await;
-            let _ = p.done.send(one);
+        for (event, done) in events.iter().zip(waiters) {
+            let one = store.append_audit(std::slice::from_ref(event)).await;
+            let _ = done.send(one);
         }
         return;
     }
-    for p in batch {
+    for done in waiters {
         // A waiter that gave up (request cancelled) is fine: the event is stored anyway.
-        let _ = p.done.send(result.clone());
+        let _ = done.send(result.clone());
     }
 }
 

@@ -178,7 +178,7 @@ async fn harness(per_principal: usize) -> Harness {
         crate::store::sqlite::SqliteStore::open(&dir.path().join("airlock.db"), &store_config)
             .unwrap(),
     );
-    let audit = crate::audit::writer::AuditWriter::start(store.clone(), dir.path());
+    let audit = crate::audit::writer::AuditWriter::start(store.clone(), dir.path()).unwrap();
     let (sql, down_calls, exec) = (
         Arc::new(Calls::default()),
         Arc::new(Calls::default()),

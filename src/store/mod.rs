@@ -181,6 +181,24 @@ pub struct SessionLine<'a> {
     pub chain: &'a str,
 }
 
+thread_local! {
+    static BLOCKING_ALLOWED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on a thread that exists to wait on the store (the audit writer's): a store
+/// whose work is blocking (SQLite) does it right there instead of handing it to the
+/// blocking pool and waiting to be woken. Everywhere else store work never blocks an async
+/// worker thread.
+pub fn blocking_allowed<T>(f: impl FnOnce() -> T) -> T {
+    BLOCKING_ALLOWED.with(|allowed| allowed.set(true));
+    f()
+}
+
+/// Whether this thread is one where store work may block (see [`blocking_allowed`]).
+pub(crate) fn may_block() -> bool {
+    BLOCKING_ALLOWED.with(|allowed| allowed.get())
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Appends events in one transaction; idempotent by event id. Each new event becomes the

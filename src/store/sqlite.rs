@@ -104,6 +104,12 @@ impl SqliteStore {
         conn: &Arc<Mutex<Connection>>,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if super::may_block() {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Other("store connection poisoned".into()))?;
+            return f(&mut guard);
+        }
         let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
