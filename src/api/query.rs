@@ -136,7 +136,9 @@ pub(crate) async fn serve(
         respond_async: entry.respond_async,
     };
     let request = Request::new(entry.caller, entry.connection, action).with_hold(entry.hold);
-    answer(state, request, delivery).await
+    // Admission and execution make a large future; boxed here, the handler's own future
+    // stays small, and the layers around it move a pointer instead of copying it.
+    Box::pin(answer(state, request, delivery)).await
 }
 
 /// A 202: held for review (`status: pending_review`, a `HeldView`), or running on as a job
@@ -208,13 +210,29 @@ pub(crate) fn respond(answer: Answer) -> Result<Response, Problem> {
 /// A whole answer as JSON: rows as a [`QueryResponse`], output as an
 /// [`super::exec::ExecResponse`], a failure as its problem.
 pub(crate) fn kept_response(kept: Kept) -> Result<Response, Problem> {
-    kept_json(kept).map(|body| Json(body).into_response())
+    // Serialized straight into the body: rows are kept as JSON text, which a `Value` tree
+    // would parse again only to print it.
+    kept_body(kept).map(|body| Json(body).into_response())
 }
 
 /// [`kept_response`]'s body, for entries that are not HTTP (MCP).
 pub(crate) fn kept_json(kept: Kept) -> Result<serde_json::Value, Problem> {
-    let body = match kept {
-        Kept::Rows(r) => serde_json::to_value(QueryResponse {
+    serde_json::to_value(kept_body(kept)?)
+        .map_err(|e| Problem::internal(format!("a result could not be serialized: {e}")))
+}
+
+/// The body of a whole answer.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum KeptBody {
+    Rows(QueryResponse),
+    Command(super::exec::ExecResponse),
+    Http(Box<crate::gateway::http::HttpResult>),
+}
+
+fn kept_body(kept: Kept) -> Result<KeptBody, Problem> {
+    Ok(match kept {
+        Kept::Rows(r) => KeptBody::Rows(QueryResponse {
             execution_id: r.execution_id,
             rule: r.rule,
             columns: r.columns,
@@ -228,7 +246,7 @@ pub(crate) fn kept_json(kept: Kept) -> Result<serde_json::Value, Problem> {
             limits: r.limits,
             duration_ms: r.summary.duration_ms,
         }),
-        Kept::Command(c) => serde_json::to_value(super::exec::ExecResponse {
+        Kept::Command(c) => KeptBody::Command(super::exec::ExecResponse {
             execution_id: c.execution_id,
             session_id: c.session_id,
             rule: c.rule,
@@ -241,10 +259,9 @@ pub(crate) fn kept_json(kept: Kept) -> Result<serde_json::Value, Problem> {
             masked: c.summary.masked,
             duration_ms: c.summary.duration_ms,
         }),
-        Kept::Http(h) => serde_json::to_value(*h),
+        Kept::Http(h) => KeptBody::Http(h),
         Kept::Failed { problem } => return Err(Problem::from_body(&problem)),
-    };
-    body.map_err(|e| Problem::internal(format!("a result could not be serialized: {e}")))
+    })
 }
 
 /// `?wait=SECONDS` on requests that may be held for review.
