@@ -732,6 +732,50 @@ async fn postgres_store_holds_the_audit_log() {
     assert!(err.contains("store"), "{err}");
 }
 
+/// The connection's default timeout is the session's own (a startup option), so a request
+/// that keeps it sends no `SET`. A request with its own timeout has it for its transaction
+/// only: the next request on the same server connection is back on the default, whether
+/// the first one was a streamed read or ran in a portal, and whether it failed.
+#[tokio::test]
+async fn a_requests_own_timeout_ends_with_its_transaction() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(
+        &db,
+        "[connections.limits]\npool_size = 1\ntimeout_ms = 5000",
+    ))
+    .await;
+    let agent = a.token("agent", &["agents"], airlock::config::PrincipalKind::Agent);
+    let show = "SELECT current_setting('statement_timeout') AS t, pg_backend_pid() AS pid";
+    let (s, b) = a.query(&agent, "pg", json!({ "sql": show })).await;
+    assert_eq!(s, 200, "{b}");
+    // The server's timeout is the request's plus a second's margin.
+    assert_eq!(b["rows"][0][0], "6s", "the connection's default: {b}");
+    let pid = b["rows"][0][1].clone();
+    for own in [
+        // Streamed (every column decoded natively).
+        json!({ "sql": show, "timeout_ms": 1000 }),
+        // In a portal (a column the server renders: `point`).
+        json!({ "sql": "SELECT current_setting('statement_timeout') AS t, point(1, 2) AS m", "timeout_ms": 1000 }),
+        // Refused by the server after the timeout was set.
+        json!({ "sql": "SELECT 1/0 AS t", "timeout_ms": 1000 }),
+    ] {
+        let (s, b) = a.query(&agent, "pg", own.clone()).await;
+        if s == 200 {
+            assert_eq!(b["rows"][0][0], "2s", "the request's own: {b}");
+        } else {
+            assert_eq!(b["database"]["sqlstate"], "22012", "{b}");
+        }
+        let (s, b) = a.query(&agent, "pg", json!({ "sql": show })).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(
+            (&b["rows"][0][0], &b["rows"][0][1]),
+            (&json!("6s"), &pid),
+            "after {own}: the default again, on the same server connection: {b}"
+        );
+    }
+    a.stop().await;
+}
+
 /// Parsed facts cannot prove a request leaves its session clean: a view runs code the
 /// statement does not name. Each view below looks like a plain read (`SELECT * FROM v`), so
 /// it takes the read-only streamed path, and changes the session in a way the next agent on

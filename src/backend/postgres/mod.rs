@@ -510,8 +510,8 @@ impl SqlBackend for PostgresBackend {
             .map_err(|e| self.pool_error(e))?;
         let (sender, stream) = RowStream::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let set_timeout_ms = (plan.timeout != self.default_timeout)
-            .then(|| server_timeout_ms(plan.timeout));
+        let set_timeout_ms =
+            (plan.timeout != self.default_timeout).then(|| server_timeout_ms(plan.timeout));
         let job = Job {
             plan,
             read_only: self.read_only,

@@ -122,7 +122,10 @@ fn prepared_left(rows: &[tokio_postgres::Row]) -> Result<bool, EndError> {
 
 /// Deallocates SQL-level prepared statements when the [`LEFTOVERS`] check found some (and
 /// with them the statement cache, which `DEALLOCATE ALL` empties on the server too).
-pub(super) async fn clear_leftovers(client: &ClientWrapper, prepared: bool) -> Result<(), EndError> {
+pub(super) async fn clear_leftovers(
+    client: &ClientWrapper,
+    prepared: bool,
+) -> Result<(), EndError> {
     if prepared {
         client.statement_cache.clear();
         client
