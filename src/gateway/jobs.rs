@@ -176,10 +176,14 @@ pub(crate) async fn serve_collected(
     }
     // A job is answered only once its `begin` is on record, so that its id names an
     // execution every instance can find. Starting it is what writes the begin, so it is
-    // driven meanwhile; if it ends (or fails) first, that is the answer.
+    // driven meanwhile; if it fails before that, the failure is the answer. Once the begin
+    // is on record the answer is the job, even if the run is already over by then (a fast
+    // statement, `Prefer: respond-async`): which of the two is seen first must not decide
+    // what the caller gets.
     let begun = tokio::select! {
-        done = &mut reading => return done.map(Reply::Now),
+        biased;
         begun = &mut opened => begun.is_ok(),
+        done = &mut reading => return done.map(Reply::Now),
     };
     if !begun {
         // Starting failed before the begin was written: its error is the answer.
