@@ -368,12 +368,13 @@ impl SqlBackend for MysqlBackend {
             tx,
             started: Some(started_tx),
         };
-        tokio::spawn(produce(job, conn, params, outlet));
-
-        // The producer reports once the first row (or the end) is in the channel, so errors
-        // found before the first row are returned here, not inside the stream. If this future
-        // is dropped, `stream` goes with it and the producer sees the consumer gone.
-        match started_rx.await {
+        // The stream runs the producer while its reader waits: no task of its own. It
+        // reports once the first row (or the end) is in the channel, so errors found before
+        // the first row are returned here, not inside the stream. If this future is dropped,
+        // `stream` goes with it, and the producer, handed to a task by the stream, sees the
+        // consumer gone.
+        let mut stream = stream.with_producer(produce(job, conn, params, outlet));
+        match stream.drive(started_rx).await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(BackendError::Internal(format!(
