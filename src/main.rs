@@ -9,12 +9,6 @@ use clap::{Parser, Subcommand};
 use airlock::config::{Config, PrincipalKind};
 use airlock::identity::dev::{DevIssuer, TokenRequest};
 
-/// Every request allocates and frees many small buffers on two or more threads at once
-/// (HTTP, JSON, audit events, rows); with mimalloc's per-thread heaps Airlock took about a
-/// sixth less CPU per request than with the system allocator (`scripts/bench`, 32 clients).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "airlock",
