@@ -8,8 +8,8 @@
 //!   are returned directly so the API can answer with a proper status.
 //! - Rows are produced into a small bounded channel: the database is read only as fast as
 //!   the client consumes (backpressure), memory stays constant. The producer is a task of
-//!   its own, or (PostgreSQL) a future the stream runs while its reader waits (see
-//!   [`RowStream::with_producer`]), which saves a task hand-off per request.
+//!   its own (SQLite), or a future the stream runs while its reader waits (PostgreSQL,
+//!   MySQL; see [`RowStream::with_producer`]), which saves a task hand-off per request.
 //! - At most `max_rows + 1` rows are fetched from the server; the extra row only sets
 //!   `truncated`.
 //! - When the plan's timeout passes, the cancel token fires, or the receiver is dropped

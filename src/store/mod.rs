@@ -191,7 +191,9 @@ thread_local! {
 /// worker thread.
 pub fn blocking_allowed<T>(f: impl FnOnce() -> T) -> T {
     BLOCKING_ALLOWED.with(|allowed| allowed.set(true));
-    f()
+    let out = f();
+    BLOCKING_ALLOWED.with(|allowed| allowed.set(false));
+    out
 }
 
 /// Whether this thread is one where store work may block (see [`blocking_allowed`]).
