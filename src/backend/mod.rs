@@ -85,37 +85,73 @@ pub enum RowEvent {
 /// What must stay true when the stream runs its producer (`with_producer`):
 /// - The producer makes progress whenever its reader waits: in [`RowStream::next`] and in
 ///   [`RowStream::drive`], which the reader uses for every other wait while the stream is
-///   alive (sending a row on to its client), so the producer's deadline, cancel and
-///   consumer-gone checks keep running as they would in a task of its own.
+///   alive (sending a row or an error on to its client, reading the schema for masking), so
+///   the producer's deadline, cancel and consumer-gone checks keep running as they would in
+///   a task of its own.
 /// - A producer never stops half-way: a stream dropped before its producer finished polls
 ///   it once more and, if it is still not done, hands it to a task of its own. It then sees
 ///   the closed channel and runs its cleanup (cancel on the server, close the connection).
+/// - A producer whose poll panicked is never polled again (that would panic again, and a
+///   second panic while unwinding aborts the process): it is taken out before each poll
+///   and put back only when the poll returns.
 pub struct RowStream {
     rx: mpsc::Receiver<Result<RowEvent, BackendError>>,
-    producer: Option<Producer>,
+    producer: Producer,
 }
 
-type Producer = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+/// The producer a stream runs, while it runs; resolves once, when it finishes.
+struct Producer(Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Producer {
+    fn running(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Future for Producer {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // Out of its slot while polled: if the poll panics, it is dropped, not kept.
+        let Some(mut running) = self.0.take() else {
+            return std::task::Poll::Pending;
+        };
+        let polled = running.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.0 = Some(running);
+        }
+        polled
+    }
+}
 
 impl RowStream {
     pub fn channel() -> (RowSender, RowStream) {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        (RowSender { tx }, RowStream { rx, producer: None })
+        (
+            RowSender { tx },
+            RowStream {
+                rx,
+                producer: Producer(None),
+            },
+        )
     }
 
     /// This stream runs `producer` (which feeds its channel) whenever its reader waits,
     /// instead of the producer running as a task of its own.
     pub fn with_producer(mut self, producer: impl Future<Output = ()> + Send + 'static) -> Self {
-        self.producer = Some(Box::pin(producer));
+        self.producer = Producer(Some(Box::pin(producer)));
         self
     }
 
     pub async fn next(&mut self) -> Option<Result<RowEvent, BackendError>> {
-        if let Some(producer) = &mut self.producer {
+        if self.producer.running() {
             tokio::select! {
                 biased;
                 event = self.rx.recv() => return event,
-                () = producer.as_mut() => self.producer = None,
+                () = &mut self.producer => {}
             }
         }
         self.rx.recv().await
@@ -124,11 +160,11 @@ impl RowStream {
     /// Awaits `work` while running the producer, if the stream has one.
     pub async fn drive<T>(&mut self, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
-        if let Some(producer) = &mut self.producer {
+        if self.producer.running() {
             tokio::select! {
                 biased;
                 out = &mut work => return out,
-                () = producer.as_mut() => self.producer = None,
+                () = &mut self.producer => {}
             }
         }
         work.await
@@ -137,7 +173,16 @@ impl RowStream {
 
 impl Drop for RowStream {
     fn drop(&mut self) {
-        let Some(mut producer) = self.producer.take() else {
+        let Some(mut producer) = self.producer.0.take() else {
+            return;
+        };
+        // Unwinding from a panic (perhaps the producer's own): polling now could panic
+        // again and abort. Without a runtime (process teardown) there is nothing left to
+        // clean up for, and the producer's timers could not run.
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         // Usually one step from its end (it sent the last event): finishing it here gives
@@ -145,10 +190,7 @@ impl Drop for RowStream {
         if futures::FutureExt::now_or_never(producer.as_mut()).is_some() {
             return;
         }
-        // Without a runtime (process teardown) there is nothing left to clean up for.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(producer);
-        }
+        runtime.spawn(producer);
     }
 }
 
@@ -564,4 +606,35 @@ pub enum ShellInput {
 pub struct ShellSession {
     pub input: mpsc::Sender<ShellInput>,
     pub output: ExecStream,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RowStream;
+
+    /// A producer bug fails the request whose stream runs it, never the process: the
+    /// panicked producer is not polled again when its stream is dropped while unwinding.
+    #[tokio::test]
+    async fn a_producer_that_panics_fails_its_reader_not_the_process() {
+        let (tx, stream) = RowStream::channel();
+        let mut stream = stream.with_producer(async move {
+            let _sender = tx;
+            panic!("a producer bug");
+        });
+        let reader = tokio::spawn(async move { stream.next().await.is_none() });
+        assert!(
+            reader.await.is_err(),
+            "the reader's task ends with the panic"
+        );
+        // And a stream dropped with its producer still running hands it to a task, which
+        // finishes it.
+        let (tx, stream) = RowStream::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let stream = stream.with_producer(async move {
+            tx.closed().await;
+            let _ = done_tx.send(());
+        });
+        drop(stream);
+        assert!(done_rx.await.is_ok(), "the producer ran to its end");
+    }
 }

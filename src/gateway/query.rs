@@ -295,7 +295,7 @@ impl Task {
         let treatment = if self.masking.is_empty() {
             Vec::new()
         } else if self.masking.has_column_rules() {
-            let schema = conn.schema_info().await;
+            let schema = stream.drive(conn.schema_info()).await;
             let lineage =
                 crate::inspect::lineage::lineage(conn.config.kind, sql, &schema, columns.len());
             self.masking.plan(&lineage)
@@ -338,7 +338,7 @@ impl Task {
                             )));
                             ending = Ending::failed(Outcome::Error, &problem);
                             self.cancel.cancel();
-                            let _ = self.out.send(Output::Error(problem)).await;
+                            let _ = stream.drive(self.out.send(Output::Error(problem))).await;
                             break;
                         }
                     };
@@ -378,7 +378,8 @@ impl Task {
                     };
                     let problem = self.problem(e);
                     ending = Ending::failed(outcome_of(&problem), &problem);
-                    let _ = self.out.send(Output::Error(problem)).await;
+                    // The producer may still be cleaning up (a cancel request on its way).
+                    let _ = stream.drive(self.out.send(Output::Error(problem))).await;
                     break;
                 }
             }

@@ -732,10 +732,9 @@ async fn postgres_store_holds_the_audit_log() {
     assert!(err.contains("store"), "{err}");
 }
 
-/// The connection's default timeout is the session's own (a startup option), so a request
-/// that keeps it sends no `SET`. A request with its own timeout has it for its transaction
-/// only: the next request on the same server connection is back on the default, whether
-/// the first one was a streamed read or ran in a portal, and whether it failed.
+/// A request's own timeout is set for its transaction only: the next request on the same
+/// server connection is back on the connection's default, whether the first one was a
+/// streamed read or ran in a portal, and whether it failed.
 #[tokio::test]
 async fn a_requests_own_timeout_ends_with_its_transaction() {
     let db = PgDb::create().await;
@@ -771,6 +770,64 @@ async fn a_requests_own_timeout_ends_with_its_transaction() {
             (&b["rows"][0][0], &b["rows"][0][1]),
             (&json!("6s"), &pid),
             "after {own}: the default again, on the same server connection: {b}"
+        );
+    }
+    a.stop().await;
+}
+
+/// Code behind a view can replace a statement Airlock prepared on the connection: it can
+/// `DEALLOCATE` any named statement of the session and `PREPARE` another under its name.
+/// The next agent on that connection must still get its own statement's answer, never the
+/// replacement's, and the check that finds such leftovers must not be replaceable itself.
+#[tokio::test]
+async fn a_view_that_replaces_cached_statements_does_not_reach_the_next_agent() {
+    let db = PgDb::create().await;
+    db.owner()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION swap_cached() RETURNS int LANGUAGE plpgsql AS $$
+             DECLARE p record;
+             BEGIN
+               FOR p IN SELECT name, statement FROM pg_prepared_statements
+                        WHERE NOT from_sql AND statement NOT LIKE '%v_swap%' LOOP
+                 EXECUTE format('DEALLOCATE %I', p.name);
+                 IF p.statement LIKE '%pg_advisory_unlock_all%' THEN
+                   -- A session check of the same shape that always answers clean.
+                   EXECUTE format('PREPARE %I AS SELECT pg_catalog.pg_sleep(0), false', p.name);
+                 ELSE
+                   EXECUTE format('PREPARE %I AS SELECT 666 AS x', p.name);
+                 END IF;
+               END LOOP;
+               RETURN 1;
+             END $$;
+             CREATE VIEW v_swap AS SELECT swap_cached() AS x;",
+        )
+        .await
+        .unwrap();
+    let a = Airlock::start(&config(&db, "[connections.limits]\npool_size = 1")).await;
+    let attacker = a.token(
+        "agent-a",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let victim = a.token(
+        "agent-b",
+        &["agents"],
+        airlock::config::PrincipalKind::Agent,
+    );
+    let lookup = json!({ "sql": "SELECT 1 AS x" });
+    let (s, b) = a.query(&victim, "pg", lookup.clone()).await;
+    assert_eq!((s, &b["rows"][0][0]), (200, &json!(1)), "{b}");
+    for _ in 0..2 {
+        let (s, b) = a
+            .query(&attacker, "pg", json!({ "sql": "SELECT * FROM v_swap" }))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let (s, b) = a.query(&victim, "pg", lookup.clone()).await;
+        assert_eq!(
+            (s, &b["rows"][0][0]),
+            (200, &json!(1)),
+            "the victim got the attacker's statement: {b}"
         );
     }
     a.stop().await;

@@ -242,8 +242,8 @@ impl PostgresBackend {
             pg.password(password.expose());
         }
         // Ours go last: for a repeated `-c`, the server keeps the last value. The
-        // connection's default timeout is the session's, so a request that keeps it sets
-        // none (see `session`).
+        // connection's default timeout is also the session's, a backstop under each
+        // transaction's own `SET LOCAL` (see `session`).
         let default_timeout = Duration::from_millis(config.limits.timeout_ms);
         let ours = format!(
             "{STARTUP_OPTIONS} -c statement_timeout={}",
@@ -510,12 +510,9 @@ impl SqlBackend for PostgresBackend {
             .map_err(|e| self.pool_error(e))?;
         let (sender, stream) = RowStream::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let set_timeout_ms =
-            (plan.timeout != self.default_timeout).then(|| server_timeout_ms(plan.timeout));
         let job = Job {
             plan,
             read_only: self.read_only,
-            set_timeout_ms,
             deadline,
             cancel,
             sender,
@@ -675,9 +672,6 @@ fn server_timeout_ms(timeout: Duration) -> u64 {
 struct Job {
     plan: QueryPlan,
     read_only: bool,
-    /// The server-side timeout to set for this request's transaction; `None` when it is the
-    /// connection's default, which the session has already (a startup option).
-    set_timeout_ms: Option<u64>,
     deadline: Instant,
     cancel: CancellationToken,
     sender: RowSender,
@@ -886,18 +880,15 @@ async fn run(
             )),
         );
     }
-    let leftovers = guard(job, session::leftovers(client))
-        .await?
-        .map_err(&before)?;
     let read_only = job.read_only || job.plan.reads_only;
     let streamable = statement
         .columns()
         .iter()
         .all(|c| values::decodes_natively(c.type_()));
     if read_only && streamable {
-        run_streamed(client, job, &statement, &leftovers, ready).await
+        run_streamed(client, job, &statement, ready).await
     } else {
-        run_in_portal(client, job, &statement, &leftovers, read_only, ready).await
+        run_in_portal(client, job, &statement, read_only, ready).await
     }
 }
 
@@ -917,10 +908,9 @@ async fn run_streamed(
     client: &Object,
     job: &Job,
     statement: &tokio_postgres::Statement,
-    leftovers: &tokio_postgres::Statement,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
-    let begin_sql = session::begin_sql(true, job.set_timeout_ms);
+    let begin_sql = session::begin_sql(true, server_timeout_ms(job.plan.timeout));
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs = params.iter().map(|p| p as &(dyn ToSql + Sync));
 
@@ -931,7 +921,7 @@ async fn run_streamed(
         client.query_raw(statement, refs),
     ));
     let early = futures::poll!(started.as_mut());
-    let mut end = pin!(session::end_read_only(client, leftovers));
+    let mut end = pin!(client.simple_query(session::READ_ONLY_END));
     // Polled here only to send it; a future that already finished (the connection is
     // gone) must not be polled again, so its answer is kept.
     let end_early = futures::poll!(end.as_mut());
@@ -987,11 +977,12 @@ async fn run_streamed(
             max,
         }));
     }
-    let prepared = match end_early {
+    let messages = match end_early {
         std::task::Poll::Ready(answer) => answer,
         std::task::Poll::Pending => guard(job, end).await?,
     }
-    .map_err(|e| Failure::error(end_error(e)))?;
+    .map_err(failed(Stage::Streaming))?;
+    let prepared = session::prepared_left(&messages).map_err(|e| Failure::error(end_error(e)))?;
     session::clear_leftovers(client, prepared)
         .await
         .map_err(|e| Failure::error(end_error(e)))?;
@@ -1022,11 +1013,13 @@ async fn settle_refused<F>(
     job: &Job,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
     end: std::pin::Pin<&mut F>,
-    end_early: std::task::Poll<Result<bool, session::EndError>>,
+    end_early: std::task::Poll<
+        Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    >,
     refusal: tokio_postgres::Error,
 ) -> Result<(), Failure>
 where
-    F: Future<Output = Result<bool, session::EndError>>,
+    F: Future<Output = Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>,
 {
     // Until the first row, an error means the statement did not run.
     let stage = if ready.is_some() {
@@ -1043,7 +1036,10 @@ where
     };
     let error = pg_error(refusal, stage);
     let clean = match messages {
-        Ok(prepared) => session::clear_leftovers(client, prepared).await.is_ok(),
+        Ok(messages) => match session::prepared_left(&messages) {
+            Ok(prepared) => session::clear_leftovers(client, prepared).await.is_ok(),
+            Err(_) => false,
+        },
         Err(_) => false,
     };
     match ready.take() {
@@ -1128,7 +1124,6 @@ async fn run_in_portal(
     client: &mut Object,
     job: &Job,
     statement: &tokio_postgres::Statement,
-    leftovers: &tokio_postgres::Statement,
     read_only: bool,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
@@ -1136,9 +1131,10 @@ async fn run_in_portal(
     let during = failed(Stage::Streaming);
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let set_timeout = job
-        .set_timeout_ms
-        .map(|ms| format!("SET LOCAL statement_timeout = {ms}"));
+    let set_timeout = format!(
+        "SET LOCAL statement_timeout = {}",
+        server_timeout_ms(job.plan.timeout)
+    );
     let pg: &mut tokio_postgres::Client = client;
     let txn = if read_only {
         guard(job, pg.build_transaction().read_only(true).start()).await?
@@ -1147,15 +1143,9 @@ async fn run_in_portal(
     }
     .map_err(&before)?;
     // Sent together (the driver pipelines concurrent requests): one round trip.
-    let timeout = async {
-        match &set_timeout {
-            Some(sql) => txn.batch_execute(sql).await,
-            None => Ok(()),
-        }
-    };
     let (timeout_set, portal) = guard(
         job,
-        futures::future::join(timeout, txn.bind(statement, &refs)),
+        futures::future::join(txn.batch_execute(&set_timeout), txn.bind(statement, &refs)),
     )
     .await?;
     timeout_set.map_err(&before)?;
@@ -1226,7 +1216,7 @@ async fn run_in_portal(
     } else {
         guard(job, txn.commit()).await?.map_err(&during)?;
     }
-    guard(job, session::reset(client, leftovers))
+    guard(job, session::reset(client))
         .await?
         .map_err(|e| Failure::error(end_error(e)))?;
     // CommandComplete carries a row count for writes; for a row-returning statement it only
