@@ -910,6 +910,7 @@ async fn run_streamed(
     statement: &tokio_postgres::Statement,
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
+    let during = failed(Stage::Streaming);
     let begin_sql = session::begin_sql(true, server_timeout_ms(job.plan.timeout));
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs = params.iter().map(|p| p as &(dyn ToSql + Sync));
@@ -981,9 +982,8 @@ async fn run_streamed(
         std::task::Poll::Ready(answer) => answer,
         std::task::Poll::Pending => guard(job, end).await?,
     }
-    .map_err(failed(Stage::Streaming))?;
-    let prepared = session::prepared_left(&messages).map_err(|e| Failure::error(end_error(e)))?;
-    session::clear_leftovers(client, prepared)
+    .map_err(&during)?;
+    session::clear_leftovers(client, &messages)
         .await
         .map_err(|e| Failure::error(end_error(e)))?;
     let returns_rows = !statement.columns().is_empty();
@@ -1036,10 +1036,7 @@ where
     };
     let error = pg_error(refusal, stage);
     let clean = match messages {
-        Ok(messages) => match session::prepared_left(&messages) {
-            Ok(prepared) => session::clear_leftovers(client, prepared).await.is_ok(),
-            Err(_) => false,
-        },
+        Ok(messages) => session::clear_leftovers(client, &messages).await.is_ok(),
         Err(_) => false,
     };
     match ready.take() {

@@ -61,9 +61,7 @@ const RESET: &str = concat!(
     leftovers!()
 );
 
-/// How a request's transaction starts, with its server-side timeout in the same message
-/// (also when it is the connection's default: the session's own value is only a
-/// backstop).
+/// How a request's transaction starts, with the server-side timeout in the same message.
 pub(super) fn begin_sql(read_only: bool, timeout_ms: u64) -> String {
     let start = if read_only {
         "START TRANSACTION READ ONLY"
@@ -100,12 +98,15 @@ pub(super) async fn reset(client: &ClientWrapper) -> Result<(), EndError> {
         .simple_query(RESET)
         .await
         .map_err(EndError::Database)?;
-    clear_leftovers(client, prepared_left(&messages)?).await
+    clear_leftovers(client, &messages).await
 }
 
-/// Reads the `leftovers!` answer (the last row of `messages`): whether SQL-level prepared
-/// statements exist.
-pub(super) fn prepared_left(messages: &[SimpleQueryMessage]) -> Result<bool, EndError> {
+/// The second half of [`reset`], for a caller that sent [`READ_ONLY_END`] itself: reads
+/// the `leftovers!` row (the last row answered) and clears what it found.
+pub(super) async fn clear_leftovers(
+    client: &ClientWrapper,
+    messages: &[SimpleQueryMessage],
+) -> Result<(), EndError> {
     let row = messages
         .iter()
         .rev()
@@ -114,19 +115,11 @@ pub(super) fn prepared_left(messages: &[SimpleQueryMessage]) -> Result<bool, End
             _ => None,
         })
         .ok_or(EndError::Unexpected)?;
-    match row.get(1) {
-        Some("t") => Ok(true),
-        Some("f") => Ok(false),
-        _ => Err(EndError::Unexpected),
-    }
-}
-
-/// Deallocates SQL-level prepared statements when the `leftovers!` check found some (and
-/// with them the statement cache, which `DEALLOCATE ALL` empties on the server too).
-pub(super) async fn clear_leftovers(
-    client: &ClientWrapper,
-    prepared: bool,
-) -> Result<(), EndError> {
+    let prepared = match row.get(1) {
+        Some("t") => true,
+        Some("f") => false,
+        _ => return Err(EndError::Unexpected),
+    };
     if prepared {
         client.statement_cache.clear();
         client
