@@ -184,16 +184,16 @@ fn chain_existing(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 
 /// The chain head as recorded; `None` if its row is gone.
 fn read_head(conn: &Connection) -> Result<Option<ChainHead>, StoreError> {
-    conn.query_row(
-        "SELECT seq, hash FROM audit_chain_head WHERE id = 1",
-        [],
-        |r| {
-            Ok(ChainHead {
-                seq: r.get(0)?,
-                hash: r.get(1)?,
-            })
-        },
-    )
+    // Cached: every group commit reads the head.
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
+        .map_err(classify)?;
+    stmt.query_row([], |r| {
+        Ok(ChainHead {
+            seq: r.get(0)?,
+            hash: r.get(1)?,
+        })
+    })
     .optional()
     .map_err(classify)
 }
@@ -284,11 +284,9 @@ impl Store for SqliteStore {
                 }
             }
             if head != start {
-                tx.execute(
-                    "UPDATE audit_chain_head SET seq = ?1, hash = ?2 WHERE id = 1",
-                    params![head.seq, head.hash],
-                )
-                .map_err(classify)?;
+                tx.prepare_cached("UPDATE audit_chain_head SET seq = ?1, hash = ?2 WHERE id = 1")
+                    .and_then(|mut stmt| stmt.execute(params![head.seq, head.hash]))
+                    .map_err(classify)?;
             }
             tx.commit().map_err(classify)
         })
