@@ -194,6 +194,58 @@ async fn pool_of_one_does_not_leak_session_state() {
     a.stop().await;
 }
 
+/// A read-only connection's transaction ends by the pool's reset, not by a `ROLLBACK` of
+/// its own: the next request on the same server session must start a fresh transaction
+/// (REPEATABLE READ would otherwise keep showing it the first request's snapshot) with the
+/// session set up again.
+#[tokio::test]
+async fn read_only_requests_never_share_a_transaction() {
+    let db = MyDb::create().await;
+    db.admin()
+        .await
+        .query_drop("CREATE TABLE canary (x INT); INSERT INTO canary VALUES (1);")
+        .await
+        .unwrap();
+    let a = Airlock::start(&config(
+        &db,
+        "read_only = true\n[connections.limits]\npool_size = 1",
+    ))
+    .await;
+    let run = async |sql: &str| {
+        let (s, b) = a.query(&a.agent(), "my", json!({ "sql": sql })).await;
+        assert_eq!(s, 200, "{b}");
+        b["rows"][0].clone()
+    };
+    let count = "SELECT count(*), @@in_transaction, CONNECTION_ID() FROM canary";
+    let first = run(count).await;
+    assert_eq!(first[0], "1", "{first}");
+    assert_eq!(
+        first[1], "1",
+        "the statement runs in Airlock's transaction: {first}"
+    );
+    db.admin()
+        .await
+        .query_drop("INSERT INTO canary VALUES (2)")
+        .await
+        .unwrap();
+    let second = run(count).await;
+    assert_eq!(second[2], first[2], "the same server session: {second}");
+    assert_eq!(second[0], "2", "a new snapshot: {second}");
+    // (MariaDB reports `@@tx_read_only` as 0 in a statement that reads a table, even in a
+    // READ ONLY transaction, hence a statement of its own.)
+    let session = run("SELECT @@sql_mode, @@tx_read_only, @@in_transaction, CONNECTION_ID()").await;
+    assert_eq!(session[3], first[2], "the same server session: {session}");
+    assert!(
+        session[0]
+            .as_str()
+            .is_some_and(|m| m.starts_with("STRICT_TRANS_TABLES")),
+        "the session set up again: {session}"
+    );
+    assert_eq!(session[1], "1", "read-only by session default: {session}");
+    assert_eq!(session[2], "1", "in Airlock's transaction: {session}");
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn root_account_is_refused_unless_allowed() {
     let data = tempfile::tempdir().unwrap();

@@ -18,13 +18,17 @@
 //!   a string at `\'`), `PIPES_AS_CONCAT`, `IGNORE_SPACE`, `HIGH_NOT_PRECEDENCE` nor MariaDB's
 //!   `ORACLE` (all change how the same text parses). `time_zone = '+00:00'` makes TIMESTAMP
 //!   values and `NOW()` UTC.
-//!   These statements are `mysql_async` *setup* commands, not *init* commands: setup commands
-//!   run on every new connection **and again after every `COM_RESET_CONNECTION`** (see
-//!   `Conn::reset` in mysql_async 0.37.1), whereas init commands run only once at connect and
-//!   would be wiped by the reset, which restores session variables to the global defaults.
+//!   Every request sends these statements in the same text query as its `START TRANSACTION`,
+//!   *before* its statement is prepared (the server's prepare parses with the session's
+//!   `sql_mode` and character set); the administrative paths (grants, schema) send them first
+//!   on their own. They are not driver setup commands: the driver would run those in a round
+//!   trip of their own after every reset, and a request needs its own round trip anyway.
 //! - **No session state between requests.** The pool resets every connection it gets back
-//!   (`reset_connection = true`): transactions, session variables, user variables, temporary
-//!   tables and prepared statements are dropped, then the setup commands run again.
+//!   (`reset_connection = true`, `COM_RESET_CONNECTION`): the open transaction is rolled back,
+//!   and session variables, user variables, temporary tables, locks and prepared statements
+//!   are dropped. A read-only connection's transaction is therefore not rolled back by a
+//!   `ROLLBACK` of its own (there is nothing to undo, and the reset does it anyway); a
+//!   read-write one commits before the connection goes back.
 //! - **LOCAL INFILE is never served.** mysql_async 0.37.1 hard-codes `CLIENT_LOCAL_FILES` in
 //!   its handshake capabilities (`Opts::get_capabilities`); there is no option to clear it, so
 //!   the server believes the client could send files. What keeps files safe is that no infile
@@ -175,17 +179,14 @@ impl MysqlBackend {
                 usize::try_from(limits.max_value_bytes).unwrap_or(usize::MAX),
             ));
 
-        let main = common
-            .clone()
-            .setup(vec![setup_sql(db.read_only)])
-            .pool_opts(
-                PoolOpts::default()
-                    .with_constraints(constraints)
-                    .with_reset_connection(true)
-                    // Non-zero so returned connections are kept (up to the maximum) and only
-                    // idle ones are closed; with 0 the pool keeps none above the minimum.
-                    .with_inactive_connection_ttl(IDLE_TTL),
-            );
+        let main = common.clone().pool_opts(
+            PoolOpts::default()
+                .with_constraints(constraints)
+                .with_reset_connection(true)
+                // Non-zero so returned connections are kept (up to the maximum) and only
+                // idle ones are closed; with 0 the pool keeps none above the minimum.
+                .with_inactive_connection_ttl(IDLE_TTL),
+        );
         // The side pool runs nothing but `KILL`, so it needs neither setup nor reset.
         let side = common.pool_opts(
             PoolOpts::default()
@@ -268,6 +269,9 @@ impl SqlBackend for MysqlBackend {
         let mut conn = self.checkout(None).await?;
         let name = self.shared.name.as_str();
         let check = async {
+            conn.query_drop(setup_sql(self.read_only))
+                .await
+                .map_err(|e| admin_error(name, "setting up the session", e))?;
             let flavor = self.flavor(&mut conn).await?;
             if self.allow_privileged {
                 return Ok(Vec::new());
@@ -324,6 +328,26 @@ impl SqlBackend for MysqlBackend {
             }
         };
 
+        // The session setup and the transaction first: the prepare below parses with the
+        // session's `sql_mode` and character set. A server error here leaves the connection
+        // healthy; dropping it returns it to the pool, which resets it.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let begin = conn.query_drop(begin_sql(flavor, self.read_only, remaining));
+        match bounded(begin, &cancel, deadline).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(admin_error(
+                    &self.shared.name,
+                    "starting the transaction",
+                    e,
+                ));
+            }
+            Err(stop) => {
+                discard(conn);
+                return Err(stop);
+            }
+        }
+
         // Exactly one statement: the server's prepare refuses anything else. A prepare error
         // leaves the connection healthy; dropping it returns it to the pool, which resets it.
         let stmt = match bounded(conn.prep(plan.sql.as_str()), &cancel, deadline).await {
@@ -347,7 +371,6 @@ impl SqlBackend for MysqlBackend {
             Params::Positional(plan.params.iter().map(json_to_mysql).collect())
         };
 
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let job = Job {
             shared: Arc::clone(&self.shared),
             stmt,
@@ -355,7 +378,6 @@ impl SqlBackend for MysqlBackend {
             max_affected_rows: plan.max_affected_rows,
             read_only: self.read_only,
             may_write: !self.read_only && !is_read_statement(&plan.sql),
-            begin_sql: begin_sql(flavor, self.read_only, remaining),
         };
         let (tx, stream) = RowStream::channel();
         let (started_tx, started_rx) = oneshot::channel();
@@ -387,6 +409,7 @@ impl SqlBackend for MysqlBackend {
     async fn schema(&self) -> Result<Vec<TableInfo>, BackendError> {
         let mut conn = self.checkout(None).await?;
         let outcome = tokio::time::timeout(self.admin_timeout, async {
+            conn.query_drop(setup_sql(self.read_only)).await?;
             let rows = conn.query::<Row, _>(SCHEMA_SQL).await?;
             let keys = conn.query::<Row, _>(KEYS_SQL).await?;
             Ok::<_, mysql_async::Error>((rows, keys))
@@ -482,12 +505,12 @@ struct Job {
     /// the write back while the response said it succeeded (truncated). Its returned rows are
     /// what `max_affected_rows` counts.
     may_write: bool,
-    begin_sql: String,
 }
 
 /// How a successful run leaves the connection.
 enum Finish {
-    /// Transaction ended; the connection goes back to the pool (which resets it).
+    /// The statement ran to its end (and committed, on a read-write connection); the
+    /// connection goes back to the pool, which resets it.
     Clean,
     /// Stopped early on purpose (row cap): kill and close.
     Kill,
@@ -543,11 +566,6 @@ async fn drive(
     out: &mut Outlet,
 ) -> Result<Finish, Failure> {
     let name = job.shared.name.as_str();
-    out.stop
-        .guard(conn.query_drop(job.begin_sql.as_str()))
-        .await?
-        .map_err(|e| exec_failure(name, e))?;
-
     let mut result = out
         .stop
         .guard(conn.exec_iter(&job.stmt, params))
@@ -662,11 +680,14 @@ async fn drive(
         });
     }
 
-    let end = if job.read_only { "ROLLBACK" } else { "COMMIT" };
-    out.stop
-        .guard(conn.query_drop(end))
-        .await?
-        .map_err(|e| exec_failure(name, e))?;
+    // A read-only connection's transaction has nothing to undo: the pool's reset rolls it
+    // back (see the module comment), one round trip fewer per request.
+    if !job.read_only {
+        out.stop
+            .guard(conn.query_drop("COMMIT"))
+            .await?
+            .map_err(|e| exec_failure(name, e))?;
+    }
     out.send(RowEvent::End {
         truncated,
         affected_rows,

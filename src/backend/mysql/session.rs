@@ -91,10 +91,13 @@ pub(super) fn ssl_opts(tls: &TlsConfig) -> Result<SslOpts, String> {
         .with_disable_built_in_roots(true))
 }
 
-/// The session setup, re-run by the driver after every connection reset. One text query
-/// holding several statements (our own fixed text; the driver allows multi-statements), so it
-/// costs one round trip. mysql_async runs its setup list last-to-first, so keeping everything
-/// in a single entry also keeps the order.
+/// The session setup: how statements are lexed (`SET NAMES`, `sql_mode`), the time zone and,
+/// for read-only connections, the session's default transaction mode. One text query holding
+/// several statements (our own fixed text; the driver allows multi-statements).
+///
+/// It is not a driver *setup* command, which the driver would run in a round trip of its own
+/// after every reset: a request sends it in front of its transaction ([`begin_sql`]), and the
+/// rare administrative use of a connection (grants, schema) sends it first on its own.
 ///
 /// For read-only connections the session default is READ ONLY as well: on MariaDB (verified)
 /// a DDL statement implicitly commits and then runs outside `START TRANSACTION READ ONLY`,
@@ -108,8 +111,10 @@ pub(super) fn setup_sql(read_only: bool) -> String {
     sql
 }
 
-/// Per request: the server-side statement time limit (backstop for our own deadline) and the
-/// transaction, in one round trip. The reset on return to the pool restores the limit.
+/// What a request sends first, in one round trip and before its statement is prepared (the
+/// server's prepare parses with the session's `sql_mode` and character set): the session
+/// setup, the server-side statement time limit (backstop for our own deadline) and the
+/// transaction. The reset on return to the pool restores every session variable.
 pub(super) fn begin_sql(flavor: Flavor, read_only: bool, remaining: Duration) -> String {
     let limit = remaining + SERVER_LIMIT_MARGIN;
     let set_limit = match flavor {
@@ -129,7 +134,7 @@ pub(super) fn begin_sql(flavor: Flavor, read_only: bool, remaining: Duration) ->
     } else {
         "START TRANSACTION"
     };
-    format!("{set_limit}; {start}")
+    format!("{}; {set_limit}; {start}", setup_sql(read_only))
 }
 
 #[cfg(test)]
@@ -155,14 +160,20 @@ mod tests {
     }
 
     #[test]
-    fn begin_sets_the_server_limit_and_the_transaction() {
+    fn begin_sets_up_the_session_the_server_limit_and_the_transaction() {
         assert_eq!(
             begin_sql(Flavor::MariaDb, true, Duration::from_millis(2500)),
-            "SET SESSION max_statement_time = 3.500; START TRANSACTION READ ONLY"
+            format!(
+                "{}; SET SESSION max_statement_time = 3.500; START TRANSACTION READ ONLY",
+                setup_sql(true)
+            )
         );
         assert_eq!(
             begin_sql(Flavor::MySql, false, Duration::from_secs(2)),
-            "SET SESSION max_execution_time = 3000; START TRANSACTION"
+            format!(
+                "{}; SET SESSION max_execution_time = 3000; START TRANSACTION",
+                setup_sql(false)
+            )
         );
     }
 
