@@ -242,8 +242,8 @@ impl PostgresBackend {
             pg.password(password.expose());
         }
         // Ours go last: for a repeated `-c`, the server keeps the last value. The
-        // connection's default timeout is also the session's, a backstop under each
-        // transaction's own `SET LOCAL` (see `session`).
+        // connection's default timeout is the session's `statement_timeout`, which a
+        // transaction overrides with `SET LOCAL` only when its own differs (see `session`).
         let default_timeout = Duration::from_millis(config.limits.timeout_ms);
         let ours = format!(
             "{STARTUP_OPTIONS} -c statement_timeout={}",
@@ -510,8 +510,13 @@ impl SqlBackend for PostgresBackend {
             .map_err(|e| self.pool_error(e))?;
         let (sender, stream) = RowStream::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let own_timeout = session::own_timeout_sql(
+            server_timeout_ms(plan.timeout),
+            server_timeout_ms(self.default_timeout),
+        );
         let job = Job {
             plan,
+            own_timeout,
             read_only: self.read_only,
             deadline,
             cancel,
@@ -671,6 +676,8 @@ fn server_timeout_ms(timeout: Duration) -> u64 {
 
 struct Job {
     plan: QueryPlan,
+    /// The transaction's `SET LOCAL statement_timeout`, unless it is the connection's default.
+    own_timeout: Option<String>,
     read_only: bool,
     deadline: Instant,
     cancel: CancellationToken,
@@ -911,7 +918,7 @@ async fn run_streamed(
     ready: &mut Option<oneshot::Sender<Result<(), BackendError>>>,
 ) -> Result<(), Failure> {
     let during = failed(Stage::Streaming);
-    let begin_sql = session::begin_sql(true, server_timeout_ms(job.plan.timeout));
+    let begin_sql = session::begin_sql(true, job.own_timeout.as_deref());
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs = params.iter().map(|p| p as &(dyn ToSql + Sync));
 
@@ -1128,10 +1135,6 @@ async fn run_in_portal(
     let during = failed(Stage::Streaming);
     let params: Vec<JsonParam<'_>> = job.plan.params.iter().map(JsonParam).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let set_timeout = format!(
-        "SET LOCAL statement_timeout = {}",
-        server_timeout_ms(job.plan.timeout)
-    );
     let pg: &mut tokio_postgres::Client = client;
     let txn = if read_only {
         guard(job, pg.build_transaction().read_only(true).start()).await?
@@ -1140,9 +1143,15 @@ async fn run_in_portal(
     }
     .map_err(&before)?;
     // Sent together (the driver pipelines concurrent requests): one round trip.
+    let set_timeout = async {
+        match &job.own_timeout {
+            Some(set) => txn.batch_execute(set).await,
+            None => Ok(()),
+        }
+    };
     let (timeout_set, portal) = guard(
         job,
-        futures::future::join(txn.batch_execute(&set_timeout), txn.bind(statement, &refs)),
+        futures::future::join(set_timeout, txn.bind(statement, &refs)),
     )
     .await?;
     timeout_set.map_err(&before)?;

@@ -13,8 +13,13 @@
 //!   prepared statements exist is answered in the same message and, if some do, they are
 //!   deallocated (with the statement cache) in a second one. That check is text the server
 //!   parses every time, never a prepared statement an agent's code could replace.
-//! - Every transaction sets its own `statement_timeout` (`SET LOCAL`); the session's value,
-//!   the connection's default as a startup option, is only a backstop.
+//! - Every transaction runs under a server-side `statement_timeout`, a backstop for the
+//!   client-side deadline: the connection's default (a startup option, which a client
+//!   option keeps above any role or database setting), or its own `SET LOCAL` when the
+//!   request's timeout differs. The default holds at every request's start because nothing
+//!   a request sets survives its end: `ROLLBACK` undoes every setting made in the
+//!   transaction, and after a `COMMIT` the reset's `RESET ALL` returns each to its startup
+//!   value.
 //! - The reset runs after every request, whatever the inspector found. Parsed facts cannot
 //!   prove a request leaves the session clean: a view, a row-level security policy or a
 //!   domain check runs code the statement does not name, and that code can call
@@ -61,14 +66,24 @@ const RESET: &str = concat!(
     leftovers!()
 );
 
-/// How a request's transaction starts, with the server-side timeout in the same message.
-pub(super) fn begin_sql(read_only: bool, timeout_ms: u64) -> String {
+/// How a request's transaction starts, with its own server-side timeout in the same
+/// message when it has one (see [`own_timeout_sql`]).
+pub(super) fn begin_sql(read_only: bool, own_timeout: Option<&str>) -> String {
     let start = if read_only {
         "START TRANSACTION READ ONLY"
     } else {
         "START TRANSACTION"
     };
-    format!("{start}; SET LOCAL statement_timeout = {timeout_ms}")
+    match own_timeout {
+        Some(set) => format!("{start}; {set}"),
+        None => start.to_string(),
+    }
+}
+
+/// The `SET LOCAL` a transaction needs when its server-side timeout is not the connection's
+/// default; `None` when it is, which saves the server a statement per request.
+pub(super) fn own_timeout_sql(timeout_ms: u64, default_ms: u64) -> Option<String> {
+    (timeout_ms != default_ms).then(|| format!("SET LOCAL statement_timeout = {timeout_ms}"))
 }
 
 /// How a read-only transaction ends: `ROLLBACK`, then the part of [`RESET`] a rolled-back
@@ -136,4 +151,21 @@ pub(super) enum EndError {
     Database(tokio_postgres::Error),
     /// The reset's answer did not say whether prepared statements are left.
     Unexpected,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_sets_its_timeout_only_when_it_is_not_the_default() {
+        assert_eq!(own_timeout_sql(31_000, 31_000), None);
+        let own = own_timeout_sql(2_000, 31_000);
+        assert_eq!(own.as_deref(), Some("SET LOCAL statement_timeout = 2000"));
+        assert_eq!(
+            begin_sql(true, own.as_deref()),
+            "START TRANSACTION READ ONLY; SET LOCAL statement_timeout = 2000"
+        );
+        assert_eq!(begin_sql(true, None), "START TRANSACTION READ ONLY");
+    }
 }
