@@ -92,8 +92,7 @@ pub(super) fn ssl_opts(tls: &TlsConfig) -> Result<SslOpts, String> {
 }
 
 /// The session setup: how statements are lexed (`SET NAMES`, `sql_mode`), the time zone and,
-/// for read-only connections, the session's default transaction mode. One text query holding
-/// several statements (our own fixed text; the driver allows multi-statements).
+/// for read-only connections, the session's default transaction mode.
 ///
 /// It is not a driver *setup* command, which the driver would run in a round trip of its own
 /// after every reset: a request sends it in front of its transaction ([`begin_sql`]), and the
@@ -103,29 +102,22 @@ pub(super) fn ssl_opts(tls: &TlsConfig) -> Result<SslOpts, String> {
 /// a DDL statement implicitly commits and then runs outside `START TRANSACTION READ ONLY`,
 /// while `SET SESSION TRANSACTION READ ONLY` makes the server refuse it (error 1792).
 pub(super) fn setup_sql(read_only: bool) -> String {
-    let mut sql =
-        format!("SET NAMES utf8mb4; SET SESSION sql_mode = '{SQL_MODE}', time_zone = '+00:00'");
-    if read_only {
-        sql.push_str("; SET SESSION TRANSACTION READ ONLY");
-    }
-    sql
+    session_setup(read_only, None)
 }
 
 /// What a request sends first, in one round trip and before its statement is prepared (the
 /// server's prepare parses with the session's `sql_mode` and character set): the session
-/// setup, the server-side statement time limit (backstop for our own deadline) and the
-/// transaction. The reset on return to the pool restores every session variable.
+/// setup with the server-side statement time limit (backstop for our own deadline), then the
+/// transaction. As few statements as possible: the server answers each one separately. The
+/// reset on return to the pool restores every session variable.
 pub(super) fn begin_sql(flavor: Flavor, read_only: bool, remaining: Duration) -> String {
     let limit = remaining + SERVER_LIMIT_MARGIN;
     let set_limit = match flavor {
         // Seconds, fractional; applies to every statement. Verified on MariaDB 10.11.
-        Flavor::MariaDb => format!(
-            "SET SESSION max_statement_time = {:.3}",
-            limit.as_secs_f64()
-        ),
+        Flavor::MariaDb => format!("SESSION max_statement_time = {:.3}", limit.as_secs_f64()),
         // Milliseconds; MySQL applies it to read-only SELECT only (not verified here).
         Flavor::MySql => format!(
-            "SET SESSION max_execution_time = {}",
+            "SESSION max_execution_time = {}",
             limit.as_millis().min(u128::from(u32::MAX))
         ),
     };
@@ -134,7 +126,21 @@ pub(super) fn begin_sql(flavor: Flavor, read_only: bool, remaining: Duration) ->
     } else {
         "START TRANSACTION"
     };
-    format!("{}; {set_limit}; {start}", setup_sql(read_only))
+    format!("{}; {start}", session_setup(read_only, Some(&set_limit)))
+}
+
+/// One `SET` of every session variable (plus `extra`), then the read-only default if asked.
+fn session_setup(read_only: bool, extra: Option<&str>) -> String {
+    let mut sql =
+        format!("SET NAMES utf8mb4, SESSION sql_mode = '{SQL_MODE}', SESSION time_zone = '+00:00'");
+    if let Some(extra) = extra {
+        sql.push_str(", ");
+        sql.push_str(extra);
+    }
+    if read_only {
+        sql.push_str("; SET SESSION TRANSACTION READ ONLY");
+    }
+    sql
 }
 
 #[cfg(test)]
@@ -144,7 +150,7 @@ mod tests {
     #[test]
     fn session_setup_pins_lexing() {
         let setup = setup_sql(false);
-        assert!(setup.starts_with("SET NAMES utf8mb4;"));
+        assert!(setup.starts_with("SET NAMES utf8mb4, "));
         assert!(setup.contains("time_zone = '+00:00'"));
         for mode in [
             "ANSI",
@@ -161,19 +167,19 @@ mod tests {
 
     #[test]
     fn begin_sets_up_the_session_the_server_limit_and_the_transaction() {
+        let sets = format!(
+            "SET NAMES utf8mb4, SESSION sql_mode = '{SQL_MODE}', SESSION time_zone = '+00:00'"
+        );
         assert_eq!(
             begin_sql(Flavor::MariaDb, true, Duration::from_millis(2500)),
             format!(
-                "{}; SET SESSION max_statement_time = 3.500; START TRANSACTION READ ONLY",
-                setup_sql(true)
+                "{sets}, SESSION max_statement_time = 3.500; SET SESSION TRANSACTION READ ONLY; \
+                 START TRANSACTION READ ONLY"
             )
         );
         assert_eq!(
             begin_sql(Flavor::MySql, false, Duration::from_secs(2)),
-            format!(
-                "{}; SET SESSION max_execution_time = 3000; START TRANSACTION",
-                setup_sql(false)
-            )
+            format!("{sets}, SESSION max_execution_time = 3000; START TRANSACTION")
         );
     }
 
