@@ -81,14 +81,20 @@ async fn types_and_params_round_trip() {
     a.stop().await;
 }
 
-#[tokio::test]
-async fn read_only_and_single_statement_are_enforced() {
+/// A fresh database holding `canary` with one row.
+async fn with_canary() -> MyDb {
     let db = MyDb::create().await;
     db.admin()
         .await
         .query_drop("CREATE TABLE canary (x INT); INSERT INTO canary VALUES (1);")
         .await
         .unwrap();
+    db
+}
+
+#[tokio::test]
+async fn read_only_and_single_statement_are_enforced() {
+    let db = with_canary().await;
     let a = Airlock::start(&config(&db, "read_only = true")).await;
     let (s, b) = a
         .query(&a.agent(), "my", json!({"sql": "DELETE FROM canary"}))
@@ -200,12 +206,7 @@ async fn pool_of_one_does_not_leak_session_state() {
 /// session set up again.
 #[tokio::test]
 async fn read_only_requests_never_share_a_transaction() {
-    let db = MyDb::create().await;
-    db.admin()
-        .await
-        .query_drop("CREATE TABLE canary (x INT); INSERT INTO canary VALUES (1);")
-        .await
-        .unwrap();
+    let db = with_canary().await;
     let a = Airlock::start(&config(
         &db,
         "read_only = true\n[connections.limits]\npool_size = 1",
