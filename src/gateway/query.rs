@@ -316,13 +316,26 @@ impl Task {
         let mut truncated: Option<Truncation> = None;
         let mut affected = None;
         loop {
-            let event = tokio::select! {
-                ev = stream.next() => ev,
-                _ = self.out.closed() => {
-                    self.cancel.cancel();
-                    ending = Ending::with_class(Outcome::Cancelled, "client_gone");
-                    break;
+            // A client gone is checked directly first, then the next event taken if it is
+            // ready at once (usually so in a stream): waiting on `closed()` for every row
+            // would cost a notification per row.
+            let event = if self.out.is_closed() {
+                None
+            } else {
+                let mut next = std::pin::pin!(stream.next());
+                match futures::poll!(next.as_mut()) {
+                    std::task::Poll::Ready(ev) => Some(ev),
+                    std::task::Poll::Pending => tokio::select! {
+                        biased;
+                        _ = self.out.closed() => None,
+                        ev = next => Some(ev),
+                    },
                 }
+            };
+            let Some(event) = event else {
+                self.cancel.cancel();
+                ending = Ending::with_class(Outcome::Cancelled, "client_gone");
+                break;
             };
             match event {
                 Some(Ok(RowEvent::Row(mut values))) => {

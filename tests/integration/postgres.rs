@@ -431,6 +431,61 @@ async fn ndjson_streams_a_million_rows_in_constant_memory() {
     a.stop().await;
 }
 
+/// Rows that are always ready (a fast server, a fast client) must not outrun the request's
+/// deadline: the producer takes a ready row without waiting, so the stop conditions are
+/// checked on every row, not only when something has to be awaited.
+#[tokio::test]
+async fn a_stream_of_ready_rows_still_stops_at_its_deadline() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(
+        &db,
+        "[connections.limits]\nmax_rows_ceiling = 500000000\nmax_bytes_ceiling = 100000000000\nmax_bytes = 100000000000",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let resp = a
+        .http
+        .post(format!("{}/v1/connections/pg/query", a.base))
+        .bearer_auth(a.agent())
+        .header("accept", "application/x-ndjson")
+        .json(&json!({
+            "sql": "SELECT a AS t_ready_rows FROM generate_series(1, 20000) a, generate_series(1, 20000) b",
+            "max_rows": 400000000,
+            "timeout_ms": 800
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut last = Vec::new();
+    let mut rows = 0u64;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.unwrap());
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            last = buf.drain(..=pos).collect();
+            rows += 1;
+        }
+    }
+    let trailer: Value = serde_json::from_slice(&last).unwrap();
+    assert_eq!(trailer["type"], "error", "{trailer}");
+    assert_eq!(trailer["problem"]["code"], "timeout", "{trailer}");
+    assert!(rows > 2, "rows streamed before the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped near its deadline, not after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            running_queries(&db, "t_ready_rows").await == 0
+        })
+        .await
+    );
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn row_cap_stops_fetching_on_the_server() {
     let db = PgDb::create().await;
