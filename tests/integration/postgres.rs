@@ -393,20 +393,15 @@ async fn superuser_target_is_refused_unless_allowed() {
     );
 }
 
-#[tokio::test]
-async fn ndjson_streams_a_million_rows_in_constant_memory() {
-    let db = PgDb::create().await;
-    let a = Airlock::start(&config(
-        &db,
-        "[connections.limits]\nmax_rows_ceiling = 2000000\nmax_bytes_ceiling = 1000000000\nmax_bytes = 1000000000",
-    ))
-    .await;
+/// Sends `body` to the `pg` connection as an NDJSON query and reads the whole answer as it
+/// arrives, without keeping it: how many lines came, and the last one (the trailer).
+async fn ndjson_count(a: &Airlock, body: Value) -> (u64, Value) {
     let resp = a
         .http
         .post(format!("{}/v1/connections/pg/query", a.base))
         .bearer_auth(a.agent())
         .header("accept", "application/x-ndjson")
-        .json(&json!({"sql": "SELECT g, 'row ' || g FROM generate_series(1, 1000000) g"}))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -418,13 +413,27 @@ async fn ndjson_streams_a_million_rows_in_constant_memory() {
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk.unwrap());
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
+            last = buf.drain(..=pos).collect();
             lines += 1;
-            last = line;
         }
     }
+    (lines, serde_json::from_slice(&last).unwrap())
+}
+
+#[tokio::test]
+async fn ndjson_streams_a_million_rows_in_constant_memory() {
+    let db = PgDb::create().await;
+    let a = Airlock::start(&config(
+        &db,
+        "[connections.limits]\nmax_rows_ceiling = 2000000\nmax_bytes_ceiling = 1000000000\nmax_bytes = 1000000000",
+    ))
+    .await;
+    let (lines, trailer) = ndjson_count(
+        &a,
+        json!({"sql": "SELECT g, 'row ' || g FROM generate_series(1, 1000000) g"}),
+    )
+    .await;
     assert_eq!(lines, 1_000_000 + 2);
-    let trailer: Value = serde_json::from_slice(&last).unwrap();
     assert_eq!(trailer["type"], "end");
     assert_eq!(trailer["row_count"], 1_000_000);
     assert_eq!(trailer["truncated"], false);
@@ -443,35 +452,18 @@ async fn a_stream_of_ready_rows_still_stops_at_its_deadline() {
     ))
     .await;
     let started = std::time::Instant::now();
-    let resp = a
-        .http
-        .post(format!("{}/v1/connections/pg/query", a.base))
-        .bearer_auth(a.agent())
-        .header("accept", "application/x-ndjson")
-        .json(&json!({
+    let (lines, trailer) = ndjson_count(
+        &a,
+        json!({
             "sql": "SELECT a AS t_ready_rows FROM generate_series(1, 20000) a, generate_series(1, 20000) b",
             "max_rows": 400000000,
             "timeout_ms": 800
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let mut buf = Vec::new();
-    let mut last = Vec::new();
-    let mut rows = 0u64;
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.unwrap());
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            last = buf.drain(..=pos).collect();
-            rows += 1;
-        }
-    }
-    let trailer: Value = serde_json::from_slice(&last).unwrap();
+        }),
+    )
+    .await;
     assert_eq!(trailer["type"], "error", "{trailer}");
     assert_eq!(trailer["problem"]["code"], "timeout", "{trailer}");
-    assert!(rows > 2, "rows streamed before the deadline");
+    assert!(lines > 2, "rows streamed before the deadline");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "stopped near its deadline, not after {:?}",
